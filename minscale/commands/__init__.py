@@ -1,0 +1,1 @@
+"""Sub-commands of the ``minscale`` CLI, one module each (see :mod:`minscale.cli`)."""

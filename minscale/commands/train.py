@@ -1,0 +1,81 @@
+"""``minscale train``: train a dense network on a data set and report train/test loss."""
+from __future__ import annotations
+
+from ._common import add_data_arguments, hidden_sizes, load_task
+
+NAME = "train"
+HELP = "train a dense network with inverse-time learning-rate decay"
+
+
+def add_arguments(parser):
+    """Register the train command's options on `parser`."""
+    add_data_arguments(parser)
+    parser.add_argument("--hidden", type=hidden_sizes, default=[32],
+                        help="hidden layer sizes, e.g. 32,32 (default: 32)")
+    parser.add_argument("--activation", default="relu",
+                        choices=("relu", "leaky_relu", "tanh", "sigmoid", "identity"))
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--optimizer", default="adam", choices=("sgd", "momentum", "adam"))
+    parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate eta0")
+    parser.add_argument("--decay-rate", type=float, default=0.0)
+    parser.add_argument("--decay-steps", type=float, default=1.0, help="in optimizer updates")
+    parser.add_argument("--staircase", action="store_true")
+    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    parser.add_argument("--workers", type=int, default=1,
+                        help="data-parallel worker processes on this machine")
+    parser.add_argument("--mode", default="sync", choices=("sync", "async"))
+    parser.add_argument("--comm", default="local", choices=("local", "mpi"),
+                        help="mpi: run as one rank under mpiexec")
+    parser.add_argument("--save", default=None, metavar="PATH", help="save the model (.npz)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
+
+
+def build_model(n_features, n_outputs, hidden, activation="relu", seed=0, dtype="float64"):
+    """A Sequential MLP: hidden Dense layers with `activation`, a linear output layer."""
+    from ..layers import Dense
+    from ..model import Sequential
+    layers = [Dense(h, activation=activation,
+                    kernel_initializer="he_normal" if "relu" in activation else "glorot_uniform")
+              for h in hidden]
+    layers.append(Dense(n_outputs))
+    return Sequential(layers, input_dim=n_features, seed=seed, dtype=dtype)
+
+
+def run(args):
+    """Train and print the final train and test loss (and accuracy on classification)."""
+    from ..optim import get as get_optimizer
+    from ..schedules import InverseTimeDecay
+    comm = None
+    if args.comm == "mpi":
+        if args.workers != 1:
+            raise ValueError("--comm mpi takes its ranks from mpiexec; leave --workers at 1")
+        from ..parallel import MPIComm
+        comm = MPIComm()
+    rank = 0 if comm is None else comm.rank
+    task = load_task(args, args.dtype)
+    schedule = InverseTimeDecay(args.lr, decay_rate=args.decay_rate,
+                                decay_steps=args.decay_steps, staircase=args.staircase)
+    model = build_model(task["X_train"].shape[1], task["y_train"].shape[1], args.hidden,
+                        args.activation, args.seed, args.dtype)
+    metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
+    model.compile(optimizer=get_optimizer(args.optimizer, schedule), metrics=metrics)
+    model.fit(task["X_train"], task["y_train"], epochs=args.epochs, batch_size=args.batch_size,
+              seed=args.seed, verbose=0 if args.quiet or rank else 1,
+              validation_data=(task["X_test"], task["y_test"]),
+              workers=args.workers, mode=args.mode, comm=comm)
+    if rank == 0:
+        train = model.evaluate(task["X_train"], task["y_train"], return_dict=True)
+        test = model.evaluate(task["X_test"], task["y_test"], return_dict=True)
+        unit = "" if task["y_scale"] == 1.0 else " (standardized target)"
+        print(f"data {task['info']['name']}: {task['X_train'].shape[0]} train / "
+              f"{task['X_test'].shape[0]} test rows, {model.count_params()} parameters")
+        print(f"final train loss {train['loss']:.6g}, test loss {test['loss']:.6g}{unit}")
+        if "accuracy" in test:
+            print(f"final train accuracy {train['accuracy']:.4f}, "
+                  f"test accuracy {test['accuracy']:.4f}")
+        if args.save:
+            from ..io import save
+            save(model, args.save)
+            print(f"saved {args.save}")
+    return 0

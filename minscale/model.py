@@ -1,0 +1,497 @@
+"""Sequential: a stack of Dense layers over ONE flat parameter buffer.
+
+All parameters live in ``params`` (shape (P,)), all gradients in ``grads`` (same layout), and
+all pruning masks in ``mask`` (bool, True = kept). Layer ``k`` owns the block
+``[W_k (row-major, d_in*d_out), b_k (d_out)]``; layers hold views into the three buffers, so
+global magnitude pruning is one selection over one array, an allreduce is one call, and
+save/load and shared memory deal with one array each.
+"""
+from __future__ import annotations
+
+import copy as _copy
+
+import numpy as np
+
+from . import losses
+from . import optim as _optim
+from .layers import Dense
+
+__all__ = ["Sequential", "check_X"]
+
+_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+
+
+def check_X(X, input_dim=None, dtype="float64", name="X"):
+    """Validate an input batch and convert it to the model's dtype.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d_in) or (n,) for d_in = 1
+    input_dim : int, optional
+        Expected d_in.
+    dtype : {"float32", "float64"}
+    name : str
+        Argument name used in messages.
+
+    Returns
+    -------
+    ndarray, shape (n, d_in), C-contiguous, `dtype`
+
+    Raises
+    ------
+    ValueError
+        Non-numeric, empty, NaN/inf, wrong ndim or wrong feature count, naming `name`.
+    """
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} must be a numeric array, got {type(X).__name__}: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, d_in), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    if input_dim is not None and arr.shape[1] != input_dim:
+        raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {input_dim}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+    return arr
+
+
+class Sequential:
+    """A feed-forward stack of :class:`~minscale.layers.Dense` layers.
+
+    Parameters
+    ----------
+    layers : list of Dense
+    input_dim : int, optional
+        d_in; without it the model is built on first use from the data.
+    seed : int, default 0
+        Seeds the weight initializers (``numpy.random.default_rng(seed)``).
+    dtype : {"float64", "float32"}, default "float64"
+
+    Attributes
+    ----------
+    params, grads : ndarray, shape (P,), `dtype`
+        The flat parameter and gradient buffers (views are held by the layers).
+    mask : ndarray of bool, shape (P,)
+        Pruning mask, True = kept; all True until pruned.
+    prunable : ndarray of bool, shape (P,)
+        True on weights, False on biases.
+    optimizer, loss, reduction, metrics
+        Set by :meth:`compile`.
+    history : History or None
+        Of the last :meth:`fit`.
+
+    Raises
+    ------
+    ValueError
+        No layers, a non-Dense layer, a bad dtype or input_dim.
+    """
+
+    def __init__(self, layers, input_dim=None, seed=0, dtype="float64"):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers must contain at least one Dense layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Dense):
+                raise ValueError(f"layers[{i}] must be a Dense layer, got {type(layer).__name__}")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("layers must not contain the same Dense object twice")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.layers = layers
+        self.seed = seed
+        self.input_dim = None
+        self.params = self.grads = self.mask = self.prunable = None
+        self._gradbuf = None
+        self.optimizer = None
+        self.loss = "mse"
+        self.reduction = "mean"
+        self.metrics = []
+        self.history = None
+        self.state = {}  # extension state (pruning backups, quantization config, ...)
+        if input_dim is not None:
+            self.build(input_dim)
+
+    # building -------------------------------------------------------------------------------
+    @property
+    def built(self):
+        """Whether the flat buffers exist."""
+        return self.params is not None
+
+    def build(self, input_dim):
+        """Allocate the flat buffers, bind the layers and initialize the weights.
+
+        Parameters
+        ----------
+        input_dim : int, > 0
+
+        Raises
+        ------
+        ValueError
+            Bad `input_dim`.
+        """
+        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) \
+                or input_dim < 1:
+            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+        self.input_dim = int(input_dim)
+        sizes, d = [], self.input_dim
+        for layer in self.layers:
+            sizes.append(layer.n_params(d))
+            d = layer.units
+        total = int(sum(sizes))
+        # one extra slot after the gradients carries the batch loss through the same allreduce
+        self._gradbuf = np.zeros(total + 1, dtype=self.dtype)
+        self._bind(np.zeros(total, dtype=self.dtype), self._gradbuf[:total],
+                   np.ones(total, dtype=bool))
+        self.prunable = np.zeros(total, dtype=bool)
+        for layer, (start, stop) in zip(self.layers, self.layer_slices()):
+            self.prunable[start:start + layer.W.size] = True
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            layer.initialize(rng)
+        return self
+
+    def _bind(self, params, grads, mask):
+        self.params, self.grads, self.mask = params, grads, mask
+        offset, d = 0, self.input_dim
+        for layer in self.layers:
+            offset = layer.bind(params, grads, mask, offset, d)
+            d = layer.units
+
+    def rebind(self, params=None, mask=None):
+        """Point the layers at new flat buffers (e.g. shared memory), keeping the layout.
+
+        Parameters
+        ----------
+        params : ndarray, shape (P,), the model's dtype, optional
+        mask : ndarray of bool, shape (P,), optional
+
+        Raises
+        ------
+        ValueError
+            Shape or dtype that does not match the layout.
+        """
+        self._require_built()
+        params = self.params if params is None else params
+        mask = self.mask if mask is None else mask
+        if params.shape != self.params.shape or params.dtype != self.dtype:
+            raise ValueError(f"params must have shape {self.params.shape} and dtype "
+                             f"{self.dtype}, got {params.shape} {params.dtype}")
+        if mask.shape != self.mask.shape or mask.dtype != np.bool_:
+            raise ValueError(f"mask must be a bool array of shape {self.mask.shape}, got "
+                             f"{mask.shape} {mask.dtype}")
+        self._bind(params, self.grads, mask)
+
+    def layer_slices(self):
+        """``(start, stop)`` of each layer's block in the flat buffers."""
+        self._require_built()
+        out, offset, d = [], 0, self.input_dim
+        for layer in self.layers:
+            n = layer.n_params(d)
+            out.append((offset, offset + n))
+            offset, d = offset + n, layer.units
+        return out
+
+    def _require_built(self):
+        if not self.built:
+            raise ValueError("the model is not built: give input_dim or call fit/predict first")
+
+    def _ensure_built(self, X):
+        if not self.built:
+            self.build(X.shape[1])
+
+    @property
+    def output_dim(self):
+        """d_out of the last layer."""
+        return self.layers[-1].units
+
+    def count_params(self):
+        """P, the length of the flat parameter buffer."""
+        self._require_built()
+        return int(self.params.size)
+
+    # compute --------------------------------------------------------------------------------
+    def forward(self, X, training=False):
+        """Forward pass of an already validated batch.
+
+        Parameters
+        ----------
+        X : ndarray, shape (n, d_in), the model's dtype
+        training : bool
+
+        Returns
+        -------
+        ndarray, shape (n, d_out)
+        """
+        a = X
+        for layer in self.layers:
+            a = layer.forward(a, training)
+        return a
+
+    def backward(self, dy):
+        """Backward pass from dL/dy_hat; overwrites ``grads`` (no accumulation).
+
+        Parameters
+        ----------
+        dy : ndarray, shape (n, d_out)
+            Overwritten (used as scratch).
+        """
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            dy = self.layers[i].backward(dy, need_dx=i > 0)
+
+    def compute_gradients(self, X, y, n_total=None):
+        """Forward and backward on one batch; write dL/dtheta into ``grads``.
+
+        Parameters
+        ----------
+        X : ndarray, shape (n, d_in), the model's dtype
+        y : ndarray, shape (n, d_out), the model's dtype
+        n_total : int, optional
+            Rows of the whole batch when (X, y) is one shard of it (data-parallel): the
+            ``mean`` reduction divides by it, so shard gradients add up to the batch gradient.
+
+        Returns
+        -------
+        float
+            The loss of these rows in the compiled reduction (a part of the batch loss when
+            `n_total` is given).
+        """
+        y_hat = self.forward(X, training=True)
+        loss = losses.mse(y, y_hat, self.reduction, n_total)
+        self.backward(losses.mse_grad(y, y_hat, self.reduction, n_total))
+        return loss
+
+    # Keras-shaped API -----------------------------------------------------------------------
+    def compile(self, loss="mse", optimizer="adam", reduction="mean", metrics=None,
+                learning_rate=None):
+        """Choose loss, reduction, optimizer and metrics.
+
+        Parameters
+        ----------
+        loss : {"mse"}
+        optimizer : {"sgd", "momentum", "nesterov", "adam"} or optimizer instance
+        reduction : {"mean", "sum", "half_sum"}, default "mean"
+        metrics : list of {"accuracy"}, optional
+            Accuracy is argmax agreement of predictions with one-hot targets.
+        learning_rate : float or schedule, optional
+            Used when `optimizer` is a name.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Unknown loss, reduction, optimizer or metric.
+        """
+        if loss not in ("mse", "mean_squared_error"):
+            raise ValueError(f"loss must be 'mse', got {loss!r}")
+        self.loss = "mse"
+        self.reduction = losses.check_reduction(reduction)
+        self.optimizer = _optim.get(optimizer, learning_rate)
+        metrics = list(metrics or [])
+        for m in metrics:
+            if m != "accuracy":
+                raise ValueError(f"metrics may contain only 'accuracy', got {m!r}")
+        self.metrics = metrics
+        return self
+
+    def fit(self, X, y, epochs=1, batch_size=32, **kwargs):
+        """Train; see :func:`minscale.train.fit` for every argument.
+
+        Returns
+        -------
+        History
+        """
+        from .train import fit
+        return fit(self, X, y, epochs=epochs, batch_size=batch_size, **kwargs)
+
+    def predict(self, X, batch_size=None):
+        """Model outputs for `X`.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+        batch_size : int, optional
+            Rows per forward pass (all at once by default).
+
+        Returns
+        -------
+        ndarray, shape (n, d_out), the model's dtype
+
+        Raises
+        ------
+        ValueError
+            Bad `X` or `batch_size` (see :func:`check_X`).
+        """
+        X = check_X(X, self.input_dim, self.dtype)
+        self._ensure_built(X)
+        n = X.shape[0]
+        bs = _check_batch_size(batch_size, n)
+        if bs >= n:
+            return self.forward(X).copy()
+        out = np.empty((n, self.output_dim), dtype=self.dtype)
+        for start in range(0, n, bs):
+            out[start:start + bs] = self.forward(X[start:start + bs])
+        return out
+
+    def evaluate(self, X, y, batch_size=None, return_dict=False):
+        """Loss (and metrics) on a data set, weighting every sample equally.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+        y : array_like, shape (n, d_out) or (n,)
+        batch_size : int, optional
+        return_dict : bool
+            Return ``{"loss": ..., "accuracy": ...}`` instead of a float / list.
+
+        Returns
+        -------
+        float, or [loss, *metrics] when compiled with metrics, or a dict
+
+        Raises
+        ------
+        ValueError
+            Bad data or shapes.
+        """
+        X, y = self._check_Xy(X, y)
+        y_hat = self.predict(X, batch_size)
+        result = {"loss": losses.mse(y, y_hat, self.reduction)}
+        if "accuracy" in self.metrics:
+            from .data import accuracy
+            result["accuracy"] = float(accuracy(y, y_hat))
+        if return_dict:
+            return result
+        return result["loss"] if len(result) == 1 else list(result.values())
+
+    def _check_Xy(self, X, y):
+        X = check_X(X, self.input_dim, self.dtype, "X")
+        self._ensure_built(X)
+        y = check_X(y, self.output_dim, self.dtype, "y")
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        return X, y
+
+    # inspection -----------------------------------------------------------------------------
+    def sparsity(self):
+        """Fraction of pruned (masked) weights, per layer and in total.
+
+        Returns
+        -------
+        dict
+            ``{"layers": [float per layer, over its weights W], "total": float over all
+            prunable weights, "total_with_bias": float over all parameters}``. Sparsity counts
+            masked entries (mask False), the fraction of zeros the mask enforces.
+        """
+        self._require_built()
+        per_layer = [float(1.0 - layer.W_mask.mean()) for layer in self.layers]
+        total = float(1.0 - self.mask[self.prunable].mean())
+        return {"layers": per_layer, "total": total,
+                "total_with_bias": float(1.0 - self.mask.mean())}
+
+    def get_weights(self):
+        """Copies of ``[W_0, b_0, W_1, b_1, ...]`` (no b for layers without bias)."""
+        self._require_built()
+        out = []
+        for layer in self.layers:
+            out.append(layer.W.copy())
+            if layer.use_bias:
+                out.append(layer.b.copy())
+        return out
+
+    def set_weights(self, weights):
+        """Copy arrays in :meth:`get_weights` order into the flat buffer.
+
+        Raises
+        ------
+        ValueError
+            Wrong count or shapes.
+        """
+        self._require_built()
+        targets = []
+        for layer in self.layers:
+            targets.append(layer.W)
+            if layer.use_bias:
+                targets.append(layer.b)
+        if len(weights) != len(targets):
+            raise ValueError(f"weights must have {len(targets)} arrays, got {len(weights)}")
+        for i, (t, w) in enumerate(zip(targets, weights)):
+            w = np.asarray(w)
+            if w.shape != t.shape:
+                raise ValueError(f"weights[{i}] must have shape {t.shape}, got {w.shape}")
+            t[...] = w
+
+    def get_config(self):
+        """JSON-ready architecture: input_dim, dtype, seed and each layer's config."""
+        return {"input_dim": self.input_dim, "dtype": self.dtype.name, "seed": self.seed,
+                "layers": [layer.get_config() for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        """Build an (initialized) model from :meth:`get_config`'s output."""
+        layers = [Dense(**lc) for lc in config["layers"]]
+        return cls(layers, input_dim=config["input_dim"], seed=config.get("seed", 0),
+                   dtype=config["dtype"])
+
+    def copy(self):
+        """Deep copy: new buffers, same values, masks, compile settings and fresh optimizer
+        state (iterations 0)."""
+        new = Sequential.from_config(self.get_config()) if self.built else \
+            Sequential([Dense(**layer.get_config()) for layer in self.layers], seed=self.seed,
+                       dtype=self.dtype)
+        if self.built:
+            new.params[...] = self.params
+            new.mask[...] = self.mask
+        new.reduction, new.metrics = self.reduction, list(self.metrics)
+        if self.optimizer is not None:
+            new.optimizer = _optim.deserialize(self.optimizer.get_config()) \
+                if _serializable(self.optimizer) else _copy.deepcopy(self.optimizer)
+            new.optimizer.reset()
+        new.state = _copy.deepcopy(self.state)
+        return new
+
+    def summary(self):
+        """A printable table of layers, shapes, parameter counts and sparsity."""
+        self._require_built()
+        lines = [f"Sequential (dtype {self.dtype.name}, input_dim {self.input_dim})",
+                 f"{'layer':<8}{'W shape':<14}{'activation':<12}{'params':>10}{'sparsity':>10}"]
+        sp = self.sparsity()["layers"]
+        for i, (layer, (a, b)) in enumerate(zip(self.layers, self.layer_slices())):
+            lines.append(f"{i:<8}{str(layer.W.shape):<14}{layer.activation:<12}{b - a:>10}"
+                         f"{sp[i]:>10.3f}")
+        lines.append(f"total params: {self.count_params()}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"Sequential({self.layers!r}, input_dim={self.input_dim}, dtype={self.dtype.name!r})"
+
+
+def _serializable(optimizer):
+    try:
+        optimizer.get_config()
+        return True
+    except TypeError:
+        return False
+
+
+def _check_batch_size(batch_size, n):
+    if batch_size is None:
+        return n
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
