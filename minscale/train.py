@@ -13,8 +13,6 @@ import sys
 
 import numpy as np
 
-from . import optim as _optim
-
 __all__ = ["History", "DivergenceError", "Callback", "fit", "shard_bounds"]
 
 
@@ -242,6 +240,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     lr = optimizer.current_learning_rate()
     for cb in callbacks:
         cb.on_train_begin(model)
+    # overflow is reported as a DivergenceError naming epoch, step and rate, not as warnings
+    errstate = np.errstate(over="ignore", invalid="ignore")
+    errstate.__enter__()
     try:
         for epoch in range(epochs):
             order = rng.permutation(n) if shuffle else None
@@ -287,6 +288,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
             if verbose and rank == 0:
                 _report(bar, epoch, epochs, logs, verbose)
     finally:
+        errstate.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     for cb in callbacks:
