@@ -20,7 +20,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def _command_modules():
@@ -67,13 +67,13 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UsageError("minscale: a command is required (try 'minscale --help')")
+            raise UsageError("minscale: error: a command is required (try 'minscale --help')")
         if args.backend:
             from .kernels import set_backend
             set_backend(args.backend)
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 2
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError,
             ImportError) as exc:
