@@ -1,0 +1,549 @@
+"""Data utilities: validation, train/test split, standardization, one-hot labels, accuracy.
+
+Pure functions own the formulas; `Standardizer` only keeps the statistics that `fit` measured
+on the training data so that the same affine map can be applied to held-out data later.
+
+Conventions (see ``DESIGN.md``): batch first, ``X`` has shape ``(n, d)``; float64 unless the
+caller hands in float32; every random choice takes a ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "check_Xy",
+    "train_test_split",
+    "mean_and_scale",
+    "Standardizer",
+    "standardize",
+    "one_hot",
+    "accuracy",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _describe(value):
+    """Short repr for error messages, so a huge array does not flood the message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_numeric_array(value, name):
+    """`value` as an ndarray of a real numeric dtype (bool, int, uint or float), else ValueError."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        # Ragged nested lists end up here on NumPy >= 1.24.
+        raise ValueError(
+            f"{name} must be a rectangular numeric array, got {_describe(value)} ({exc})"
+        ) from None
+    if arr.dtype == object:
+        # astype(float) would turn None into NaN and parse strings; accept real numbers only.
+        for idx, item in np.ndenumerate(arr):
+            if not isinstance(item, numbers.Real):
+                raise ValueError(f"{name} must contain only real numbers, got {item!r} at index "
+                                 f"{idx if len(idx) != 1 else idx[0]} of an object array")
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must contain real numbers (bool, int or float), got dtype {arr.dtype} "
+            f"from {_describe(value)}"
+        )
+    return arr
+
+
+def _float_dtype(dtype, name="dtype"):
+    """Parse a float dtype request; only float32 and float64 are supported."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def _first_nonfinite(arr):
+    """Index tuple of the first NaN or +-inf in `arr` (C order), or None if all are finite."""
+    if arr.dtype.kind != "f":
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+
+
+def _check_finite(arr, name):
+    idx = _first_nonfinite(arr)
+    if idx is not None:
+        raise ValueError(
+            f"{name} must be finite, got {float(arr[idx])!r} at index "
+            f"{idx if len(idx) != 1 else idx[0]}"
+        )
+
+
+def _check_seed(seed):
+    """Generator from an int seed >= 0 or an existing Generator (used as is)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            f"seed must be an int >= 0 or a numpy.random.Generator, got {seed!r}"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
+def _labels_1d(labels, name):
+    """Integer class labels as an int64 vector of shape (n,).
+
+    Accepts shape (n,) or (n, 1); integer, bool or integral-valued float dtypes (CSV loaders
+    return floats). Negative or fractional labels raise ValueError.
+    """
+    arr = _as_numeric_array(labels, name)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be class labels of shape (n,) or (n, 1), "
+                         f"got shape {arr.shape}")
+    _check_finite(arr, name)
+    if arr.dtype.kind == "f":
+        frac = arr != np.round(arr)
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise ValueError(f"{name} must be integer class labels, got {float(arr[i])!r} "
+                             f"at index {i}")
+    out = arr.astype(np.int64)
+    if out.size and out.min() < 0:
+        i = int(np.argmin(out))
+        raise ValueError(f"{name} must be class labels >= 0, got {out[i]} at index {i}")
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+def check_Xy(X, y, name_X="X", name_y="y", *, dtype=None):
+    """Validate a feature matrix and its targets; return both as 2-D float arrays.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d) or (n,)
+        Features, batch first. A 1-D array is read as n samples of one feature.
+    y : array_like, shape (n, k) or (n,)
+        Targets. A 1-D array becomes a column of shape (n, 1).
+    name_X, name_y : str, default "X", "y"
+        Names used in error messages (so a caller can say ``X_val``, ``y_val``).
+    dtype : {None, "float32", "float64"}, keyword-only, default None
+        Target dtype for both. None keeps float32 and float64 inputs as they are and turns
+        bool and integer inputs into float64.
+
+    Returns
+    -------
+    X2d : ndarray, shape (n, d), float32 or float64, C-contiguous
+    y2d : ndarray, shape (n, k), float32 or float64, C-contiguous
+        No copy is made when the input already has the right dtype and layout, so the
+        results may share memory with `X` and `y`.
+
+    Raises
+    ------
+    ValueError
+        Non-numeric input (strings, complex, objects that are not numbers, ragged lists);
+        ndim other than 1 or 2; no samples or no columns; NaN or inf (naming the argument and
+        the index of the first bad value, in the input's own shape); row counts that differ
+        (giving both counts); an unsupported `dtype`.
+    TypeError
+        `dtype` is not a dtype at all.
+
+    Notes
+    -----
+    Reading 1-D inputs as a single column follows Keras (``standardize_single_array`` expands
+    rank-1 arrays to ``(n, 1)``), so ``fit(x, y)`` works on the classic one-feature example.
+
+    Examples
+    --------
+    >>> X2, y2 = check_Xy([[1, 2], [3, 4]], [5, 6])
+    >>> X2.dtype, X2.shape, y2.shape
+    (dtype('float64'), (2, 2), (2, 1))
+    """
+    want = None if dtype is None else _float_dtype(dtype)
+    out = []
+    for value, name in ((X, name_X), (y, name_y)):
+        arr = _as_numeric_array(value, name)
+        if arr.ndim not in (1, 2):
+            raise ValueError(f"{name} must be 1-D or 2-D (n,) or (n, d), got ndim {arr.ndim} "
+                             f"with shape {arr.shape}")
+        if arr.shape[0] == 0 or arr.size == 0:
+            raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+        _check_finite(arr, name)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        target = want if want is not None else (
+            arr.dtype if arr.dtype in _FLOAT_DTYPES else np.dtype(np.float64))
+        with np.errstate(over="ignore"):  # a float32 overflow is reported just below
+            arr = np.ascontiguousarray(arr, dtype=target)
+        # A float64 value beyond float32's range becomes inf when cast down.
+        _check_finite(arr, name)
+        out.append(arr)
+    X2d, y2d = out
+    if X2d.shape[0] != y2d.shape[0]:
+        raise ValueError(
+            f"{name_X} and {name_y} must have the same number of rows, got {name_X} with "
+            f"{X2d.shape[0]} rows and {name_y} with {y2d.shape[0]} rows"
+        )
+    return X2d, y2d
+
+
+# --------------------------------------------------------------------------- split
+
+def train_test_split(X, y, test_size=0.2, seed=0):
+    """Split samples into a training part and a test part by one seeded permutation.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, ...)
+    y : array_like, shape (n, ...)
+        Rows are split together; dtypes and trailing shapes are kept (labels stay integers).
+    test_size : float, 0 < test_size < 1, default 0.2
+        Fraction of the samples in the test part (a fraction only, never a count).
+    seed : int >= 0 or numpy.random.Generator, default 0
+        Passed to ``numpy.random.default_rng``; a Generator is used (and advanced) as is.
+
+    Returns
+    -------
+    X_train : ndarray, shape (n - n_test, ...)
+    X_test : ndarray, shape (n_test, ...)
+    y_train : ndarray, shape (n - n_test, ...)
+    y_test : ndarray, shape (n_test, ...)
+        Fresh copies in the order of the permutation.
+
+    Raises
+    ------
+    TypeError
+        `test_size` is not a real number (bool included), or `seed` is not an int/Generator.
+    ValueError
+        `test_size` outside (0, 1); `X` or `y` is a scalar; their row counts differ; a part
+        would be empty.
+
+    Notes
+    -----
+    perm = default_rng(seed).permutation(n);  n_test = ceil(test_size * n);
+    test = perm[:n_test];  train = perm[n_test:]
+
+    References
+    ----------
+    scikit-learn ``ShuffleSplit`` / ``train_test_split``: ``n_test = ceil(test_size * n)`` for a
+    float test_size, the test indices first in the permutation. The permutation itself comes
+    from NumPy's ``Generator`` here, so the rows chosen differ from scikit-learn's.
+
+    Examples
+    --------
+    >>> X_tr, X_te, y_tr, y_te = train_test_split(np.arange(10.0)[:, None], np.arange(10), 0.25)
+    >>> X_tr.shape, X_te.shape
+    ((7, 1), (3, 1))
+    """
+    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
+        raise TypeError(f"test_size must be a float in (0, 1), got {test_size!r}")
+    if not 0.0 < float(test_size) < 1.0:
+        raise ValueError(f"test_size must be a float in (0, 1), got {test_size!r}")
+    rng = _check_seed(seed)
+    X = np.asarray(X)
+    y = np.asarray(y)
+    for arr, name in ((X, "X"), (y, "y")):
+        if arr.ndim == 0:
+            raise ValueError(f"{name} must have a sample axis, got a scalar {_describe(arr)}")
+    n = X.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(f"X and y must have the same number of rows, got X with {n} rows "
+                         f"and y with {y.shape[0]} rows")
+    n_test = math.ceil(float(test_size) * n)
+    n_train = n - n_test
+    if n_test == 0 or n_train == 0:
+        raise ValueError(
+            f"test_size={test_size!r} with n={n} samples gives {n_train} training and "
+            f"{n_test} test samples; both parts must be non-empty"
+        )
+    perm = rng.permutation(n)
+    test, train = perm[:n_test], perm[n_test:]
+    return X[train], X[test], y[train], y[test]
+
+
+# --------------------------------------------------------------------------- standardization
+
+def _as_2d_float(X, name):
+    arr = _as_numeric_array(X, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    _check_finite(arr, name)
+    if arr.dtype not in _FLOAT_DTYPES:
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def mean_and_scale(X):
+    """Column means and standard deviations, with scale 1 for constant columns.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d), n >= 1
+        Training features. float32 stays float32; bool/int become float64.
+
+    Returns
+    -------
+    mean : ndarray, shape (d,), dtype of X (float)
+    scale : ndarray, shape (d,), dtype of X (float), all > 0
+        Population standard deviation (ddof = 0); 1 where the column is constant.
+
+    Raises
+    ------
+    ValueError
+        `X` not 2-D, empty, non-numeric, or containing NaN/inf.
+
+    Notes
+    -----
+    mean = X.mean(0);  var = X.var(0);  scale = sqrt(var), or 1 where
+    var <= n * eps * var + (n * mean * eps) ** 2   (eps = float64 machine epsilon)
+
+    Both are accumulated in float64 and then cast to X's dtype.
+
+    The bound treats the rounding error of a constant column's variance as zero, so a column
+    of identical values gets scale 1 even when its computed variance is ~1e-35 instead of 0.
+
+    References
+    ----------
+    scikit-learn ``StandardScaler`` (ddof = 0) and its ``_is_constant_feature`` bound
+    (Chan, Golub & LeVeque 1983, error of the two-pass variance).
+    """
+    X = _as_2d_float(X, "X")
+    n = X.shape[0]
+    # float64 accumulation for float32 input too: fit runs once, and the constant-column
+    # bound below is stated for float64 rounding.
+    mean = X.mean(axis=0, dtype=np.float64)
+    var = X.var(axis=0, dtype=np.float64)
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    scale = np.sqrt(var)
+    scale[constant] = 1.0
+    mean = mean.astype(X.dtype)
+    scale = scale.astype(X.dtype)
+    # A tiny float64 scale can underflow to 0 in float32; never divide by zero.
+    scale[scale == 0] = 1
+    return mean, scale
+
+
+class Standardizer:
+    """Zero-mean, unit-variance scaling whose statistics come from training data only.
+
+    Attributes
+    ----------
+    mean_ : ndarray, shape (d,), float
+    scale_ : ndarray, shape (d,), float, > 0
+        Set by `fit`; the map is ``Z = (X - mean_) / scale_``.
+    n_features : int
+        d, the number of columns seen by `fit`.
+
+    Notes
+    -----
+    Fit on the training part only; the test part is then scaled with the training
+    statistics, so no information leaks from test to train. Outputs keep the input's float
+    dtype (float32 in, float32 out; bool/int in, float64 out). Inputs are never modified.
+
+    Examples
+    --------
+    >>> s = Standardizer().fit([[1.0], [3.0]])
+    >>> s.mean_, s.scale_
+    (array([2.]), array([1.]))
+    >>> s.transform([[5.0]])
+    array([[3.]])
+    """
+
+    def __init__(self):
+        self.mean_ = None
+        self.scale_ = None
+        self.n_features = None
+
+    def fit(self, X):
+        """Measure column means and scales on `X` (n, d); return self. See `mean_and_scale`."""
+        mean, scale = mean_and_scale(X)
+        self.mean_, self.scale_, self.n_features = mean, scale, mean.shape[0]
+        return self
+
+    def _check(self, X, name):
+        if self.mean_ is None:
+            raise ValueError("this Standardizer is not fitted yet; call fit(X_train) first")
+        arr = _as_2d_float(X, name)
+        if arr.shape[1] != self.n_features:
+            raise ValueError(f"{name} must have {self.n_features} columns (as in fit), "
+                             f"got shape {arr.shape}")
+        return arr
+
+    def transform(self, X):
+        """Scale `X` (m, d): ``(X - mean_) / scale_``; shape (m, d), X's float dtype."""
+        arr = self._check(X, "X")
+        return (arr - self.mean_.astype(arr.dtype)) / self.scale_.astype(arr.dtype)
+
+    def inverse_transform(self, Z):
+        """Undo `transform` on `Z` (m, d): ``Z * scale_ + mean_``; shape (m, d), Z's float dtype."""
+        arr = self._check(Z, "Z")
+        return arr * self.scale_.astype(arr.dtype) + self.mean_.astype(arr.dtype)
+
+    def fit_transform(self, X):
+        """`fit` on `X`, then return ``transform(X)``."""
+        return self.fit(X).transform(X)
+
+    def __repr__(self):
+        state = "unfitted" if self.mean_ is None else f"n_features={self.n_features}"
+        return f"Standardizer({state})"
+
+
+def standardize(X_train, X_test=None):
+    """Fit a `Standardizer` on `X_train` and scale both parts with it.
+
+    Parameters
+    ----------
+    X_train : array_like, shape (n, d)
+    X_test : array_like, shape (m, d), or None
+
+    Returns
+    -------
+    X_train_s : ndarray, shape (n, d)
+    X_test_s : ndarray, shape (m, d), or None when `X_test` is None
+    standardizer : Standardizer
+        Fitted on `X_train` alone.
+
+    Raises
+    ------
+    ValueError
+        As `Standardizer.fit` / `transform` (bad values, column count of `X_test`).
+    """
+    standardizer = Standardizer().fit(X_train)
+    X_train_s = standardizer.transform(X_train)
+    X_test_s = None if X_test is None else standardizer.transform(X_test)
+    return X_train_s, X_test_s, standardizer
+
+
+# --------------------------------------------------------------------------- labels
+
+def one_hot(labels, n_classes=None, dtype="float64"):
+    """One-hot encode integer class labels.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (n,) or (n, 1)
+        Class indices >= 0. Integral-valued floats are accepted (CSV loaders give floats).
+    n_classes : int >= 1 or None, default None
+        Number of columns k; None means ``max(labels) + 1``.
+    dtype : dtype, default "float64"
+        Any bool, integer or float dtype.
+
+    Returns
+    -------
+    Y : ndarray, shape (n, k), `dtype`
+        ``Y[i, labels[i]] = 1`` and 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        Labels negative, fractional, NaN/inf or not 1-D; a label >= `n_classes`; `n_classes`
+        < 1; `n_classes` None with no labels to infer it from; a non-numeric `dtype`.
+    TypeError
+        `n_classes` not an int.
+
+    Examples
+    --------
+    >>> one_hot([0, 2, 1])
+    array([[1., 0., 0.],
+           [0., 0., 1.],
+           [0., 1., 0.]])
+    """
+    lab = _labels_1d(labels, "labels")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a numeric dtype, got {dtype!r}") from None
+    if dt.kind not in "biuf":
+        raise ValueError(f"dtype must be a bool, integer or float dtype, got {dtype!r}")
+    if n_classes is None:
+        if lab.size == 0:
+            raise ValueError("n_classes must be given when labels is empty, got None")
+        k = int(lab.max()) + 1
+    else:
+        if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral):
+            raise TypeError(f"n_classes must be an int >= 1 or None, got {n_classes!r}")
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1, got {n_classes!r}")
+        k = int(n_classes)
+        if lab.size and lab.max() >= k:
+            i = int(np.argmax(lab))
+            raise ValueError(f"labels must be < n_classes={k}, got {lab[i]} at index {i}")
+    Y = np.zeros((lab.shape[0], k), dtype=dt)
+    Y[np.arange(lab.shape[0]), lab] = 1
+    return Y
+
+
+def accuracy(y_true, y_pred):
+    """Fraction of samples whose highest-scoring class is the true class.
+
+    Parameters
+    ----------
+    y_true : array_like, shape (n,) or (n, 1) labels, or (n, k) one-hot / scores
+        True classes; a (n, k) array with k >= 2 is reduced with argmax over axis 1.
+    y_pred : array_like, shape (n, k), k >= 2
+        Scores (logits, probabilities or regression outputs against one-hot targets); the
+        predicted class is the argmax over axis 1 (first index on ties, as ``numpy.argmax``).
+
+    Returns
+    -------
+    acc : float in [0, 1]
+        ``mean(argmax(y_pred, 1) == labels)``; unit: fraction, not percent.
+
+    Raises
+    ------
+    ValueError
+        `y_pred` not (n, k) with k >= 2, or containing NaN/inf; `y_true` labels negative or
+        fractional; a one-hot `y_true` whose k differs from `y_pred`'s; row counts differ;
+        n = 0; non-numeric input.
+
+    Notes
+    -----
+    acc = mean(argmax(y_pred, axis=1) == y_true_labels)
+
+    References
+    ----------
+    Keras ``categorical_accuracy`` (one-hot targets) and ``sparse_categorical_accuracy``
+    (integer targets).
+
+    Examples
+    --------
+    >>> accuracy([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    0.6666666666666666
+    """
+    pred = _as_numeric_array(y_pred, "y_pred")
+    if pred.ndim != 2 or pred.shape[1] < 2:
+        raise ValueError(f"y_pred must be scores of shape (n, k) with k >= 2, "
+                         f"got shape {pred.shape}")
+    if pred.shape[0] == 0:
+        raise ValueError(f"y_pred must not be empty, got shape {pred.shape}")
+    _check_finite(pred, "y_pred")
+    true = _as_numeric_array(y_true, "y_true")
+    if true.ndim == 2 and true.shape[1] >= 2:
+        if true.shape[1] != pred.shape[1]:
+            raise ValueError(f"y_true one-hot has {true.shape[1]} columns but y_pred has "
+                             f"{pred.shape[1]}; expected the same k")
+        _check_finite(true, "y_true")
+        labels = np.argmax(true, axis=1)
+    else:
+        labels = _labels_1d(true, "y_true")
+    if labels.shape[0] != pred.shape[0]:
+        raise ValueError(f"y_true and y_pred must have the same number of rows, got y_true with "
+                         f"{labels.shape[0]} rows and y_pred with {pred.shape[0]} rows")
+    return float(np.mean(np.argmax(pred, axis=1) == labels))

@@ -1,0 +1,500 @@
+"""Shipped real data sets, the classic synthetic line, and loaders for the user's own files.
+
+Shipped (plain CSV with a header row, next to this file; sources and licences in
+``SOURCES.md``):
+
+- ``diabetes``: 442 patients x 10 raw baseline features (AGE SEX BMI BP S1..S6) and the
+  disease-progression target Y (Efron, Hastie, Johnstone & Tibshirani 2004).
+- ``digits``: 1797 8x8 images of handwritten digits, pixels 0..16, labels 0..9
+  (UCI optdigits test set as packaged by scikit-learn; Alpaydin & Kaynak 1998).
+
+Every call reads the file again and returns fresh arrays: nothing is cached, so a caller
+that edits the arrays it got cannot change what the next caller gets.
+"""
+
+from __future__ import annotations
+
+import csv
+import numbers
+import os
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "NAMES",
+    "make_linear",
+    "load_diabetes",
+    "load_digits",
+    "load_csv",
+    "load_npz",
+    "load",
+]
+
+#: Names of the shipped data sets accepted by `load`.
+NAMES = ("diabetes", "digits")
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------- synthetic
+
+def make_linear(n_samples=100, seed=42):
+    """The classic one-feature regression example: y = 2 x + 1 + N(0, 1) noise.
+
+    Parameters
+    ----------
+    n_samples : int >= 1, default 100
+    seed : int in [0, 2**32 - 1], default 42
+        Seed of a private ``numpy.random.RandomState``; the global NumPy random state is
+        neither read nor changed.
+
+    Returns
+    -------
+    X : float64 ndarray, shape (n_samples, 1)
+        Uniform on [0, 1).
+    y : float64 ndarray, shape (n_samples, 1)
+        ``2 * X + 1`` plus standard normal noise.
+
+    Raises
+    ------
+    TypeError
+        `n_samples` or `seed` not an int (bool included).
+    ValueError
+        `n_samples` < 1, or `seed` outside [0, 2**32 - 1].
+
+    Notes
+    -----
+    rs = RandomState(seed);  X = rs.rand(n, 1);  y = 2 * X + 1 + rs.randn(n, 1)
+
+    This reproduces, value for value, the legacy script
+    ``np.random.seed(42); X = np.random.rand(100, 1); y = 2*X + 1 + np.random.randn(100, 1)``
+    (the legacy global functions draw from one hidden ``RandomState``). With the defaults
+    the least-squares line is w = 1.5402, b = 1.2151, within sampling noise of w = 2, b = 1
+    (standard error of the slope ~ 1 / sqrt(100 / 12) ~ 0.35).
+
+    Examples
+    --------
+    >>> X, y = make_linear()
+    >>> X.shape, float(X[0, 0])
+    ((100, 1), 0.3745401188473625)
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
+        raise TypeError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int in [0, 2**32 - 1], got {seed!r}")
+    if not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"seed must be in [0, 2**32 - 1] (RandomState's range), got {seed!r}")
+    rs = np.random.RandomState(int(seed))
+    n = int(n_samples)
+    X = rs.rand(n, 1)
+    y = 2 * X + 1 + rs.randn(n, 1)
+    return X, y
+
+
+# --------------------------------------------------------------------------- CSV
+
+def _float_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_csv(handle, source, target, dtype):
+    """Parse an open text file of CSV with a header row; see `load_csv` for the contract."""
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"target must be a column name (str) or None, got {target!r}")
+    dt = _float_dtype(dtype)
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    while header is not None and len(header) == 0:  # leading blank lines
+        header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{source}: the file is empty; expected a header row of column names")
+    header_line = reader.line_num
+    names = [h.strip() for h in header]
+    if len(names) < 2:
+        raise ValueError(
+            f"{source}: expected at least 2 columns (features and a target), got "
+            f"{len(names)} column {names!r} on line {header_line}"
+        )
+    if all(_is_number(h) for h in names):
+        raise ValueError(
+            f"{source}: line {header_line} must be a header row of column names, got only "
+            f"numbers {header!r}"
+        )
+    for j, name in enumerate(names):
+        if not name:
+            raise ValueError(f"{source}: header column {j + 1} on line {header_line} has an "
+                             f"empty name; every column needs a name")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{source}: column name {name!r} appears more than once in the header")
+        seen.add(name)
+    if target is None:
+        t = len(names) - 1
+    elif target in names:
+        t = names.index(target)
+    else:
+        raise ValueError(f"target={target!r} is not a column of {source}; available columns: "
+                         f"{names}")
+
+    ncol = len(names)
+    rows = []
+    lines = []
+    for row in reader:
+        if len(row) == 0:  # a blank line carries no sample
+            continue
+        line = reader.line_num
+        if len(row) != ncol:
+            raise ValueError(f"{source}: line {line} has {len(row)} fields but the header has "
+                             f"{ncol}; rows must all have the header's length")
+        try:
+            values = [float(cell) for cell in row]
+        except ValueError:
+            for j, cell in enumerate(row):
+                if not _is_number(cell):
+                    raise ValueError(
+                        f"{source}: column {names[j]!r} on line {line} must be a number, got "
+                        f"{cell!r}"
+                    ) from None
+            raise  # pragma: no cover - every cell parsed one by one, so unreachable
+        rows.append(values)
+        lines.append(line)
+    if not rows:
+        raise ValueError(f"{source}: no data rows after the header; expected at least one sample")
+
+    data = np.array(rows, dtype=np.float64)
+    with np.errstate(over="ignore"):  # a float32 overflow is reported just below
+        cast = data.astype(dt)
+    for arr, what in ((data, "a finite number"), (cast, f"finite in {dt.name}")):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            raise ValueError(
+                f"{source}: column {names[j]!r} on line {lines[i]} must be {what}, got "
+                f"{float(data[i, j])!r}"
+            )
+    data = cast
+    feature_idx = [j for j in range(ncol) if j != t]
+    X = np.ascontiguousarray(data[:, feature_idx])
+    y = np.ascontiguousarray(data[:, t])
+    return X, y, [names[j] for j in feature_idx]
+
+
+def _check_path(path, name="path"):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {path!r}")
+    p = Path(path)
+    if not p.is_file():
+        if p.exists():
+            raise ValueError(f"{name}={str(p)!r} is not a regular file")
+        raise FileNotFoundError(f"{name}={str(p)!r}: no such file")
+    return p
+
+
+def load_csv(path, target=None, dtype="float64"):
+    """Load a numeric CSV file with a header row into features and a target.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Comma-separated, UTF-8 (a byte-order mark is ignored); the first non-blank line names
+        the columns; every other non-blank line is one sample. Cells are parsed by Python's
+        ``float`` (surrounding spaces allowed).
+    target : str or None, default None
+        Name of the target column; None takes the last column.
+    dtype : {"float64", "float32"}, default "float64"
+        dtype of both X and y.
+
+    Returns
+    -------
+    X : ndarray, shape (n, d), `dtype`
+        Every column but the target, in file order.
+    y : ndarray, shape (n,), `dtype`
+    feature_names : list of str, length d
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at `path` (the message names the path).
+    ValueError
+        Fewer than 2 columns; a header that is missing (only numbers), has an empty or a
+        repeated name; `target` not a column (the available ones are listed); a ragged row, a
+        non-numeric cell, or a NaN/inf cell (each naming the column and the 1-based line);
+        no data rows; a value beyond float32's range when `dtype` is float32; `path` not a
+        regular file; `dtype` not float32/float64.
+    TypeError
+        `path`, `target` or `dtype` of the wrong type.
+
+    Examples
+    --------
+    A file ``a,b,y`` / ``1,2,3`` / ``4,5,6`` gives ``X = [[1, 2], [4, 5]]``, ``y = [3, 6]``
+    and ``feature_names = ["a", "b"]``.
+    """
+    p = _check_path(path)
+    with open(p, "r", encoding="utf-8-sig", newline="") as handle:
+        return _parse_csv(handle, str(p), target, dtype)
+
+
+def _load_shipped(filename, target=None):
+    resource = resources.files(__name__).joinpath(filename)
+    with resource.open("r", encoding="utf-8", newline="") as handle:
+        return _parse_csv(handle, f"minscale/datasets/{filename}", target, "float64")
+
+
+def load_diabetes():
+    """The diabetes regression data set, raw (unscaled) values.
+
+    Returns
+    -------
+    X : float64 ndarray, shape (442, 10)
+        Columns AGE (years), SEX (1 or 2), BMI (kg/m^2), BP (average blood pressure, mm Hg),
+        S1..S6 (six blood serum measurements: total cholesterol, LDL, HDL, total/HDL ratio,
+        log triglycerides, glucose).
+    y : float64 ndarray, shape (442,)
+        Quantitative measure of disease progression one year after baseline (25..346,
+        mean 152.133).
+
+    Notes
+    -----
+    These are the values of Table 1 of the source, not scikit-learn's ``load_diabetes()``
+    default, which centres each column and scales it to unit sum of squares.
+
+    References
+    ----------
+    B. Efron, T. Hastie, I. Johnstone, R. Tibshirani (2004), "Least Angle Regression",
+    Annals of Statistics 32(2), 407-499. File from scikit-learn's ``diabetes_data_raw.csv.gz``
+    and ``diabetes_target.csv.gz``; see ``SOURCES.md``.
+    """
+    X, y, _ = _load_shipped("diabetes.csv")
+    return X, y
+
+
+def load_digits():
+    """The 8x8 handwritten digits classification data set.
+
+    Returns
+    -------
+    X : float64 ndarray, shape (1797, 64)
+        Pixel counts 0..16, row-major: column ``8 * r + c`` is pixel (row r, column c).
+    y : int64 ndarray, shape (1797,)
+        Digit labels 0..9 (about 180 of each).
+
+    References
+    ----------
+    E. Alpaydin, C. Kaynak (1998), Optical Recognition of Handwritten Digits, UCI Machine
+    Learning Repository (CC BY 4.0); the test set as packaged in scikit-learn's
+    ``digits.csv.gz``; see ``SOURCES.md``.
+    """
+    X, y, _ = _load_shipped("digits.csv")
+    return X, y.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- NPZ
+
+def _npz_array(archive, key, source):
+    try:
+        arr = archive[key]
+    except ValueError:
+        # NumPy refuses object arrays under allow_pickle=False; say so in our own words.
+        raise ValueError(f"{source}: array {key!r} is an object array; object arrays are refused "
+                         f"(they need pickle); store a numeric array") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{source}: array {key!r} must be numeric (bool, int or float), got "
+                         f"dtype {arr.dtype}")
+    if arr.size == 0 or arr.ndim == 0 or arr.shape[0] == 0:
+        raise ValueError(f"{source}: array {key!r} must hold at least one sample, got shape "
+                         f"{arr.shape}")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+            raise ValueError(f"{source}: array {key!r} must be finite, got {float(arr[idx])!r} "
+                             f"at index {idx if len(idx) > 1 else idx[0]}")
+    return arr
+
+
+def load_npz(path, x_key="X", y_key="y", dtype="float64"):
+    """Load features and targets from a NumPy ``.npz`` archive, without pickle.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    x_key : str, default "X"
+        Name of the feature array, shape (n, d).
+    y_key : str, default "y"
+        Name of the target array, shape (n,) or (n, k).
+    dtype : {"float64", "float32"}, default "float64"
+        dtype of X, and of y when y is stored as floats.
+
+    Returns
+    -------
+    X : ndarray, shape (n, d), `dtype`
+    y : ndarray, shape (n,) or (n, k)
+        int64 when stored as bool/integers (class labels stay labels), else `dtype`.
+    feature_names : list of str, length d
+        From a 1-D string array ``feature_names`` in the archive if it has one, else
+        ``["x0", "x1", ...]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at `path`.
+    ValueError
+        Not a readable ``.npz`` archive; `x_key` or `y_key` missing (the available keys are
+        listed); an object array (refused: it would need pickle); a non-numeric array; X not
+        2-D or y not 1-D/2-D; no samples; NaN/inf (naming the key and index); a float32
+        overflow; row counts that differ; a ``feature_names`` entry of the wrong length.
+    TypeError
+        `path`, `x_key`, `y_key` or `dtype` of the wrong type.
+
+    Notes
+    -----
+    ``numpy.load(path, allow_pickle=False)``: loading never runs code from the file.
+    """
+    for value, name in ((x_key, "x_key"), (y_key, "y_key")):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {value!r}")
+    dt = _float_dtype(dtype)
+    p = _check_path(path)
+    source = str(p)
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"path={source!r} is not a readable .npz archive ({exc})") from None
+    if not hasattr(archive, "files"):
+        raise ValueError(f"path={source!r} holds a single .npy array, expected an .npz archive "
+                         f"with arrays {x_key!r} and {y_key!r}")
+    with archive:
+        keys = sorted(archive.files)
+        for value, name in ((x_key, "x_key"), (y_key, "y_key")):
+            if value not in keys:
+                raise ValueError(f"{name}={value!r} is not an array in {source}; available keys: "
+                                 f"{keys}")
+        X = _npz_array(archive, x_key, source)
+        y = _npz_array(archive, y_key, source)
+        names = None
+        if "feature_names" in keys and "feature_names" not in (x_key, y_key):
+            try:
+                names = archive["feature_names"]
+            except ValueError:
+                raise ValueError(f"{source}: feature_names must be a string array, got an object "
+                                 f"array") from None
+    if X.ndim != 2:
+        raise ValueError(f"{source}: array {x_key!r} must be 2-D (n, d), got shape {X.shape}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"{source}: array {y_key!r} must be (n,) or (n, k), got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"{source}: {x_key!r} has {X.shape[0]} rows but {y_key!r} has "
+                         f"{y.shape[0]}; expected the same number")
+    with np.errstate(over="ignore"):  # a float32 overflow is reported just below
+        X = X.astype(dt)
+        y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dt)
+    for arr, key in ((X, x_key), (y, y_key)):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"{source}: array {key!r} has values beyond the range of {dt.name}")
+    d = X.shape[1]
+    if names is None:
+        feature_names = [f"x{j}" for j in range(d)]
+    else:
+        if names.dtype.kind not in "US" or names.shape != (d,):
+            raise ValueError(f"{source}: feature_names must be {d} strings (one per column of "
+                             f"{x_key!r}), got dtype {names.dtype} and shape {names.shape}")
+        feature_names = [str(s) for s in names.tolist()]
+    return X, y, feature_names
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+def load(data, target=None):
+    """Load a shipped data set by name, or the user's ``.csv`` / ``.npz`` file by path.
+
+    Parameters
+    ----------
+    data : str or os.PathLike
+        ``"diabetes"``, ``"digits"``, or a path ending in ``.csv`` or ``.npz`` (any case).
+    target : str or None, default None
+        CSV: the target column (None: the last one); this also works for ``"diabetes"``,
+        whose columns are AGE SEX BMI BP S1..S6 Y. NPZ: the key of the target array (None:
+        ``"y"``). ``"digits"``: must be None or ``"label"``.
+
+    Returns
+    -------
+    X : ndarray, shape (n, d), float64
+    y : ndarray, shape (n,), or (n, k) from an npz
+        float64 for regression; int64 labels for classification.
+    info : dict
+        ``{"name": str, "task": "regression" | "classification",
+        "n_classes": int or None, "feature_names": list of str}``. Files are named by their
+        stem. ``digits``, and an npz whose y is 1-D integers, are classification
+        (``n_classes = max(y) + 1``); everything else is regression. A CSV target is always
+        float: pass it through ``minscale.data.one_hot`` for classification.
+
+    Raises
+    ------
+    ValueError
+        `data` is none of the above (the accepted values are named); `target` given for
+        ``digits``; and everything `load_csv` / `load_npz` raise.
+    FileNotFoundError
+        A ``.csv`` / ``.npz`` path that does not exist.
+    TypeError
+        `data` not a str/PathLike, or `target` not a str/None.
+
+    Examples
+    --------
+    >>> X, y, info = load("digits")
+    >>> X.shape, info["task"], info["n_classes"]
+    ((1797, 64), 'classification', 10)
+    """
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"target must be a column or key name (str) or None, got {target!r}")
+    accepted = "'diabetes', 'digits', or a path ending in .csv or .npz"
+    if not isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"data must be {accepted}, got {data!r}")
+    if isinstance(data, str) and data == "diabetes":
+        X, y, names = _load_shipped("diabetes.csv", target)
+        return X, y, {"name": "diabetes", "task": "regression", "n_classes": None,
+                      "feature_names": names}
+    if isinstance(data, str) and data == "digits":
+        if target not in (None, "label"):
+            raise ValueError(f"target must be None or 'label' for data='digits', got {target!r}")
+        X, y, names = _load_shipped("digits.csv")
+        return X, y.astype(np.int64), {"name": "digits", "task": "classification",
+                                       "n_classes": 10, "feature_names": names}
+    path = Path(data)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        X, y, names = load_csv(path, target=target)
+        return X, y, {"name": path.stem, "task": "regression", "n_classes": None,
+                      "feature_names": names}
+    if suffix == ".npz":
+        X, y, names = load_npz(path, y_key="y" if target is None else target)
+        if y.ndim == 1 and y.dtype.kind == "i":
+            if y.min() < 0:
+                i = int(np.argmin(y))
+                raise ValueError(f"{path}: integer targets are read as class labels and must be "
+                                 f">= 0, got {y[i]} at index {i}")
+            task, n_classes = "classification", int(y.max()) + 1
+        else:
+            task, n_classes = "regression", None
+        return X, y, {"name": path.stem, "task": task, "n_classes": n_classes,
+                      "feature_names": names}
+    raise ValueError(f"data must be {accepted}, got {str(data)!r}")
