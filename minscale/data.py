@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "check_array",
     "check_Xy",
     "train_test_split",
     "mean_and_scale",
@@ -130,6 +131,49 @@ def _labels_1d(labels, name):
 
 # --------------------------------------------------------------------------- validation
 
+def check_array(value, name="X", *, dtype=None):
+    """Validate one batch-first numeric array and return it 2-D, float and C-contiguous.
+
+    Parameters
+    ----------
+    value : array_like, shape (n, d) or (n,)
+        A 1-D array is read as n samples of one feature.
+    name : str
+        Argument name used in error messages.
+    dtype : {None, "float32", "float64"}, keyword-only
+        None keeps float32/float64 and turns bool and integer input into float64.
+
+    Returns
+    -------
+    ndarray, shape (n, d), float32 or float64, C-contiguous (no copy when already so)
+
+    Raises
+    ------
+    ValueError
+        Non-numeric input, ndim other than 1 or 2, no samples or columns, NaN or inf (naming
+        `name` and the first bad index), an unsupported `dtype`.
+    TypeError
+        `dtype` is not a dtype at all.
+    """
+    want = None if dtype is None else _float_dtype(dtype)
+    arr = _as_numeric_array(value, name)
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D or 2-D (n,) or (n, d), got ndim {arr.ndim} "
+                         f"with shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    _check_finite(arr, name)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    target = want if want is not None else (
+        arr.dtype if arr.dtype in _FLOAT_DTYPES else np.dtype(np.float64))
+    with np.errstate(over="ignore"):  # a float32 overflow is reported just below
+        arr = np.ascontiguousarray(arr, dtype=target)
+    # A float64 value beyond float32's range becomes inf when cast down.
+    _check_finite(arr, name)
+    return arr
+
+
 def check_Xy(X, y, name_X="X", name_y="y", *, dtype=None):
     """Validate a feature matrix and its targets; return both as 2-D float arrays.
 
@@ -173,26 +217,8 @@ def check_Xy(X, y, name_X="X", name_y="y", *, dtype=None):
     >>> X2.dtype, X2.shape, y2.shape
     (dtype('float64'), (2, 2), (2, 1))
     """
-    want = None if dtype is None else _float_dtype(dtype)
-    out = []
-    for value, name in ((X, name_X), (y, name_y)):
-        arr = _as_numeric_array(value, name)
-        if arr.ndim not in (1, 2):
-            raise ValueError(f"{name} must be 1-D or 2-D (n,) or (n, d), got ndim {arr.ndim} "
-                             f"with shape {arr.shape}")
-        if arr.shape[0] == 0 or arr.size == 0:
-            raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-        _check_finite(arr, name)
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        target = want if want is not None else (
-            arr.dtype if arr.dtype in _FLOAT_DTYPES else np.dtype(np.float64))
-        with np.errstate(over="ignore"):  # a float32 overflow is reported just below
-            arr = np.ascontiguousarray(arr, dtype=target)
-        # A float64 value beyond float32's range becomes inf when cast down.
-        _check_finite(arr, name)
-        out.append(arr)
-    X2d, y2d = out
+    X2d = check_array(X, name_X, dtype=dtype)
+    y2d = check_array(y, name_y, dtype=dtype)
     if X2d.shape[0] != y2d.shape[0]:
         raise ValueError(
             f"{name_X} and {name_y} must have the same number of rows, got {name_X} with "

@@ -13,6 +13,7 @@ import copy as _copy
 import numpy as np
 
 from . import losses
+from .data import check_array, check_Xy
 from . import optim as _optim
 from .layers import Dense
 
@@ -40,26 +41,12 @@ def check_X(X, input_dim=None, dtype="float64", name="X"):
     Raises
     ------
     ValueError
-        Non-numeric, empty, NaN/inf, wrong ndim or wrong feature count, naming `name`.
+        Non-numeric, empty, NaN/inf, wrong ndim (see :func:`minscale.data.check_array`) or
+        wrong feature count, naming `name`.
     """
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{name} must be a numeric array, got {type(X).__name__}: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, d_in), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    arr = check_array(X, name, dtype=dtype)
     if input_dim is not None and arr.shape[1] != input_dim:
         raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {input_dim}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
     return arr
 
 
@@ -379,11 +366,10 @@ class Sequential:
         return result["loss"] if len(result) == 1 else list(result.values())
 
     def _check_Xy(self, X, y):
-        X = check_X(X, self.input_dim, self.dtype, "X")
+        X, y = check_Xy(X, y, dtype=self.dtype)
         self._ensure_built(X)
-        y = check_X(y, self.output_dim, self.dtype, "y")
-        if X.shape[0] != y.shape[0]:
-            raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        check_X(X, self.input_dim, self.dtype, "X")
+        check_X(y, self.output_dim, self.dtype, "y")
         return X, y
 
     # inspection -----------------------------------------------------------------------------

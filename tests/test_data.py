@@ -626,6 +626,6 @@ def test_accuracy_errors(y_true, y_pred, match):
 
 
 def test_module_exports():
-    assert set(msdata.__all__) == {"check_Xy", "train_test_split", "mean_and_scale", "Standardizer",
+    assert set(msdata.__all__) == {"check_array", "check_Xy", "train_test_split", "mean_and_scale", "Standardizer",
                                    "standardize", "one_hot", "accuracy"}
     assert datasets.NAMES == ("diabetes", "digits")

@@ -103,10 +103,10 @@ def test_divergence_stops_with_message_and_finite_parameters(backend):
 BAD_FIT = [
     (lambda X, y: (X[:5], y), {}, "rows"),
     (lambda X, y: (np.hstack([X, X]), y), {}, "features"),
-    (lambda X, y: (np.where(np.arange(10)[:, None] == 3, np.nan, X), y), {}, "NaN"),
-    (lambda X, y: (X, np.where(np.arange(10)[:, None] == 3, np.inf, y)), {}, "y contains"),
+    (lambda X, y: (np.where(np.arange(10)[:, None] == 3, np.nan, X), y), {}, r"X must be finite, got nan"),
+    (lambda X, y: (X, np.where(np.arange(10)[:, None] == 3, np.inf, y)), {}, r"y must be finite, got inf"),
     (lambda X, y: (X[:0], y[:0]), {}, "empty"),
-    (lambda X, y: (X.astype(str), y), {}, "numeric"),
+    (lambda X, y: (X.astype(str), y), {}, "X must contain real numbers"),
     (lambda X, y: (X, y), {"batch_size": 0}, "batch_size"),
     (lambda X, y: (X, y), {"epochs": -1}, "epochs"),
 ]
