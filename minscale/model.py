@@ -384,10 +384,13 @@ class Sequential:
             masked entries (mask False), the fraction of zeros the mask enforces.
         """
         self._require_built()
-        per_layer = [float(1.0 - layer.W_mask.mean()) for layer in self.layers]
-        total = float(1.0 - self.mask[self.prunable].mean())
-        return {"layers": per_layer, "total": total,
-                "total_with_bias": float(1.0 - self.mask.mean())}
+        def zeros_fraction(mask):
+            # count / size, not 1 - mean: exact for fractions like 29/96
+            return float(np.count_nonzero(~mask) / mask.size)
+
+        per_layer = [zeros_fraction(layer.W_mask) for layer in self.layers]
+        return {"layers": per_layer, "total": zeros_fraction(self.mask[self.prunable]),
+                "total_with_bias": zeros_fraction(self.mask)}
 
     def get_weights(self):
         """Copies of ``[W_0, b_0, W_1, b_1, ...]`` (no b for layers without bias)."""

@@ -1,0 +1,1591 @@
+"""Pruning: exact magnitude, global, random and structured masks, sparsity schedules.
+
+Conventions (``DESIGN.md``): a mask is a boolean array with ``True`` = kept; sparsity is the
+fraction of zeros; asking for sparsity ``s`` of ``n`` entries prunes exactly ``round(s * n)``
+of them (Python ``round``, half to even, as ``torch.nn.utils.prune`` does for a fractional
+amount), and ties at the threshold are broken deterministically: the lower flat index is
+pruned first.
+
+The module opens with pure functions that own the rules (masks, schedules); the schedule
+classes after them only hold their parameters. The model-level functions at the end write
+masks into a :class:`~minscale.model.Sequential`'s flat mask buffer (``model.mask``), keep
+the values pruned weights had in ``model.state["prune_backup"]`` for :func:`restore`, and
+build sparse (CSR) or shrunken copies of a pruned model.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "magnitude_mask",
+    "global_magnitude_masks",
+    "random_mask",
+    "structured_mask",
+    "apply_mask",
+    "sparsity_of",
+    "n_to_prune",
+    "polynomial_decay_sparsity",
+    "should_prune_at",
+    "ConstantSparsity",
+    "PolynomialDecaySparsity",
+    "METHODS",
+    "FORMATS",
+    "prune",
+    "strip",
+    "restore",
+    "prune_to_tolerance",
+    "ToleranceResult",
+    "shrink",
+    "to_sparse",
+    "SparseModel",
+    "SparseDense",
+    "model_nbytes",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_sparsity(sparsity, name="sparsity"):
+    """Return `sparsity` as a Python float after checking it is a real number in [0, 1]."""
+    if isinstance(sparsity, (bool, np.bool_)) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number in [0, 1] (a fraction of zeros, not a percent), "
+            f"got {sparsity!r} of type {type(sparsity).__name__}"
+        )
+    value = float(sparsity)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} must be in [0, 1] (a fraction of zeros, not a percent), got {sparsity!r}"
+        )
+    return value
+
+
+def _check_weights(w, name, check_finite=True):
+    """Return `w` as an ndarray of real numbers; non-finite entries raise ValueError."""
+    arr = np.asarray(w)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{name} must be an array of real numbers (float or int dtype), "
+            f"got dtype {arr.dtype}"
+        )
+    if check_finite and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        _raise_non_finite(arr, name)
+    return arr
+
+
+def _raise_non_finite(arr, name):
+    bad = np.flatnonzero(~np.isfinite(arr.ravel()))
+    first = np.unravel_index(bad[0], arr.shape)
+    raise ValueError(
+        f"{name} must be finite, got {bad.size} non-finite entr"
+        f"{'y' if bad.size == 1 else 'ies'}, the first {arr.ravel()[bad[0]]!r} at index "
+        f"{tuple(int(i) for i in first)}"
+    )
+
+
+def _check_mask(mask, shape, name="mask"):
+    """Return `mask` as a bool ndarray of `shape`, else raise ValueError naming `name`."""
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise ValueError(f"{name} must have dtype bool (True = kept), got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {arr.shape}")
+    return arr
+
+
+def _rng(seed, name="seed"):
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a non-negative int or a numpy.random.Generator, got {seed!r}"
+        )
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
+def _check_step(step, name="step"):
+    """Return `step` as an int or an int64 ndarray, all >= 0."""
+    if isinstance(step, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int (optimizer updates), got {step!r}")
+    if isinstance(step, numbers.Integral):
+        if step < 0:
+            raise ValueError(f"{name} must be >= 0 (updates taken so far), got {step!r}")
+        return int(step)
+    arr = np.asarray(step)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name} must be an int or an integer ndarray (optimizer updates), got {step!r}"
+        )
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be >= 0 (updates taken so far), got min {arr.min()}")
+    return arr.astype(np.int64)
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------
+# selection rules on flat scores
+
+
+def n_to_prune(sparsity, n):
+    """Number of entries pruned when asking for `sparsity` of `n` entries.
+
+    Parameters
+    ----------
+    sparsity : float in [0, 1]
+        Fraction of zeros asked for.
+    n : int, >= 0
+        Number of prunable entries.
+
+    Returns
+    -------
+    k : int
+        ``round(sparsity * n)``, in [0, n].
+
+    Raises
+    ------
+    ValueError
+        If sparsity is NaN or outside [0, 1], or n < 0.
+    TypeError
+        If sparsity is not a real number or n not an int.
+
+    Notes
+    -----
+    k = round(sparsity * n) with Python's ``round`` (half to even), the rule of
+    ``torch.nn.utils.prune._compute_nparams_toprune`` for a fractional amount. Rounding
+    rather than truncating matters: ``0.29 * 100`` is ``28.999999999999996`` in binary
+    floating point, so ``int`` would prune 28 and ``round`` prunes the intended 29.
+
+    Examples
+    --------
+    >>> n_to_prune(0.29, 100)
+    29
+    >>> n_to_prune(0.5, 5)  # 2.5 rounds half to even
+    2
+    """
+    s = _check_sparsity(sparsity)
+    n = _check_int(n, "n", 0)
+    return min(max(round(s * n), 0), n)
+
+
+def _keep_all_but_smallest(scores, k):
+    """Keep-mask over 1-D `scores` pruning the `k` smallest; ties: lower index pruned first.
+
+    O(n): one ``np.partition`` finds the k-th smallest score t; every score < t is pruned,
+    every score > t is kept, and of the scores equal to t the first (lowest-index) ones are
+    pruned until the count is exactly k. The work is the ``keep_all_but_smallest`` kernel of
+    the active backend (:mod:`minscale.kernels`).
+    """
+    from . import kernels
+
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
+    scores = np.ascontiguousarray(scores)
+    return kernels.keep_all_but_smallest(scores, int(k), np.empty(scores.size, dtype=bool))
+
+
+def _keep_with_previous(scores, k, previous, select):
+    """Apply `select(sub_scores, k_sub)` so that previously pruned entries rank first.
+
+    `previous` is the flat previous keep-mask. If at least as many entries as were pruned
+    before are asked for, all earlier zeros stay and ``k - p`` more are chosen among the kept
+    ones; otherwise the k are chosen among the earlier zeros (the rest come back).
+    """
+    n_prev_pruned = previous.size - int(np.count_nonzero(previous))
+    if k >= n_prev_pruned:
+        keep = previous.copy()
+        idx = np.flatnonzero(previous)
+        keep[idx] = select(scores[idx], k - n_prev_pruned)
+    else:
+        keep = np.ones(previous.size, dtype=bool)
+        idx = np.flatnonzero(~previous)
+        keep[idx] = select(scores[idx], k)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------
+# masks
+
+
+def magnitude_mask(w, sparsity, mask=None):
+    """Keep-mask pruning exactly ``round(sparsity * w.size)`` smallest-magnitude entries.
+
+    Parameters
+    ----------
+    w : array_like of float or int, any shape
+        Weights, finite. Float32 input is ranked in float32 (no float64 copy).
+    sparsity : float in [0, 1]
+        Fraction of entries to prune (zeros), not a percent.
+    mask : bool ndarray shaped like `w`, optional
+        The previous mask (True = kept). Entries it prunes are ranked before all others,
+        so they count toward the total and stay pruned whenever the new count is at least
+        the old one; a higher sparsity therefore keeps every earlier zero. If fewer entries
+        are asked for than the mask already prunes, the pruned ones with the smallest |w|
+        (then lower index) stay pruned and the others are kept again.
+
+    Returns
+    -------
+    mask : bool ndarray, shape ``w.shape``
+        True = kept. Exactly ``round(sparsity * w.size)`` entries are False.
+
+    Raises
+    ------
+    ValueError
+        If sparsity is NaN or outside [0, 1], `w` has a non-finite entry, or `mask` has the
+        wrong shape or a dtype other than bool; the message names the argument.
+    TypeError
+        If sparsity is not a real number or `w` not a real array.
+
+    Notes
+    -----
+    Entries are ranked by the key (|w|, flat index) and the first k = round(sparsity * n)
+    keys are pruned (with `mask`: by (mask, |w|, flat index)). The cut is found by one
+    ``np.partition`` at k - 1 (threshold t), then ``|w| < t`` pruned, ``|w| > t`` kept and
+    the ties ``|w| == t`` pruned in index order until exactly k are pruned: O(n) time.
+
+    References
+    ----------
+    Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks";
+    ``torch.nn.utils.prune.l1_unstructured`` (same count rule; torch breaks ties
+    arbitrarily through ``topk``, here the lower flat index is pruned first).
+
+    Examples
+    --------
+    >>> magnitude_mask([[0.3, -0.1], [0.2, 0.1]], 0.5)
+    array([[ True, False],
+           [ True, False]])
+    """
+    arr = _check_weights(w, "w", check_finite=False)
+    s = _check_sparsity(sparsity)
+    k = n_to_prune(s, arr.size)
+    prev = None if mask is None else _check_mask(mask, arr.shape, "mask").ravel()
+    if arr.dtype.kind != "f":
+        # |int8(-128)| overflows in its own dtype; integer weights are ranked as float64
+        arr = arr.astype(np.float64)
+    scores = np.abs(arr).ravel()
+    # max propagates NaN and sees +inf (after abs): one reduction instead of an isfinite pass
+    if scores.size and not np.isfinite(scores.max()):
+        _raise_non_finite(arr, "w")
+    if prev is None:
+        keep = _keep_all_but_smallest(scores, k)
+    else:
+        keep = _keep_with_previous(scores, k, prev, _keep_all_but_smallest)
+    return keep.reshape(arr.shape)
+
+
+def global_magnitude_masks(weights, sparsity, masks=None):
+    """Keep-masks from ONE magnitude ranking over all entries of several tensors.
+
+    Parameters
+    ----------
+    weights : sequence of array_like of float or int
+        The tensors, any shapes; together n = sum of their sizes entries.
+    sparsity : float in [0, 1]
+        Fraction of all n entries to prune.
+    masks : sequence of bool ndarray, optional
+        Previous masks, one per tensor with its shape; their zeros rank first, as in
+        :func:`magnitude_mask`.
+
+    Returns
+    -------
+    masks : list of bool ndarray
+        One per tensor, with its shape; exactly ``round(sparsity * n)`` False in total.
+
+    Raises
+    ------
+    ValueError
+        If `weights` is empty, sparsity is NaN or outside [0, 1], a tensor has a non-finite
+        entry (named as ``weights[i]``), or `masks` has the wrong length or a mask the wrong
+        shape or dtype (named as ``masks[i]``).
+    TypeError
+        If `weights` is not a sequence of real arrays or sparsity not a real number.
+
+    Notes
+    -----
+    Equal to :func:`magnitude_mask` on the concatenation of the flattened tensors, split
+    back: the key is (|w|, position in that concatenation), so ties break toward the earlier
+    tensor, then the lower flat index. The scores are written once into one buffer of the
+    tensors' common float dtype, and the rest is one ``np.partition`` plus O(n) passes.
+
+    References
+    ----------
+    ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` (same count rule);
+    Frankle & Carbin 2019 (global magnitude pruning).
+
+    Examples
+    --------
+    >>> a, b = global_magnitude_masks([[[0.1, 0.2], [0.3, 0.4]], [[1.0, 2.0], [3.0, 4.0]]], 0.5)
+    >>> bool(a.any()), bool(b.all())
+    (False, True)
+    """
+    if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+        raise TypeError(
+            f"weights must be a list or tuple of arrays, got {type(weights).__name__}"
+        )
+    if len(weights) == 0:
+        raise ValueError("weights must hold at least one array, got an empty sequence")
+    arrays = []
+    for i, w in enumerate(weights):
+        arr = np.asarray(w)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(
+                f"weights[{i}] must be an array of real numbers, got dtype {arr.dtype}"
+            )
+        arrays.append(arr)
+    s = _check_sparsity(sparsity)
+    prev = None
+    if masks is not None:
+        if not isinstance(masks, (list, tuple)) or len(masks) != len(arrays):
+            got = len(masks) if isinstance(masks, (list, tuple)) else type(masks).__name__
+            raise ValueError(
+                f"masks must be a list or tuple of {len(arrays)} bool arrays (one per "
+                f"weight), got {got}"
+            )
+        prev = [_check_mask(m, a.shape, f"masks[{i}]")
+                for i, (m, a) in enumerate(zip(masks, arrays))]
+
+    # float32 ranks float32 (and small ints) exactly; anything wider goes to float64
+    dtype = np.result_type(np.float32, *[a.dtype for a in arrays])
+    sizes = [a.size for a in arrays]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(offsets[-1])
+    scores = np.empty(n, dtype=dtype)
+    for arr, lo, hi in zip(arrays, offsets[:-1], offsets[1:]):
+        seg = scores[lo:hi]
+        seg[...] = arr.ravel()
+        np.abs(seg, out=seg)
+    # max propagates NaN and sees +inf (after abs): one reduction instead of an isfinite pass
+    if n and not np.isfinite(scores.max()):
+        for i, arr in enumerate(arrays):
+            if arr.size and not np.isfinite(arr).all():
+                _raise_non_finite(arr, f"weights[{i}]")
+    k = n_to_prune(s, n)
+    if prev is None:
+        keep = _keep_all_but_smallest(scores, k)
+    else:
+        prev_flat = np.concatenate([m.ravel() for m in prev]) if n else np.ones(0, bool)
+        keep = _keep_with_previous(scores, k, prev_flat, _keep_all_but_smallest)
+    return [keep[lo:hi].reshape(a.shape) for a, lo, hi in zip(arrays, offsets[:-1], offsets[1:])]
+
+
+def random_mask(shape, sparsity, seed, mask=None):
+    """Keep-mask pruning exactly ``round(sparsity * n)`` entries chosen uniformly at random.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        Shape of the mask; n = product of it.
+    sparsity : float in [0, 1]
+        Fraction of entries to prune.
+    seed : int >= 0 or numpy.random.Generator
+        Source of randomness; the same int gives the same mask.
+    mask : bool ndarray of `shape`, optional
+        Previous mask. Its zeros rank first: if at least as many entries are asked for,
+        they all stay pruned and the extra ones are drawn among the kept entries; otherwise
+        the pruned set is drawn among the earlier zeros.
+
+    Returns
+    -------
+    mask : bool ndarray of `shape`
+        True = kept; exactly ``round(sparsity * n)`` False.
+
+    Raises
+    ------
+    ValueError
+        If sparsity is NaN or outside [0, 1], a dimension of `shape` is negative, the seed is
+        negative, or `mask` has the wrong shape or dtype.
+    TypeError
+        If shape, sparsity or seed has the wrong type.
+
+    Notes
+    -----
+    The pruned set is ``rng.choice(n, k, replace=False)`` with ``rng =
+    numpy.random.default_rng(seed)``: every k-subset is equally likely. The random baseline
+    of pruning studies (e.g. Frankle & Carbin 2019; ``torch.nn.utils.prune
+    .random_unstructured`` has the same count rule).
+
+    Examples
+    --------
+    >>> int((~random_mask((4, 5), 0.25, seed=0)).sum())
+    5
+    """
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, (bool, np.bool_)):
+        shape = (int(shape),)
+    if not isinstance(shape, tuple) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_)) for d in shape
+    ):
+        raise TypeError(f"shape must be an int or a tuple of ints, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"shape must have non-negative dimensions, got {shape!r}")
+    shape = tuple(int(d) for d in shape)
+    s = _check_sparsity(sparsity)
+    rng = _rng(seed)
+    n = math.prod(shape)
+    k = n_to_prune(s, n)
+
+    def select(sub_scores, k_sub):
+        keep = np.ones(sub_scores.size, dtype=bool)
+        keep[rng.choice(sub_scores.size, size=k_sub, replace=False)] = False
+        return keep
+
+    placeholder = np.zeros(n, dtype=np.int8)  # the random rule ignores scores
+    if mask is None:
+        keep = select(placeholder, k)
+    else:
+        prev = _check_mask(mask, shape, "mask").ravel()
+        keep = _keep_with_previous(placeholder, k, prev, select)
+    return keep.reshape(shape)
+
+
+def structured_mask(w, sparsity, norm=2, axis=-1, mask=None):
+    """Keep-mask pruning whole channels (output neurons by default) with the smallest norm.
+
+    Parameters
+    ----------
+    w : array_like of float or int, ndim >= 1
+        Weights, finite. For a Dense kernel of shape ``(d_in, d_out)`` the default
+        ``axis=-1`` makes each of the d_out columns (one output neuron) a channel.
+    sparsity : float in [0, 1]
+        Fraction of channels to prune: exactly ``round(sparsity * w.shape[axis])``.
+    norm : float >= 1 or numpy.inf, default 2
+        p of the L_p norm computed over all axes except `axis`.
+    axis : int, default -1
+        The axis that indexes channels (torch's ``dim``).
+    mask : bool ndarray shaped like `w`, optional
+        Previous mask. Norms are taken of the masked weights, and channels it prunes
+        entirely rank first (as in :func:`magnitude_mask`).
+
+    Returns
+    -------
+    mask : bool ndarray, shape ``w.shape``
+        True = kept, constant along every channel.
+
+    Raises
+    ------
+    ValueError
+        If sparsity is NaN or outside [0, 1], `w` is 0-d or not finite, `norm` < 1 or NaN,
+        `axis` is out of range, or `mask` has the wrong shape or dtype.
+    TypeError
+        If an argument has the wrong type.
+
+    Notes
+    -----
+    score_c = ||w[..., c, ...]||_norm over all other axes; channels ranked by
+    (score_c, c), the first round(sparsity * C) pruned. Same ranking as
+    ``torch.nn.utils.prune.ln_structured(module, "weight", amount, n=norm, dim=0)`` on a
+    ``torch.nn.Linear`` whose weight is this W transposed, up to tie-breaking.
+
+    References
+    ----------
+    Li et al. 2017, "Pruning Filters for Efficient ConvNets" (norm-based channel pruning);
+    ``torch.nn.utils.prune.ln_structured``.
+
+    Examples
+    --------
+    >>> structured_mask([[3.0, 0.1, 1.0], [4.0, 0.1, 1.0]], 1 / 3)
+    array([[ True, False,  True],
+           [ True, False,  True]])
+    """
+    arr = _check_weights(w, "w")
+    if arr.ndim < 1:
+        raise ValueError(f"w must have at least 1 dimension, got a 0-d array {arr!r}")
+    s = _check_sparsity(sparsity)
+    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, numbers.Real):
+        raise TypeError(f"norm must be a real number >= 1 or numpy.inf, got {norm!r}")
+    if math.isnan(norm) or norm < 1:
+        raise ValueError(f"norm must be >= 1 (an L_p norm) or numpy.inf, got {norm!r}")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    if not -arr.ndim <= axis < arr.ndim:
+        raise ValueError(f"axis must be in [{-arr.ndim}, {arr.ndim - 1}] for w.ndim = "
+                         f"{arr.ndim}, got {axis}")
+    axis = int(axis) % arr.ndim
+    prev = None if mask is None else _check_mask(mask, arr.shape, "mask")
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    if prev is not None:
+        arr = np.where(prev, arr, 0)
+    n_channels = arr.shape[axis]
+    rows = np.moveaxis(arr, axis, 0).reshape(n_channels, -1)
+    if rows.shape[1] == 0:
+        scores = np.zeros(n_channels, dtype=arr.dtype)
+    elif norm == np.inf:
+        scores = np.abs(rows).max(axis=1)
+    else:
+        scores = np.linalg.norm(rows, ord=norm, axis=1)
+    k = n_to_prune(s, n_channels)
+    if prev is None:
+        keep_c = _keep_all_but_smallest(scores, k)
+    else:
+        prev_c = np.moveaxis(prev, axis, 0).reshape(n_channels, -1).any(axis=1)
+        keep_c = _keep_with_previous(scores, k, prev_c, _keep_all_but_smallest)
+    view_shape = [1] * arr.ndim
+    view_shape[axis] = n_channels
+    return np.broadcast_to(keep_c.reshape(view_shape), arr.shape).copy()
+
+
+def apply_mask(w, mask, out=None):
+    """Weights with the pruned entries set to exactly +0.0.
+
+    Parameters
+    ----------
+    w : array_like of float or int
+        Weights, any shape.
+    mask : bool ndarray shaped like `w`
+        True = kept.
+    out : ndarray shaped like `w`, optional
+        Where to write the result; ``out=w`` masks in place (e.g. a view into a flat buffer).
+
+    Returns
+    -------
+    w_masked : ndarray, shape and dtype of `w` (or `out`)
+        ``w`` where `mask`, +0.0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        If `mask` has the wrong shape or a dtype other than bool, or `out` the wrong shape.
+
+    Notes
+    -----
+    w_masked = where(mask, w, 0). Written with ``copyto`` rather than ``w * mask`` so that a
+    pruned negative weight gives +0.0, not -0.0.
+
+    Examples
+    --------
+    >>> apply_mask([-1.0, 2.0], np.array([False, True]))
+    array([0., 2.])
+    """
+    arr = np.asarray(w)
+    m = _check_mask(mask, arr.shape, "mask")
+    if out is None:
+        out = np.array(arr, copy=True)
+    else:
+        if not isinstance(out, np.ndarray) or out.shape != arr.shape:
+            got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+            raise ValueError(f"out must be an ndarray of shape {arr.shape}, got {got}")
+        if out is not arr:
+            np.copyto(out, arr)
+    np.copyto(out, 0, where=~m)
+    return out
+
+
+def sparsity_of(x):
+    """Fraction of zeros of a weight array, or of False entries of a mask.
+
+    Parameters
+    ----------
+    x : array_like
+        A bool mask (True = kept) or numeric weights, non-empty.
+
+    Returns
+    -------
+    sparsity : float in [0, 1]
+        For a bool mask: count(False) / size; else count(x == 0) / size.
+
+    Raises
+    ------
+    ValueError
+        If `x` is empty.
+    TypeError
+        If `x` is neither bool nor numeric.
+
+    Examples
+    --------
+    >>> sparsity_of([0.0, 1.5, 0.0, 2.0])
+    0.5
+    >>> sparsity_of(np.array([True, False, True, True]))
+    0.25
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(f"x must be a bool mask or a numeric array, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError("x must have at least one entry, got an empty array")
+    zeros = arr.size - np.count_nonzero(arr)
+    return float(zeros) / float(arr.size)
+
+
+# ----------------------------------------------------------------------------------------
+# schedules
+
+
+def should_prune_at(step, begin_step, end_step=-1, frequency=100):
+    """Whether the masks are updated at optimizer update `step`.
+
+    Parameters
+    ----------
+    step : int or int ndarray, >= 0
+        Updates taken so far. Unit: optimizer updates.
+    begin_step : int, >= 0
+    end_step : int, -1 or >= begin_step
+        Last step at which masks may update; -1 = never stop.
+    frequency : int, > 0
+        Update every `frequency` steps from `begin_step`.
+
+    Returns
+    -------
+    due : bool, or bool ndarray shaped like `step`
+
+    Notes
+    -----
+    due = step >= begin_step and (end_step == -1 or step <= end_step)
+          and (step - begin_step) % frequency == 0
+
+    References
+    ----------
+    TensorFlow Model Optimization, ``PruningSchedule._should_prune_in_step``
+    (``tensorflow_model_optimization/python/core/sparsity/keras/pruning_schedule.py``).
+
+    Examples
+    --------
+    >>> [s for s in range(0, 500, 50) if should_prune_at(s, 100, 300, 100)]
+    [100, 200, 300]
+    """
+    t = _check_step(step)
+    begin_step, end_step = _check_begin_end(begin_step, end_step, allow_forever=True)
+    frequency = _check_int(frequency, "frequency", 1)
+    in_range = (t >= begin_step) & ((end_step < 0) | (t <= end_step))
+    due = in_range & ((t - begin_step) % frequency == 0)
+    return bool(due) if isinstance(t, int) else due
+
+
+def polynomial_decay_sparsity(step, initial_sparsity, final_sparsity, begin_step, end_step,
+                              power=3):
+    """Target sparsity at `step` under the polynomial-decay schedule of Zhu & Gupta.
+
+    Parameters
+    ----------
+    step : int or int ndarray, >= 0
+        Updates taken so far. Unit: optimizer updates.
+    initial_sparsity, final_sparsity : float in [0, 1]
+        s_i (returned up to `begin_step`) and s_f (returned from `end_step` on).
+    begin_step : int, >= 0
+    end_step : int, > begin_step
+    power : float, > 0, default 3
+
+    Returns
+    -------
+    sparsity : float, or float64 ndarray shaped like `step`
+        Exactly s_i for step <= begin_step, exactly s_f for step >= end_step, monotone in
+        between (non-decreasing if s_f >= s_i).
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range (see Parameters), naming it and its value.
+
+    Notes
+    -----
+    p = clip((step - begin_step) / (end_step - begin_step), 0, 1)
+    s = s_f + (s_i - s_f) * (1 - p) ** power
+    Evaluated in that form (monotone under rounding), then clipped into [min(s_i, s_f),
+    max(s_i, s_f)] and set to exactly s_i at p == 0, where ``s_f + (s_i - s_f)`` can be one
+    ulp off.
+
+    References
+    ----------
+    Zhu & Gupta 2017, "To prune, or not to prune", eq. (1); TensorFlow Model Optimization
+    ``PolynomialDecay`` (same formula).
+
+    Examples
+    --------
+    >>> polynomial_decay_sparsity(50, 0.0, 0.5, begin_step=0, end_step=100)  # 0.5 - 0.5 / 8
+    0.4375
+    """
+    t = _check_step(step)
+    s_i = _check_sparsity(initial_sparsity, "initial_sparsity")
+    s_f = _check_sparsity(final_sparsity, "final_sparsity")
+    begin_step, end_step = _check_begin_end(begin_step, end_step, allow_forever=False)
+    power = _check_power(power)
+    p = np.clip((np.asarray(t, dtype=np.float64) - begin_step) / (end_step - begin_step), 0.0, 1.0)
+    s = s_f + (s_i - s_f) * (1.0 - p) ** power
+    s = np.clip(s, min(s_i, s_f), max(s_i, s_f))
+    s = np.where(p == 0.0, s_i, s)
+    return float(s) if isinstance(t, int) else s
+
+
+def _check_begin_end(begin_step, end_step, allow_forever):
+    begin_step = _check_int(begin_step, "begin_step", 0)
+    if isinstance(end_step, (bool, np.bool_)) or not isinstance(end_step, numbers.Integral):
+        raise TypeError(f"end_step must be an int, got {end_step!r}")
+    end_step = int(end_step)
+    if end_step == -1 and allow_forever:
+        return begin_step, end_step
+    if end_step == -1:
+        raise ValueError("end_step must be > begin_step; -1 (never stop) is not allowed for a "
+                         "decaying schedule, it needs an end")
+    if end_step < 0:
+        raise ValueError(f"end_step must be -1 or >= 0, got {end_step}")
+    if end_step < begin_step or (end_step == begin_step and not allow_forever):
+        raise ValueError(
+            f"end_step must be {'>=' if allow_forever else '>'} begin_step = {begin_step}, "
+            f"got {end_step}"
+        )
+    return begin_step, end_step
+
+
+def _check_power(power):
+    if isinstance(power, (bool, np.bool_)) or not isinstance(power, numbers.Real):
+        raise TypeError(f"power must be a real number > 0, got {power!r}")
+    if not (math.isfinite(power) and power > 0):
+        raise ValueError(f"power must be finite and > 0, got {power!r}")
+    return power
+
+
+@dataclass(frozen=True)
+class ConstantSparsity:
+    """Prune to one target sparsity at `begin_step` and every `frequency` steps after.
+
+    Parameters
+    ----------
+    target_sparsity : float in [0, 1]
+    begin_step : int, >= 0, default 0
+        Unit: optimizer updates (``t`` counts updates from 0).
+    end_step : int, default -1
+        Last step at which the masks may update, >= begin_step; -1 = until training ends.
+        ``end_step == begin_step`` is a single pruning at that step (allowed by TFMO).
+    frequency : int, > 0, default 100
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, naming it and its value.
+
+    Notes
+    -----
+    sparsity(step) = target_sparsity; masks update where :func:`should_prune_at` is True.
+
+    References
+    ----------
+    TensorFlow Model Optimization ``ConstantSparsity`` (same parameters and update steps;
+    TFMO requires sparsity < 1, here 1 is allowed).
+
+    Examples
+    --------
+    >>> sched = ConstantSparsity(0.9, begin_step=10, frequency=5)
+    >>> sched(3), sched.should_prune(10), sched.should_prune(12), sched.should_prune(15)
+    (0.9, True, False, True)
+    """
+
+    target_sparsity: float
+    begin_step: int = 0
+    end_step: int = -1
+    frequency: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, "target_sparsity",
+                           _check_sparsity(self.target_sparsity, "target_sparsity"))
+        b, e = _check_begin_end(self.begin_step, self.end_step, allow_forever=True)
+        object.__setattr__(self, "begin_step", b)
+        object.__setattr__(self, "end_step", e)
+        object.__setattr__(self, "frequency", _check_int(self.frequency, "frequency", 1))
+
+    def __call__(self, step):
+        """Target sparsity at `step` (int or int ndarray, >= 0): always `target_sparsity`."""
+        t = _check_step(step)
+        if isinstance(t, int):
+            return self.target_sparsity
+        return np.full(t.shape, self.target_sparsity)
+
+    def sparsity(self, step):
+        """Same as calling the schedule; the name :func:`minscale.train.fit` looks up."""
+        return self(step)
+
+    def should_prune(self, step):
+        """Whether masks update at `step`; see :func:`should_prune_at`."""
+        return should_prune_at(step, self.begin_step, self.end_step, self.frequency)
+
+    def get_config(self):
+        """Constructor arguments as a dict: ``ConstantSparsity(**get_config())`` rebuilds it."""
+        return {"target_sparsity": self.target_sparsity, "begin_step": self.begin_step,
+                "end_step": self.end_step, "frequency": self.frequency}
+
+    @classmethod
+    def from_config(cls, config):
+        """Inverse of :meth:`get_config`."""
+        return cls(**config)
+
+
+@dataclass(frozen=True)
+class PolynomialDecaySparsity:
+    """Gradual pruning from `initial_sparsity` to `final_sparsity` (Zhu & Gupta 2017).
+
+    Parameters
+    ----------
+    initial_sparsity, final_sparsity : float in [0, 1]
+    begin_step : int, >= 0
+        Unit: optimizer updates.
+    end_step : int, > begin_step
+        (begin_step == end_step would divide by zero and is rejected.)
+    power : float, > 0, default 3
+    frequency : int, > 0, default 100
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, naming it and its value.
+
+    Notes
+    -----
+    sparsity(step) = :func:`polynomial_decay_sparsity`; masks update where
+    :func:`should_prune_at` (begin_step, end_step, frequency) is True.
+
+    References
+    ----------
+    Zhu & Gupta 2017, "To prune, or not to prune"; TensorFlow Model Optimization
+    ``PolynomialDecay`` (same formula, parameters and update steps).
+
+    Examples
+    --------
+    >>> sched = PolynomialDecaySparsity(0.0, 0.5, begin_step=0, end_step=100, frequency=50)
+    >>> sched(0), sched(50), sched(100), [sched.should_prune(t) for t in (0, 50, 100, 150)]
+    (0.0, 0.4375, 0.5, [True, True, True, False])
+    """
+
+    initial_sparsity: float
+    final_sparsity: float
+    begin_step: int
+    end_step: int
+    power: float = 3
+    frequency: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, "initial_sparsity",
+                           _check_sparsity(self.initial_sparsity, "initial_sparsity"))
+        object.__setattr__(self, "final_sparsity",
+                           _check_sparsity(self.final_sparsity, "final_sparsity"))
+        b, e = _check_begin_end(self.begin_step, self.end_step, allow_forever=False)
+        object.__setattr__(self, "begin_step", b)
+        object.__setattr__(self, "end_step", e)
+        object.__setattr__(self, "power", _check_power(self.power))
+        object.__setattr__(self, "frequency", _check_int(self.frequency, "frequency", 1))
+
+    def __call__(self, step):
+        """Target sparsity at `step` (int or int ndarray, >= 0)."""
+        return polynomial_decay_sparsity(step, self.initial_sparsity, self.final_sparsity,
+                                         self.begin_step, self.end_step, self.power)
+
+    def sparsity(self, step):
+        """Same as calling the schedule; the name :func:`minscale.train.fit` looks up."""
+        return self(step)
+
+    def should_prune(self, step):
+        """Whether masks update at `step`; see :func:`should_prune_at`."""
+        return should_prune_at(step, self.begin_step, self.end_step, self.frequency)
+
+    def get_config(self):
+        """Constructor arguments as a dict: ``PolynomialDecaySparsity(**get_config())``."""
+        return {"initial_sparsity": self.initial_sparsity,
+                "final_sparsity": self.final_sparsity, "begin_step": self.begin_step,
+                "end_step": self.end_step, "power": self.power, "frequency": self.frequency}
+
+    @classmethod
+    def from_config(cls, config):
+        """Inverse of :meth:`get_config`."""
+        return cls(**config)
+
+
+# ----------------------------------------------------------------------------------------
+# model level: masks in the model's flat mask buffer
+
+#: mask rules accepted by :func:`prune`
+METHODS = ("magnitude", "global", "random", "structured")
+#: storage formats accepted by :func:`model_nbytes`
+FORMATS = ("dense", "csr", "bitmask")
+#: key in ``model.state`` of the (P,) array of values pruned weights had before pruning
+BACKUP_KEY = "prune_backup"
+
+
+def _check_model(model, name="model"):
+    from .model import Sequential
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"{name} must be a minscale Sequential, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"{name} must be built (give input_dim, or call fit or predict first); "
+                         "it has no parameters yet")
+    return model
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _prunable_tensors(model, include_bias):
+    """[(values view, flat start, flat stop)] of every pruned tensor: each W, b if asked."""
+    out = []
+    for layer, (start, stop) in zip(model.layers, model.layer_slices()):
+        out.append((layer.W, start, start + layer.W.size))
+        if include_bias and layer.use_bias:
+            out.append((layer.b, start + layer.W.size, stop))
+    return out
+
+
+def _set_mask(model, new):
+    """Write `new` (flat bool mask) into the model, keeping the recovery backup up to date.
+
+    Weights pruned now have their current value saved in ``model.state[BACKUP_KEY]`` and are
+    set to 0, with their optimizer state (velocity, Adam moments); weights a lower sparsity
+    lets back in get their saved value again.
+    """
+    params, mask = model.params, model.mask
+    backup = model.state.get(BACKUP_KEY)
+    if backup is None or backup.shape != params.shape or backup.dtype != params.dtype:
+        backup = np.zeros_like(params)
+    newly_pruned = mask & ~new
+    back_in = ~mask & new
+    backup[newly_pruned] = params[newly_pruned]
+    params[back_in] = backup[back_in]
+    mask[...] = new  # in place: the layers hold views of this buffer
+    pruned = ~new
+    np.copyto(params, 0, where=pruned)
+    if model.optimizer is not None:
+        for buf in model.optimizer.state_arrays().values():
+            if isinstance(buf, np.ndarray) and buf.shape == params.shape:
+                np.copyto(buf, 0, where=pruned)
+    model.state[BACKUP_KEY] = backup
+
+
+def prune(model, sparsity, method="magnitude", include_bias=False, seed=0, norm=2):
+    """Prune a model in place: compute masks, write them into ``model.mask``, zero the weights.
+
+    Parameters
+    ----------
+    model : Sequential, built
+    sparsity : float in [0, 1]
+        Fraction of zeros asked for: of each tensor (``"magnitude"``, ``"random"``), of all
+        pruned tensors together (``"global"``), or of each hidden layer's neurons
+        (``"structured"``).
+    method : {"magnitude", "global", "random", "structured"}, default "magnitude"
+        ``"magnitude"``: :func:`magnitude_mask` per tensor (layer-wise).
+        ``"global"``: :func:`global_magnitude_masks`, one ranking over all pruned tensors.
+        ``"random"``: :func:`random_mask` per tensor, the baseline.
+        ``"structured"``: :func:`structured_mask` on every layer but the last (whose outputs
+        are the model's), whole output neurons (columns of W) by their L_norm.
+    include_bias : bool, default False
+        Also prune the biases (each bias vector as its own tensor; with ``"structured"``, the
+        bias of each pruned neuron).
+    seed : int >= 0 or numpy.random.Generator, default 0
+        Randomness of ``"random"`` (ignored otherwise).
+    norm : float >= 1 or numpy.inf, default 2
+        p of the neuron norm for ``"structured"`` (ignored otherwise).
+
+    Returns
+    -------
+    model : Sequential
+        The same object.
+
+    Raises
+    ------
+    ValueError
+        If sparsity is NaN or outside [0, 1], `method` is unknown, `model` is not built, or
+        ``method="structured"`` on a model with a single layer (no hidden neuron to prune).
+    TypeError
+        If `model` is not a Sequential or `include_bias` not a bool.
+
+    Notes
+    -----
+    The current ``model.mask`` is the previous mask of every rule, so weights pruned before
+    rank first: pruning again at the same sparsity returns the same mask, and a higher
+    sparsity keeps every earlier zero (a lower one lets back in, with their saved values,
+    the earlier zeros whose magnitude before pruning was largest; ``"random"`` draws them,
+    ``"structured"`` never lets a zero back). Each newly pruned weight's value is
+    saved for :func:`restore`, then the weight and its optimizer state are set to 0; during
+    :func:`minscale.train.fit` the optimizer masks gradient, moments and weight at every
+    update, so pruned weights stay exactly 0.
+
+    References
+    ----------
+    Han et al. 2015 (magnitude pruning); TensorFlow Model Optimization
+    ``prune_low_magnitude`` (masks per layer, updated from the previous ones);
+    ``torch.nn.utils.prune`` (global, random and L_n-structured rules).
+
+    Examples
+    --------
+    >>> import minscale as ms
+    >>> model = ms.Sequential([ms.Dense(4), ms.Dense(1)], input_dim=3, seed=0)
+    >>> prune(model, 0.5, method="global").sparsity()["total"]
+    0.5
+    """
+    model = _check_model(model)
+    s = _check_sparsity(sparsity)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    include_bias = _check_bool(include_bias, "include_bias")
+    new = model.mask.copy()
+    if method == "structured":
+        if len(model.layers) < 2:
+            raise ValueError(
+                "model has no prunable neurons for method='structured': it has a single Dense "
+                "layer, whose outputs are the model's outputs; add a hidden layer or use an "
+                "unstructured method"
+            )
+        slices = model.layer_slices()
+        for layer, (start, stop) in zip(model.layers[:-1], slices[:-1]):
+            # combined with the previous mask, so structured pruning never brings a zero back
+            keep = structured_mask(layer.W, s, norm=norm, axis=-1, mask=layer.W_mask)
+            new[start:start + layer.W.size] = (keep & layer.W_mask).ravel()
+            if include_bias and layer.use_bias:
+                neuron_kept = keep.any(axis=0)
+                new[start + layer.W.size:stop] &= neuron_kept
+    else:
+        tensors = _prunable_tensors(model, include_bias)
+        prev = [model.mask[lo:hi].reshape(v.shape) for v, lo, hi in tensors]
+        backup = model.state.get(BACKUP_KEY)
+        if backup is not None and backup.shape == model.params.shape:
+            # pruned weights are 0 now; among themselves they rank by their saved values
+            values = [np.where(m, v, backup[lo:hi].reshape(v.shape))
+                      for (v, lo, hi), m in zip(tensors, prev)]
+        else:
+            values = [v for v, _, _ in tensors]
+        if method == "global":
+            masks = global_magnitude_masks(values, s, masks=prev)
+        elif method == "magnitude":
+            masks = [magnitude_mask(v, s, mask=m) for v, m in zip(values, prev)]
+        else:
+            rng = _rng(seed)
+            masks = [random_mask(v.shape, s, rng, mask=m) for (v, _, _), m in zip(tensors, prev)]
+        for (_, lo, hi), m in zip(tensors, masks):
+            new[lo:hi] = m.ravel()
+    _set_mask(model, new)
+    return model
+
+
+def strip(model):
+    """Make the pruning permanent: pruned weights stay 0, the masks and the backup go.
+
+    Parameters
+    ----------
+    model : Sequential, built
+
+    Returns
+    -------
+    model : Sequential
+        The same object, ``model.mask`` all True (so later training may move the zeros;
+        ``model.sparsity()`` then reports 0, :func:`sparsity_of` on the weights the zeros).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If `model` is not a built Sequential.
+
+    References
+    ----------
+    TensorFlow Model Optimization ``strip_pruning``; ``torch.nn.utils.prune.remove``.
+    """
+    model = _check_model(model)
+    np.copyto(model.params, 0, where=~model.mask)
+    model.mask[...] = True
+    model.state.pop(BACKUP_KEY, None)
+    return model
+
+
+def restore(model):
+    """Undo pruning: every pruned weight gets back the value it had just before pruning.
+
+    Parameters
+    ----------
+    model : Sequential, pruned by :func:`prune`
+
+    Returns
+    -------
+    model : Sequential
+        The same object, ``model.mask`` all True. Weights that were never pruned keep their
+        current (e.g. fine-tuned) values; this is the recovery step of prune-and-recover
+        schemes such as dense-sparse-dense training.
+
+    Raises
+    ------
+    ValueError
+        If the model holds no backup (never pruned by :func:`prune`, or :func:`strip` or
+        :func:`restore` dropped it).
+    TypeError
+        If `model` is not a Sequential.
+
+    References
+    ----------
+    Han et al. 2017, "DSD: Dense-Sparse-Dense Training for Deep Neural Networks" (recovery
+    of pruned connections; DSD restarts them from 0, this restores their earlier values).
+    """
+    model = _check_model(model)
+    backup = model.state.get(BACKUP_KEY)
+    if backup is None:
+        raise ValueError("model has no pruning backup to restore: it was not pruned with "
+                         "minscale.prune.prune, or strip()/restore() already dropped it")
+    pruned = ~model.mask
+    model.params[pruned] = backup[pruned]
+    model.mask[...] = True
+    del model.state[BACKUP_KEY]
+    return model
+
+
+@dataclass(frozen=True)
+class ToleranceResult:
+    """Outcome of :func:`prune_to_tolerance`.
+
+    Attributes
+    ----------
+    sparsity : float
+        The highest level accepted (0.0 if none was); the model is left pruned to it.
+    base_loss : float
+        Loss of the model as given.
+    loss : float
+        Loss of the model as left.
+    trials : tuple of (float, float, bool)
+        (sparsity, loss, accepted) of every level tried, in increasing sparsity.
+    """
+
+    sparsity: float
+    base_loss: float
+    loss: float
+    trials: tuple
+
+
+def _snapshot(model):
+    opt = model.optimizer
+    return {
+        "params": model.params.copy(),
+        "mask": model.mask.copy(),
+        "backup": None if BACKUP_KEY not in model.state else model.state[BACKUP_KEY].copy(),
+        "iterations": None if opt is None else opt.iterations,
+        "buffers": {} if opt is None else {k: v.copy() for k, v in opt.state_arrays().items()},
+    }
+
+
+def _rewind(model, snap):
+    np.copyto(model.params, snap["params"])
+    np.copyto(model.mask, snap["mask"])
+    if snap["backup"] is None:
+        model.state.pop(BACKUP_KEY, None)
+    else:
+        model.state[BACKUP_KEY] = snap["backup"]
+    opt = model.optimizer
+    if opt is not None:
+        if snap["iterations"] is not None:
+            opt.iterations = snap["iterations"]
+        for name, buf in opt.state_arrays().items():
+            # a buffer the fine-tuning created did not exist before: zeros are a fresh start
+            saved = snap["buffers"].get(name)
+            if saved is None:
+                buf[...] = 0
+            else:
+                np.copyto(buf, saved)
+
+
+def prune_to_tolerance(model, X, y, max_loss_increase,
+                       sparsities=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+                       method="magnitude", finetune_epochs=0, batch_size=32, seed=0,
+                       include_bias=False, validation_data=None):
+    """Prune to the highest sparsity whose loss stays within a budget, in place.
+
+    Parameters
+    ----------
+    model : Sequential, built (compiled if `finetune_epochs` > 0; else Adam's defaults)
+    X : array_like, shape (n, d_in)
+    y : array_like, shape (n, d_out) or (n,)
+        Data for fine-tuning, and for measuring the loss unless `validation_data` is given.
+    max_loss_increase : float, >= 0
+        Budget in the loss's unit (squared unit of y): a level is accepted when
+        ``loss - base_loss <= max_loss_increase``. For a relative budget r pass
+        ``r * model.evaluate(X, y)``.
+    sparsities : sequence of float in [0, 1]
+        Levels to try, visited in increasing order (duplicates dropped).
+    method : str, default "magnitude"
+        Rule of :func:`prune`.
+    finetune_epochs : int, >= 0, default 0
+        Epochs of :meth:`Sequential.fit` on (X, y) after each pruning, masks held.
+    batch_size : int, default 32
+    seed : int, default 0
+        Seeds the fine-tuning's shuffling and the ``"random"`` rule.
+    include_bias : bool, default False
+    validation_data : (X_val, y_val), optional
+        Where the loss is measured (e.g. a held-out split); (X, y) otherwise.
+
+    Returns
+    -------
+    ToleranceResult
+
+    Raises
+    ------
+    ValueError
+        If `max_loss_increase` is negative or NaN, `sparsities` is empty or holds a value
+        outside [0, 1], `finetune_epochs` < 0, or an argument of :func:`prune` is bad.
+
+    Notes
+    -----
+    Each level starts from the last accepted state: prune (earlier zeros stay), fine-tune,
+    measure. A level that breaks the budget is undone exactly -- weights, masks, recovery
+    backup and optimizer state go back to what they were before it -- and the next level is
+    still tried, so the result is the highest level accepted, not only the first failure.
+    """
+    model = _check_model(model)
+    if isinstance(max_loss_increase, (bool, np.bool_)) or not isinstance(max_loss_increase,
+                                                                          numbers.Real):
+        raise TypeError(f"max_loss_increase must be a real number >= 0, got {max_loss_increase!r}")
+    if math.isnan(max_loss_increase) or max_loss_increase < 0:
+        raise ValueError(f"max_loss_increase must be >= 0, got {max_loss_increase!r}")
+    try:
+        levels = [_check_sparsity(s, "sparsities[i]") for s in sparsities]
+    except TypeError:
+        raise TypeError(f"sparsities must be a sequence of floats in [0, 1], got "
+                        f"{sparsities!r}") from None
+    if not levels:
+        raise ValueError("sparsities must hold at least one level, got an empty sequence")
+    levels = sorted(set(levels))
+    finetune_epochs = _check_int(finetune_epochs, "finetune_epochs", 0)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    measure = (X, y) if validation_data is None else tuple(validation_data)
+    base = float(model.evaluate(*measure, return_dict=True)["loss"])
+    best, best_loss, trials = 0.0, base, []
+    for level in levels:
+        snap = _snapshot(model)
+        prune(model, level, method=method, include_bias=include_bias, seed=seed)
+        if finetune_epochs:
+            model.fit(X, y, epochs=finetune_epochs, batch_size=batch_size, seed=seed, verbose=0)
+        loss = float(model.evaluate(*measure, return_dict=True)["loss"])
+        accepted = math.isfinite(loss) and loss - base <= max_loss_increase
+        trials.append((level, loss, accepted))
+        if accepted:
+            best, best_loss = level, loss
+        else:
+            _rewind(model, snap)
+    return ToleranceResult(sparsity=best, base_loss=base, loss=best_loss, trials=tuple(trials))
+
+
+def _copy_compile_settings(src, dst):
+    import copy
+
+    from . import optim
+
+    dst.reduction, dst.metrics = src.reduction, list(src.metrics)
+    if src.optimizer is not None:
+        try:
+            dst.optimizer = optim.deserialize(src.optimizer.get_config())
+        except (TypeError, ValueError):
+            dst.optimizer = copy.deepcopy(src.optimizer)
+        dst.optimizer.reset()
+    dst.state = {k: copy.deepcopy(v) for k, v in src.state.items() if k != BACKUP_KEY}
+
+
+def shrink(model):
+    """A smaller model without the pruned hidden neurons, with the same predictions.
+
+    Parameters
+    ----------
+    model : Sequential, built; typically pruned with ``method="structured"``
+
+    Returns
+    -------
+    Sequential
+        A new model: every hidden neuron whose column of W is entirely masked is removed, with
+        the matching row of the next layer's W. Masks of what remains are carried over, the
+        compile settings copied (optimizer state fresh), the recovery backup dropped.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If `model` is not a built Sequential.
+
+    Notes
+    -----
+    A neuron j whose weights are all pruned still outputs the constant
+    c_j = act(b_j) (b_j masked; e.g. sigmoid(0) = 0.5), so the next layer receives
+    sum_j c_j W_next[j, :] from it. That constant is folded into the next layer's bias,
+    b_next += c_j * W_next[j, :], which keeps the predictions equal up to rounding (exactly
+    for relu, tanh, identity and leaky_relu neurons with a zero bias, where c_j = 0). When
+    the next layer has no bias and c_j W_next[j, :] is not 0, or every neuron of a layer is
+    pruned (a layer keeps at least one unit, the lowest index), the neuron stays. The last
+    layer's outputs and the model's inputs are never removed.
+
+    References
+    ----------
+    Li et al. 2017, "Pruning Filters for Efficient ConvNets" (removing pruned channels and the
+    matching inputs of the next layer).
+    """
+    from . import kernels
+    from .layers import Dense
+    from .model import Sequential
+
+    model = _check_model(model)
+    layers = model.layers
+    dtype = model.dtype
+    keep_cols, fold = [], [None] * len(layers)
+    for k, layer in enumerate(layers):
+        if k == len(layers) - 1:
+            keep_cols.append(np.arange(layer.units))
+            break
+        dead = ~layer.W_mask.any(axis=0)
+        b = (apply_mask(layer.b, layer.b_mask) if layer.use_bias
+             else np.zeros(layer.units, dtype=dtype))
+        # the output of a neuron with no weights, computed by the very kernel forward uses
+        const = kernels.bias_act(np.zeros((1, layer.units), dtype=dtype), b,
+                                 kernels.ACTIVATION_CODES[layer.activation], layer.alpha)[0]
+        nxt = layers[k + 1]
+        contrib = const[:, None] * apply_mask(nxt.W, nxt.W_mask)
+        if not nxt.use_bias:
+            dead &= ~np.any(contrib != 0, axis=1)
+        if dead.all():
+            dead[0] = False
+        keep_cols.append(np.flatnonzero(~dead))
+        if nxt.use_bias and dead.any():
+            fold[k + 1] = contrib[dead].sum(axis=0)
+    new_layers = [Dense(**{**layer.get_config(), "units": int(cols.size)})
+                  for layer, cols in zip(layers, keep_cols)]
+    new = Sequential(new_layers, input_dim=model.input_dim, seed=model.seed, dtype=dtype)
+    rows = np.arange(model.input_dim)
+    for old, lay, cols, extra in zip(layers, new.layers, keep_cols, fold):
+        grid = np.ix_(rows, cols)
+        lay.W[...] = old.W[grid]
+        lay.W_mask[...] = old.W_mask[grid]
+        if old.use_bias:
+            lay.b[...] = apply_mask(old.b, old.b_mask)[cols]
+            lay.b_mask[...] = old.b_mask[cols]
+            if extra is not None:
+                lay.b[...] += extra[cols]
+                # a folded constant on a pruned bias must stay, or the predictions change
+                lay.b_mask[...] |= extra[cols] != 0
+        rows = cols
+    _copy_compile_settings(model, new)
+    return new
+
+
+@dataclass(frozen=True)
+class SparseDense:
+    """One Dense layer with its weights in CSR: ``a = act(x @ W + b)``.
+
+    Attributes
+    ----------
+    W : scipy.sparse.csr_array, shape (d_in, d_out)
+        The masked weights; only nonzeros are stored.
+    b : ndarray, shape (d_out,), or None
+    activation : str
+        A name of :data:`minscale.kernels.ACTIVATION_CODES`.
+    alpha : float
+        leaky_relu slope.
+    """
+
+    W: object
+    b: object
+    activation: str
+    alpha: float = 0.01
+
+    def forward(self, x):
+        """Layer output for `x` (ndarray, shape (n, d_in), the weights' dtype): (n, d_out)."""
+        from . import kernels
+
+        # (x @ W)^T = W^T @ x^T: W^T of a CSR matrix is CSC, whose product with a dense
+        # matrix is one pass over the stored nonzeros
+        z = np.ascontiguousarray(np.asarray(self.W.T @ x.T).T)
+        b = self.b if self.b is not None else np.zeros(0, dtype=z.dtype)
+        return kernels.bias_act(z, b, kernels.ACTIVATION_CODES[self.activation], self.alpha)
+
+
+class SparseModel:
+    """Inference-only model whose Dense weights are ``scipy.sparse`` CSR matrices.
+
+    Built by :func:`to_sparse`; predictions equal the dense model's up to float rounding
+    (the sums run over the nonzeros in another order).
+
+    Parameters
+    ----------
+    layers : list of SparseDense
+    input_dim : int
+    dtype : numpy dtype
+
+    Attributes
+    ----------
+    layers, input_dim, dtype
+    nbytes : int
+        Bytes of the stored arrays: CSR data, indices and indptr of every W, and the biases.
+    """
+
+    def __init__(self, layers, input_dim, dtype):
+        self.layers = list(layers)
+        self.input_dim = int(input_dim)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def nbytes(self):
+        """Bytes held by the weight and bias arrays."""
+        total = 0
+        for layer in self.layers:
+            total += layer.W.data.nbytes + layer.W.indices.nbytes + layer.W.indptr.nbytes
+            total += 0 if layer.b is None else layer.b.nbytes
+        return int(total)
+
+    def predict(self, X, batch_size=None):
+        """Outputs for `X`.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+        batch_size : int, optional
+            Rows per pass (all at once by default).
+
+        Returns
+        -------
+        ndarray, shape (n, d_out), the model's dtype
+
+        Raises
+        ------
+        ValueError
+            Bad `X` (see :func:`minscale.model.check_X`) or `batch_size`.
+        """
+        from .model import check_X
+
+        X = check_X(X, self.input_dim, self.dtype)
+        n = X.shape[0]
+        if batch_size is None:
+            batch_size = n
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        parts = []
+        for start in range(0, n, batch_size):
+            a = X[start:start + batch_size]
+            for layer in self.layers:
+                a = layer.forward(a)
+            parts.append(a)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __repr__(self):
+        shapes = ", ".join(f"{layer.W.shape} nnz={layer.W.nnz}" for layer in self.layers)
+        return f"SparseModel([{shapes}], dtype={self.dtype.name!r})"
+
+
+def _check_float_model(model):
+    for i, layer in enumerate(model.layers):
+        if layer.kernel_quantizer is not None or layer.output_quantizer is not None:
+            raise ValueError(f"model.layers[{i}] has quantization hooks; sparse storage "
+                             "supports float models only (quantize after pruning instead)")
+
+
+def to_sparse(model):
+    """Inference copy of a (pruned) model with every Dense weight stored as CSR.
+
+    Parameters
+    ----------
+    model : Sequential, built, without quantization hooks
+
+    Returns
+    -------
+    SparseModel
+        Each W masked (``apply_mask``) and converted with ``scipy.sparse.csr_array``, which
+        stores only its nonzeros; biases stay dense (masked).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If `model` is not a built Sequential or a layer has quantization hooks.
+
+    References
+    ----------
+    CSR (compressed sparse row) as in ``scipy.sparse.csr_array``; Han et al. 2016, "Deep
+    Compression" (sparse storage of pruned weights).
+    """
+    from scipy import sparse
+
+    model = _check_model(model)
+    _check_float_model(model)
+    layers = []
+    for layer in model.layers:
+        W = sparse.csr_array(apply_mask(layer.W, layer.W_mask))
+        b = apply_mask(layer.b, layer.b_mask) if layer.use_bias else None
+        layers.append(SparseDense(W=W, b=b, activation=layer.activation, alpha=layer.alpha))
+    return SparseModel(layers, model.input_dim, model.dtype)
+
+
+def _value_bytes(count, bits):
+    # values packed back to back within one tensor, rounded up to whole bytes
+    return -(-count * bits // 8)
+
+
+def model_nbytes(model, format="dense", bits=32):
+    """Exact bytes to store a model's parameters in a given format.
+
+    Parameters
+    ----------
+    model : Sequential, built
+    format : {"dense", "csr", "bitmask"}, default "dense"
+    bits : int in [1, 64], default 32
+        Bits per stored value (32 for float32, 64 for float64, 8 for int8 codes); values of a
+        tensor are packed and the tensor rounded up to whole bytes.
+
+    Returns
+    -------
+    nbytes : int
+
+    Raises
+    ------
+    ValueError
+        If `format` is unknown or `bits` outside [1, 64].
+    TypeError
+        If `model` is not a Sequential or `bits` not an int.
+
+    Notes
+    -----
+    Per layer, with W of shape (d_in, d_out) after masking, nnz its nonzero count and
+    V(c) = ceil(c * bits / 8) the bytes of c packed values:
+
+    - dense:   V(d_in * d_out)
+    - csr:     V(nnz) + nnz * index_bytes + (d_in + 1) * indptr_bytes, with the index dtypes
+               scipy chooses for that matrix (``scipy.sparse.csr_array``: int32 while nnz and
+               the shape fit, else int64); for bits multiples of 8 this is
+               nnz * (value bytes + index bytes) + (rows + 1) * indptr bytes
+    - bitmask: ceil(d_in * d_out / 8) + V(nnz)   (one bit per weight, then the nonzeros)
+
+    plus V(d_out) for a bias in every format (biases are stored dense).
+
+    References
+    ----------
+    ``scipy.sparse.csr_array`` storage (data, indices, indptr); Han et al. 2016, "Deep
+    Compression" (sparse and bitmask encodings of pruned weights).
+
+    Examples
+    --------
+    >>> import minscale as ms
+    >>> model = ms.Sequential([ms.Dense(2)], input_dim=3, seed=0)
+    >>> model_nbytes(model), model_nbytes(model, bits=8)  # 6 weights + 2 biases
+    (32, 8)
+    """
+    from scipy import sparse
+
+    model = _check_model(model)
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    bits = _check_int(bits, "bits", 1)
+    if bits > 64:
+        raise ValueError(f"bits must be in [1, 64], got {bits}")
+    total = 0
+    for layer in model.layers:
+        d_in, d_out = layer.W.shape
+        if format == "dense":
+            total += _value_bytes(d_in * d_out, bits)
+        else:
+            W = apply_mask(layer.W, layer.W_mask)
+            if format == "csr":
+                csr = sparse.csr_array(W)
+                total += (_value_bytes(csr.nnz, bits) + csr.indices.nbytes
+                          + csr.indptr.nbytes)
+            else:
+                total += -(-W.size // 8) + _value_bytes(int(np.count_nonzero(W)), bits)
+        if layer.use_bias:
+            total += _value_bytes(d_out, bits)
+    return int(total)
