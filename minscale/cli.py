@@ -73,12 +73,17 @@ def main(argv=None):
             set_backend(args.backend)
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError,
             ImportError) as exc:
-        print(f"minscale: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"minscale: error: {exc}", 2)
     except KeyboardInterrupt:
-        print("minscale: interrupted", file=sys.stderr)
-        return 130
+        return _fail("minscale: interrupted", 130)
+
+
+def _fail(message, code):
+    print(message, file=sys.stderr)
+    # under mpiexec, one rank returning quietly would leave the others blocked in a collective
+    from .parallel.mpi import abort_mpi_job
+    abort_mpi_job(code)
+    return code

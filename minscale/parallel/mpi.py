@@ -1,0 +1,261 @@
+"""MPIComm: the Communicator protocol over mpi4py, for training across processes and machines.
+
+Run with ``mpiexec -n K python -m minscale train ... --comm mpi`` or, from Python,
+``model.fit(X, y, ..., comm=MPIComm())`` in a script started by ``mpiexec``. mpi4py is imported
+only when an MPIComm is created, so minscale imports without it.
+
+An uncaught exception on one rank would otherwise leave the others blocked in their next
+collective forever (MPI has no failure detection by default). `MPIComm` therefore installs an
+excepthook that prints the traceback and calls ``MPI_Abort``, which makes ``mpiexec`` kill every
+rank and exit non-zero; `abort_on_error` does the same for a block of code. This is what
+``python -m mpi4py script.py`` does too (mpi4py documentation, "mpi4py.run").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+
+from .base import check_buffer, check_op, check_root
+
+__all__ = ["MPIComm", "abort_on_error", "abort_mpi_job", "install_abort_excepthook", "import_mpi"]
+
+
+def import_mpi():
+    """Import and return ``mpi4py.MPI``.
+
+    Returns
+    -------
+    module
+        ``mpi4py.MPI``.
+
+    Raises
+    ------
+    ImportError
+        If mpi4py (or an MPI library) is missing, saying how to install it.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError(
+            "MPIComm needs mpi4py and an MPI library: pip install 'minscale[mpi]' "
+            f"(mpi4py and the mpich wheel); import failed with: {exc}"
+        ) from exc
+    return MPI
+
+
+def _abort(comm, errorcode):
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    comm.Abort(errorcode)
+
+
+def install_abort_excepthook(comm=None, errorcode=1):
+    """Make an uncaught exception on this rank abort the whole MPI job.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or None
+        Communicator to abort; ``MPI.COMM_WORLD`` when None.
+    errorcode : int, default 1
+        Exit code handed to ``MPI_Abort`` (mpiexec exits non-zero).
+
+    Notes
+    -----
+    The previous hook runs first, so the traceback is printed; installing twice is a no-op.
+    Only the main thread's uncaught exceptions reach ``sys.excepthook``.
+    """
+    MPI = import_mpi()
+    target = MPI.COMM_WORLD if comm is None else comm
+    previous = sys.excepthook
+    if getattr(previous, "_minscale_mpi_abort", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        try:
+            previous(exc_type, exc, tb)
+        finally:
+            _abort(target, errorcode)
+
+    hook._minscale_mpi_abort = True
+    sys.excepthook = hook
+
+
+def abort_mpi_job(errorcode=1):
+    """If this process is one rank of a running multi-rank MPI job, abort the whole job.
+
+    For code that turns an exception into an exit code (a command line that prints one line
+    and returns 2): exiting normally on one rank would leave the others blocked in their next
+    collective, since mpi4py's exit handler waits in ``MPI_Finalize``. Call this after
+    printing the message and before returning the code.
+
+    Parameters
+    ----------
+    errorcode : int, default 1
+        Exit code for ``MPI_Abort``; mpiexec exits non-zero.
+
+    Returns
+    -------
+    bool
+        False when there is nothing to abort: mpi4py was never imported (so this never
+        imports it), MPI is not initialized or already finalized, or the job has one rank.
+        Otherwise it does not return.
+    """
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
+        return False
+    if MPI.COMM_WORLD.Get_size() <= 1:
+        return False
+    _abort(MPI.COMM_WORLD, errorcode)
+    return True
+
+
+@contextlib.contextmanager
+def abort_on_error(comm=None, errorcode=1):
+    """Context manager: an exception (or Ctrl-C) inside the block aborts the whole MPI job.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or None
+        ``MPI.COMM_WORLD`` when None.
+    errorcode : int, default 1
+
+    Notes
+    -----
+    ``SystemExit`` with code 0 or None passes through; any other exception prints its
+    traceback with the rank and calls ``MPI_Abort(comm, errorcode)``.
+
+    Examples
+    --------
+    ::
+
+        with abort_on_error():
+            model.fit(X, y, comm=MPIComm())
+    """
+    MPI = import_mpi()
+    target = MPI.COMM_WORLD if comm is None else comm
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code in (None, 0):
+            raise
+        print(f"[rank {target.Get_rank()}] exiting with {exc.code!r}; aborting the MPI job", file=sys.stderr)
+        _abort(target, errorcode)
+    except BaseException:
+        print(f"[rank {target.Get_rank()}] uncaught exception; aborting the MPI job", file=sys.stderr)
+        traceback.print_exc()
+        _abort(target, errorcode)
+
+
+class MPIComm:
+    """Communicator over an mpi4py communicator, using the buffer (upper-case) calls in place.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or None
+        Defaults to ``MPI.COMM_WORLD``.
+    abort_on_exception : bool, default True
+        Install `install_abort_excepthook`, so an uncaught exception on any rank ends the
+        whole job non-zero instead of leaving the other ranks blocked.
+
+    Attributes
+    ----------
+    rank, size : int
+    comm : mpi4py.MPI.Comm
+
+    Raises
+    ------
+    ImportError
+        If mpi4py is not installed.
+
+    Notes
+    -----
+    allreduce is ``comm.Allreduce(MPI.IN_PLACE, buf, op)``; broadcast is ``comm.Bcast(buf, root)``;
+    the dtype travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT).
+    The order in which MPI adds contributions is the library's choice, so results may differ
+    from `SharedMemoryComm` in the last bits (they are still identical on every rank).
+
+    References
+    ----------
+    MPI 4.0 standard, sections 6.4 (Bcast) and 6.9.6 (in-place Allreduce); mpi4py tutorial,
+    "Collective Communication" (buffer-based calls).
+    """
+
+    def __init__(self, comm=None, *, abort_on_exception=True):
+        MPI = import_mpi()
+        self._MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        if abort_on_exception:
+            install_abort_excepthook(self.comm)
+
+    @property
+    def rank(self):
+        """This process's rank, in [0, size)."""
+        return self.comm.Get_rank()
+
+    @property
+    def size(self):
+        """Number of ranks."""
+        return self.comm.Get_size()
+
+    def allreduce(self, buf, op="sum"):
+        """Reduce `buf` element-wise over all ranks, in place (``MPI_Allreduce``, ``MPI_IN_PLACE``).
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable
+            Same size and dtype on every rank.
+        op : {"sum", "max", "min"}, default "sum"
+
+        Returns
+        -------
+        buf : the same array, holding the reduction
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad buffer or op.
+        """
+        check_buffer(buf)
+        check_op(op)
+        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._ops[op])
+        return buf
+
+    def broadcast(self, buf, root=0):
+        """Overwrite `buf` on every rank with root's `buf` (``MPI_Bcast``).
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable
+        root : int, default 0
+
+        Returns
+        -------
+        buf : the same array
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad buffer or root.
+        """
+        check_buffer(buf)
+        root = check_root(root, self.size)
+        self.comm.Bcast(buf, root=root)
+        return buf
+
+    def barrier(self):
+        """Block until every rank has entered (``MPI_Barrier``)."""
+        self.comm.Barrier()
+
+    def abort(self, errorcode=1):
+        """End the whole MPI job with `errorcode` (``MPI_Abort``); does not return."""
+        _abort(self.comm, errorcode)
+
+    def close(self):
+        """Nothing to release: MPI is finalized by mpi4py at interpreter exit."""
+
+    def __repr__(self):
+        return f"MPIComm(rank={self.rank}, size={self.size})"

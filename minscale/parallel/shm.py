@@ -1,0 +1,899 @@
+"""SharedMemoryComm: k processes on one machine, collectives through POSIX shared memory.
+
+Layout. The parent creates one shared workspace of shape ``(2, size, slot)`` bytes and a
+``multiprocessing.Barrier(size)``. An allreduce is
+
+1. rank r copies its buffer into slot ``[g % 2, r]`` (g counts the group's data collectives),
+2. barrier: every slot of generation g is written,
+3. every rank reduces slots ``[g % 2, 0..size-1]`` in rank order into its own buffer,
+
+so all ranks compute the same sum in the same order: bit-identical results, no root rank.
+Alternating between the two slot sets (double buffering) removes the second barrier a
+single set would need: rank r overwrites set ``g % 2`` again only at collective g + 2, after
+the barrier of collective g + 1, which no rank passes before every rank finished reading g.
+
+Failure model. Barrier waits time out (``timeout`` seconds) instead of hanging when a peer
+died; the launching parent also sets an abort event and breaks the barrier as soon as it sees
+a worker exit, so peers stop at their next collective. The parent creates and unlinks every
+segment; workers only attach, without registering the segment with the resource tracker,
+so no worker's exit can unlink a segment still in use and no tracker warns about "leaked"
+segments that the parent is about to unlink.
+
+References
+----------
+Python ``multiprocessing.shared_memory`` and ``multiprocessing.Barrier`` documentation;
+bpo-39959 / gh-82300 for the resource-tracker behaviour of attached segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+import numpy as np
+
+from .base import (
+    CommAbortedError,
+    CommError,
+    CommTimeoutError,
+    WorkerError,
+    check_buffer,
+    check_op,
+    check_root,
+    reduce_in_rank_order,
+)
+
+__all__ = [
+    "SharedArray",
+    "SharedArraySpec",
+    "SharedMemoryComm",
+    "SharedMemoryCommSpec",
+    "SharedMemoryGroup",
+    "run_workers",
+    "pack_exception",
+    "unpack_exception",
+    "DEFAULT_TIMEOUT",
+]
+
+#: Seconds a rank waits at a collective for its peers before raising CommTimeoutError.
+DEFAULT_TIMEOUT = 120.0
+
+# Slots start on cache-line boundaries so two ranks never write the same line.
+_SLOT_ALIGN = 64
+
+_TRACKER_LOCK = threading.Lock()
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _check_timeout(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
+    return float(timeout)
+
+
+def _attach_untracked(name):
+    """Attach to an existing segment without registering it with the resource tracker.
+
+    On Python < 3.13 ``SharedMemory(name)`` registers the segment in the attaching process,
+    so a process with its own tracker would unlink it at exit (bpo-39959). Python 3.13 added
+    ``track=False`` for exactly this; before it, the registration call is skipped for this
+    one name while the constructor runs.
+    """
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    posix_name = name if name.startswith("/") else "/" + name
+    with _TRACKER_LOCK:
+        original = resource_tracker.register
+
+        def register(res_name, rtype):
+            if rtype == "shared_memory" and res_name == posix_name:
+                return None
+            return original(res_name, rtype)
+
+        resource_tracker.register = register
+        try:
+            return shared_memory.SharedMemory(name=name)
+        finally:
+            resource_tracker.register = original
+
+
+@dataclass(frozen=True)
+class SharedArraySpec:
+    """Picklable description of a shared array, enough for another process to attach.
+
+    Attributes
+    ----------
+    name : str
+        Segment name (without the leading "/"; lives in /dev/shm on Linux).
+    shape : tuple of int
+    dtype : str
+        NumPy dtype string, e.g. "float64".
+    """
+
+    name: str
+    shape: tuple
+    dtype: str
+
+
+class SharedArray:
+    """An ndarray backed by a named POSIX shared-memory segment.
+
+    Create it in the parent (`create`, which owns and later unlinks the segment) and pass
+    `spec` to workers, which `attach`. All processes then see the same memory.
+
+    Attributes
+    ----------
+    array : ndarray
+        The shared array (C-contiguous), shape ``spec.shape``, dtype ``spec.dtype``.
+    spec : SharedArraySpec
+    owner : bool
+        True in the creating process: `unlink` removes the segment.
+    """
+
+    def __init__(self, shm, spec, owner):
+        self._shm = shm
+        self.spec = spec
+        self.owner = owner
+        self.array = np.ndarray(spec.shape, dtype=np.dtype(spec.dtype), buffer=shm.buf)
+
+    @classmethod
+    def create(cls, shape, dtype="float64", fill=0):
+        """Create a new zero-filled (or `fill`-filled) shared array owned by this process.
+
+        Parameters
+        ----------
+        shape : int or tuple of int, each >= 0
+        dtype : str or numpy dtype, default "float64"
+        fill : scalar, default 0
+
+        Returns
+        -------
+        SharedArray
+
+        Raises
+        ------
+        ValueError
+            If a dimension is negative.
+        """
+        shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"shape must have dimensions >= 0, got {shape}")
+        dt = np.dtype(dtype)
+        # A zero-byte segment cannot be created; one spare byte keeps empty arrays valid.
+        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dt.itemsize, 1)
+        shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        spec = SharedArraySpec(name=shm.name, shape=shape, dtype=dt.str)
+        out = cls(shm, spec, owner=True)
+        out.array.fill(fill)
+        return out
+
+    @classmethod
+    def attach(cls, spec):
+        """Attach to a shared array created by another process.
+
+        Parameters
+        ----------
+        spec : SharedArraySpec
+
+        Returns
+        -------
+        SharedArray
+            Not the owner: `close` detaches, the creator unlinks.
+
+        Raises
+        ------
+        TypeError
+            If `spec` is not a SharedArraySpec.
+        FileNotFoundError
+            If the segment no longer exists.
+        """
+        if not isinstance(spec, SharedArraySpec):
+            raise TypeError(f"spec must be a SharedArraySpec, got {type(spec).__name__}")
+        return cls(_attach_untracked(spec.name), spec, owner=False)
+
+    def close(self):
+        """Drop this handle's references to the segment; safe to call twice.
+
+        The mapping itself is released when the last array viewing it is garbage-collected,
+        never earlier: NumPy arrays built on the segment keep the ``mmap`` as their ``base``
+        without holding a buffer export, so ``SharedMemory.close()`` would unmap memory they
+        still point to (a segmentation fault on the next access). Unlinking is unaffected.
+        """
+        if self._shm is None:
+            return
+        shm, self._shm, self.array = self._shm, None, None
+        # Leave the mmap to the reference counts of the arrays that view it; close only the
+        # file descriptor (SharedMemory.close skips the attributes set to None).
+        shm._buf = None
+        shm._mmap = None
+        shm.close()
+
+    def unlink(self):
+        """Remove the segment name (owner only; no-op elsewhere and on repeat)."""
+        if self.owner:
+            self.owner = False
+            with contextlib.suppress(FileNotFoundError):
+                shared_memory.SharedMemory.unlink(self._shm_for_unlink())
+
+    def _shm_for_unlink(self):
+        if self._shm is not None:
+            return self._shm
+        # close() dropped the handle: rebuild a bare one just to unlink by name.
+        bare = shared_memory.SharedMemory.__new__(shared_memory.SharedMemory)
+        bare._name = "/" + self.spec.name
+        return bare
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        self.unlink()
+
+    def __repr__(self):
+        role = "owner" if self.owner else "attached"
+        return f"SharedArray(name={self.spec.name!r}, shape={self.spec.shape}, dtype={self.spec.dtype}, {role})"
+
+
+@dataclass(frozen=True)
+class SharedMemoryCommSpec:
+    """What a worker needs to join a SharedMemoryGroup; pass it as a Process argument.
+
+    The barrier and event are multiprocessing objects: they can be handed to a child only
+    through process creation (``Process(args=...)``), not through a queue or pipe.
+
+    Attributes
+    ----------
+    workspace : SharedArraySpec
+        The ``(2, size, slot_bytes)`` uint8 slot array.
+    size : int
+    barrier : multiprocessing.synchronize.Barrier
+    abort_event : multiprocessing.synchronize.Event
+    timeout : float
+        Seconds, per collective.
+    """
+
+    workspace: SharedArraySpec
+    size: int
+    barrier: Any
+    abort_event: Any
+    timeout: float
+
+
+class SharedMemoryGroup:
+    """Parent-side owner of a shared-memory process group: workspace, barrier, abort event.
+
+    Parameters
+    ----------
+    size : int, >= 1
+        Number of ranks that will join.
+    nbytes : int, >= 1
+        Largest buffer, in bytes, any collective of this group will carry
+        (e.g. ``n_params * 8`` for a float64 gradient buffer).
+    timeout : float, > 0, default DEFAULT_TIMEOUT
+        Seconds a rank waits at a collective before raising CommTimeoutError.
+    context : multiprocessing context or None
+        Defaults to ``multiprocessing.get_context("spawn")``.
+
+    Attributes
+    ----------
+    spec : SharedMemoryCommSpec
+        Pass to each worker, which builds ``SharedMemoryComm(spec, rank)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a non-integer or non-positive size/nbytes or a bad timeout.
+
+    Notes
+    -----
+    Memory: ``2 * size * ceil(nbytes / 64) * 64`` bytes of shared memory. Use as a context
+    manager, or call `close`, so the segment is unlinked even when workers fail.
+    """
+
+    def __init__(self, size, nbytes, *, timeout=DEFAULT_TIMEOUT, context=None):
+        size = _check_positive_int(size, "size")
+        nbytes = _check_positive_int(nbytes, "nbytes")
+        timeout = _check_timeout(timeout)
+        ctx = context if context is not None else multiprocessing.get_context("spawn")
+        slot = -(-nbytes // _SLOT_ALIGN) * _SLOT_ALIGN
+        self._workspace = SharedArray.create((2, size, slot), dtype="uint8")
+        try:
+            self.spec = SharedMemoryCommSpec(
+                workspace=self._workspace.spec,
+                size=size,
+                barrier=ctx.Barrier(size),
+                abort_event=ctx.Event(),
+                timeout=timeout,
+            )
+        except BaseException:
+            self._workspace.close()
+            self._workspace.unlink()
+            raise
+        self.nbytes = nbytes
+
+    @property
+    def size(self):
+        """Number of ranks in the group."""
+        return self.spec.size
+
+    def abort(self, wait=1.0):
+        """Make every rank's current or next collective raise CommAbortedError.
+
+        Parameters
+        ----------
+        wait : float, default 1.0
+            Seconds to wait for the barrier to break. The barrier's internal lock could be
+            held by a worker that was killed inside it; the break then runs in a daemon
+            thread so the caller is never blocked longer than `wait`.
+        """
+        self.spec.abort_event.set()
+        breaker = threading.Thread(target=self.spec.barrier.abort, daemon=True)
+        breaker.start()
+        breaker.join(wait)
+
+    def close(self):
+        """Unlink the workspace segment (idempotent)."""
+        self._workspace.close()
+        self._workspace.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"SharedMemoryGroup(size={self.size}, nbytes={self.nbytes}, name={self.spec.workspace.name!r})"
+
+
+class SharedMemoryComm:
+    """One rank's handle on a SharedMemoryGroup; implements the Communicator protocol.
+
+    Parameters
+    ----------
+    spec : SharedMemoryCommSpec
+        From ``SharedMemoryGroup.spec`` (received as a Process argument).
+    rank : int, in [0, spec.size)
+
+    Attributes
+    ----------
+    rank, size : int
+    timeout : float
+        Seconds per collective.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad spec or rank.
+
+    Notes
+    -----
+    allreduce: ``buf <- sum over r = 0..size-1 of buf_r``, added in rank order, identical on
+    every rank; cost: one copy in, one barrier, ``size`` reads. See the module docstring for
+    the double-buffered slot scheme.
+
+    Examples
+    --------
+    In each of ``size`` worker processes (see `run_workers`)::
+
+        comm = SharedMemoryComm(spec, rank)
+        grad = ...                  # float64, contiguous
+        comm.allreduce(grad)        # now the sum over ranks, on every rank
+    """
+
+    def __init__(self, spec, rank):
+        if not isinstance(spec, SharedMemoryCommSpec):
+            raise TypeError(f"spec must be a SharedMemoryCommSpec, got {type(spec).__name__}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+            raise TypeError(f"rank must be an int, got {type(rank).__name__}")
+        if not 0 <= rank < spec.size:
+            raise ValueError(f"rank must be in [0, {spec.size}), got {rank}")
+        self._rank = int(rank)
+        self._size = spec.size
+        self.timeout = spec.timeout
+        self._barrier = spec.barrier
+        self._abort_event = spec.abort_event
+        self._workspace = SharedArray.attach(spec.workspace)
+        self._slot_bytes = spec.workspace.shape[2]
+        self._views = {}
+        self._generation = 0
+
+    @property
+    def rank(self):
+        """This process's rank, in [0, size)."""
+        return self._rank
+
+    @property
+    def size(self):
+        """Number of ranks in the group."""
+        return self._size
+
+    @property
+    def name(self):
+        """Name of the shared workspace segment (``/dev/shm/<name>`` on Linux)."""
+        return self._workspace.spec.name
+
+    def _slots(self, dtype):
+        view = self._views.get(dtype)
+        if view is None:
+            view = self._workspace.array.view(dtype)
+            self._views[dtype] = view
+        return view[self._generation % 2]
+
+    def _check_fits(self, buf):
+        if buf.nbytes > self._slot_bytes:
+            raise ValueError(
+                f"buf has {buf.nbytes} bytes but this group was created with room for "
+                f"{self._slot_bytes} bytes per rank; create the SharedMemoryGroup with a larger nbytes"
+            )
+
+    def _wait(self, what):
+        if self._abort_event.is_set():
+            raise CommAbortedError(f"rank {self._rank}: group aborted before {what} #{self._generation}")
+        try:
+            self._barrier.wait(self.timeout)
+        except threading.BrokenBarrierError:
+            if self._abort_event.is_set():
+                raise CommAbortedError(
+                    f"rank {self._rank}: group aborted during {what} #{self._generation} "
+                    "(the parent or a failing peer stopped the group)"
+                ) from None
+            raise CommTimeoutError(
+                f"rank {self._rank}: peers did not reach {what} #{self._generation} within "
+                f"timeout={self.timeout} s (or a peer timed out first); a peer may have died "
+                "or skipped a collective"
+            ) from None
+
+    def allreduce(self, buf, op="sum"):
+        """Reduce `buf` element-wise over all ranks, in place, in rank order.
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable, any shape
+            Same size and dtype on every rank; at most the group's `nbytes`.
+        op : {"sum", "max", "min"}, default "sum"
+
+        Returns
+        -------
+        buf : the same array, holding the reduction (bit-identical on every rank)
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad buffer, op, or a buffer larger than the group's capacity.
+        CommTimeoutError
+            If peers do not arrive within `timeout` seconds.
+        CommAbortedError
+            If the group was aborted.
+
+        Notes
+        -----
+        buf = buf_0 op buf_1 op ... op buf_{size-1}  (`reduce_in_rank_order`)
+        """
+        check_buffer(buf)
+        check_op(op)
+        self._check_fits(buf)
+        if self._size == 1:
+            return buf
+        flat = buf.reshape(-1)
+        slots = self._slots(buf.dtype)
+        self._generation += 1
+        n = flat.size
+        slots[self._rank, :n] = flat
+        self._wait("allreduce")
+        reduce_in_rank_order(slots[:, :n], op, flat)
+        return buf
+
+    def broadcast(self, buf, root=0):
+        """Copy `buf` from rank `root` into `buf` on every rank.
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable
+        root : int, default 0
+
+        Returns
+        -------
+        buf : the same array
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad buffer or root, or a buffer larger than the group's capacity.
+        CommTimeoutError, CommAbortedError
+            As for `allreduce`.
+        """
+        check_buffer(buf)
+        root = check_root(root, self._size)
+        self._check_fits(buf)
+        if self._size == 1:
+            return buf
+        flat = buf.reshape(-1)
+        slots = self._slots(buf.dtype)
+        self._generation += 1
+        n = flat.size
+        if self._rank == root:
+            slots[root, :n] = flat
+        self._wait("broadcast")
+        if self._rank != root:
+            flat[:] = slots[root, :n]
+        return buf
+
+    def barrier(self):
+        """Block until every rank has called `barrier`.
+
+        Raises
+        ------
+        CommTimeoutError, CommAbortedError
+            As for `allreduce`.
+        """
+        if self._size > 1:
+            self._wait("barrier")
+
+    def abort(self):
+        """Stop the group: every rank's current or next collective raises CommAbortedError."""
+        self._abort_event.set()
+        with contextlib.suppress(Exception):
+            self._barrier.abort()
+
+    def close(self):
+        """Detach from the workspace (the parent unlinks it); idempotent."""
+        self._views.clear()
+        self._workspace.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"SharedMemoryComm(rank={self._rank}, size={self._size})"
+
+
+def _limit_blas(blas_threads):
+    if blas_threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=blas_threads)
+
+
+def pack_exception(exc):
+    """Pickle an exception as (class, args, attributes), or return None if that fails.
+
+    Plain ``pickle.dumps(exc)`` re-calls ``type(exc)(*exc.args)`` on loading, which breaks for
+    exceptions whose ``__init__`` takes more arguments than it passes to ``args`` (e.g.
+    ``minscale.train.DivergenceError``); rebuilding through ``__new__`` avoids that.
+
+    Parameters
+    ----------
+    exc : BaseException
+
+    Returns
+    -------
+    bytes or None
+    """
+    try:
+        return pickle.dumps((type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+    except Exception:
+        return None
+
+
+def unpack_exception(blob):
+    """Rebuild an exception packed by `pack_exception`; None if it cannot be rebuilt.
+
+    Parameters
+    ----------
+    blob : bytes or None
+
+    Returns
+    -------
+    BaseException or None
+    """
+    if blob is None:
+        return None
+    try:
+        cls, args, attributes = pickle.loads(blob)
+        exc = cls.__new__(cls, *args)
+        exc.args = args
+        exc.__dict__.update(attributes)
+        return exc
+    except Exception:
+        return None
+
+
+def _worker_main(spec, rank, fn, args, conn, blas_threads):
+    """Entry point of a worker process (module level so spawn can import it)."""
+    # The parent coordinates shutdown on Ctrl-C; a worker dying of SIGINT on its own would
+    # only race with that.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    comm = None
+    status = 0
+    try:
+        comm = SharedMemoryComm(spec, rank)
+        with _limit_blas(blas_threads):
+            result = fn(comm, *args)
+        conn.send(("ok", rank, result))
+    except BaseException as exc:
+        status = 1
+        message = (
+            "error",
+            rank,
+            type(exc).__name__,
+            str(exc),
+            traceback.format_exc(),
+            isinstance(exc, CommError),
+            pack_exception(exc),
+        )
+        # Report first, then abort: the parent should hear the root cause before the
+        # CommAbortedError reports of the peers this abort is about to cause.
+        with contextlib.suppress(Exception):
+            conn.send(message)
+        if comm is not None:
+            comm.abort()
+        else:
+            with contextlib.suppress(Exception):
+                spec.abort_event.set()
+                spec.barrier.abort()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        if comm is not None:
+            comm.close()
+    if status:
+        sys.exit(status)
+
+
+def _describe_exit(exitcode):
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-exitcode).name} (exit code {exitcode})"
+        except ValueError:
+            return f"was killed by signal {-exitcode} (exit code {exitcode})"
+    return f"exited with code {exitcode}"
+
+
+def _shutdown(procs, grace):
+    """Join `procs` within `grace` seconds, then terminate, then kill what is left."""
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(1.0)
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+
+
+class _Collector:
+    """Parent-side bookkeeping: results, failures, which pipes and sentinels are open."""
+
+    def __init__(self, procs, conns):
+        self.procs = procs
+        self.conns = conns
+        self.results = [None] * len(procs)
+        self.done = [False] * len(procs)
+        self.failures = []  # (rank, is_comm_error, WorkerError)
+        self.open_conns = {conn: rank for rank, conn in enumerate(conns)}
+        self.open_sentinels = {p.sentinel: rank for rank, p in enumerate(procs)}
+
+    def waitables(self):
+        return list(self.open_conns) + list(self.open_sentinels)
+
+    def finished(self):
+        return all(self.done) or not (self.open_conns or self.open_sentinels)
+
+    def handle(self, ready):
+        # Pipes before sentinels: a worker that sent its result and exited has both ready.
+        for obj in ready:
+            if obj in self.open_conns:
+                self._read(obj)
+        for obj in ready:
+            if obj in self.open_sentinels:
+                rank = self.open_sentinels.pop(obj)
+                conn = self.conns[rank]
+                if conn in self.open_conns and conn.poll():
+                    self._read(conn)
+                if not self.done[rank] and not any(f[0] == rank for f in self.failures):
+                    proc = self.procs[rank]
+                    proc.join(1.0)
+                    self.failures.append(
+                        (
+                            rank,
+                            False,
+                            WorkerError(
+                                f"worker rank {rank} (pid {proc.pid}) {_describe_exit(proc.exitcode)} "
+                                "before returning a result",
+                                rank=rank,
+                                exitcode=proc.exitcode,
+                            ),
+                        )
+                    )
+
+    def _read(self, conn):
+        rank = self.open_conns[conn]
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            # Closed without a message: the sentinel branch reports how the worker ended.
+            del self.open_conns[conn]
+            return
+        del self.open_conns[conn]
+        if message[0] == "ok":
+            self.results[rank] = message[2]
+            self.done[rank] = True
+            return
+        _, rank, exc_type, exc_text, remote_tb, is_comm_error, packed = message
+        self.failures.append(
+            (
+                rank,
+                is_comm_error,
+                WorkerError(
+                    f"worker rank {rank} raised {exc_type}: {exc_text}\n"
+                    f"--- traceback in worker rank {rank} ---\n{remote_tb}",
+                    rank=rank,
+                    exitcode=None,
+                    remote_traceback=remote_tb,
+                    exception=unpack_exception(packed),
+                ),
+            )
+        )
+
+    def root_cause(self):
+        # Peers of a failing worker report CommAborted/CommTimeout; the first failure that is
+        # not such a consequence is the one to show.
+        for rank, is_comm_error, err in self.failures:
+            if not is_comm_error:
+                return err
+        return self.failures[0][2]
+
+
+def run_workers(
+    fn,
+    size,
+    *,
+    args=(),
+    nbytes,
+    timeout=DEFAULT_TIMEOUT,
+    blas_threads=1,
+    start_method="spawn",
+    grace=5.0,
+):
+    """Run ``fn(comm, *args)`` in `size` worker processes joined by a SharedMemoryComm.
+
+    Parameters
+    ----------
+    fn : callable
+        A module-level function (spawn pickles it by reference): ``fn(comm, *args) -> result``.
+        Its return value must be picklable.
+    size : int, >= 1
+        Number of worker processes (ranks 0..size-1).
+    args : tuple, default ()
+        Extra picklable arguments, the same for every rank.
+    nbytes : int, >= 1
+        Largest collective buffer in bytes (see `SharedMemoryGroup`).
+    timeout : float, default DEFAULT_TIMEOUT
+        Seconds a rank waits at one collective before raising CommTimeoutError.
+    blas_threads : int or None, default 1
+        BLAS/OpenMP threads per worker (threadpoolctl), so `size` workers do not oversubscribe
+        the cores; None leaves the libraries' defaults.
+    start_method : {"spawn", "forkserver", "fork"}, default "spawn"
+    grace : float, default 5.0
+        Seconds the other workers get to stop after a failure before they are terminated.
+
+    Returns
+    -------
+    results : list, length size
+        ``results[r]`` is rank r's return value.
+
+    Raises
+    ------
+    TypeError
+        If `fn` cannot be pickled.
+    WorkerError
+        If a worker raised or died (e.g. SIGKILL). Raised as soon as the parent sees it (a
+        process exit is seen immediately), after at most `grace` + 2 s of shutdown; the other
+        workers are stopped and the shared segment is unlinked.
+    KeyboardInterrupt
+        Re-raised after the same shutdown when Ctrl-C reaches the parent (workers ignore SIGINT).
+
+    Notes
+    -----
+    The parent does not take part in the collectives; it only monitors the workers' pipes and
+    process sentinels (``multiprocessing.connection.wait``).
+
+    Examples
+    --------
+    ::
+
+        def work(comm, n):
+            buf = np.full(n, comm.rank + 1.0)
+            comm.allreduce(buf)
+            return buf
+
+        run_workers(work, 2, args=(3,), nbytes=24)   # [array([3., 3., 3.])] * 2
+    """
+    size = _check_positive_int(size, "size")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if blas_threads is not None:
+        blas_threads = _check_positive_int(blas_threads, "blas_threads")
+    if start_method not in ("spawn", "forkserver", "fork"):
+        raise ValueError(f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}")
+    if start_method != "fork":
+        try:
+            pickle.dumps(fn)
+        except Exception as exc:
+            raise TypeError(
+                f"fn must be picklable (a module-level function) to start workers with "
+                f"{start_method!r}, got {fn!r}: {exc}"
+            ) from None
+    ctx = multiprocessing.get_context(start_method)
+    procs, conns = [], []
+    with SharedMemoryGroup(size, nbytes, timeout=timeout, context=ctx) as group:
+        try:
+            for rank in range(size):
+                recv_end, send_end = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(group.spec, rank, fn, tuple(args), send_end, blas_threads),
+                    name=f"minscale-worker-{rank}",
+                    daemon=True,
+                )
+                try:
+                    proc.start()
+                finally:
+                    # Only the worker may hold the write end, so its exit closes the pipe.
+                    send_end.close()
+                procs.append(proc)
+                conns.append(recv_end)
+            collector = _Collector(procs, conns)
+            while not collector.finished() and not collector.failures:
+                collector.handle(multiprocessing.connection.wait(collector.waitables()))
+            if collector.failures:
+                group.abort()
+                deadline = time.monotonic() + grace
+                while not collector.finished():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    collector.handle(multiprocessing.connection.wait(collector.waitables(), remaining))
+                raise collector.root_cause()
+            return collector.results
+        except BaseException:
+            group.abort()
+            raise
+        finally:
+            _shutdown(procs, grace)
+            for conn in conns:
+                conn.close()
+            for proc in procs:
+                with contextlib.suppress(ValueError):
+                    proc.close()
