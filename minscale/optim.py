@@ -131,6 +131,29 @@ class _Optimizer:
         """Name -> buffer dict of the optimizer's arrays (for checkpoints)."""
         return dict(getattr(self, "_buffers", {}))
 
+    def set_state(self, iterations, arrays):
+        """Restore state saved from :meth:`state_arrays` and ``iterations`` (checkpoints).
+
+        Parameters
+        ----------
+        iterations : int, >= 0
+            Updates already applied.
+        arrays : dict of str -> ndarray, shape (P,)
+            Buffers by name ("velocity", or "m" and "v"); copied.
+
+        Raises
+        ------
+        ValueError
+            Negative `iterations`.
+        """
+        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
+                or iterations < 0:
+            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+        self.reset()
+        self.iterations = int(iterations)
+        for name, arr in arrays.items():
+            self._buffer(name, arr)[...] = arr
+
     def _buffer(self, name, like):
         buffers = self.__dict__.setdefault("_buffers", {})
         buf = buffers.get(name)

@@ -8,10 +8,14 @@ rank applies the same update.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 
 import numpy as np
+
+from .parallel.base import shard_bounds
 
 __all__ = ["History", "DivergenceError", "Callback", "fit", "shard_bounds"]
 
@@ -90,24 +94,6 @@ class _PruningCallback(Callback):
             prune(model, float(self.schedule.sparsity(step)), method=self.method)
 
 
-def shard_bounds(n, rank, size):
-    """Rows ``[start, stop)`` of rank `rank`'s contiguous shard of an n-row batch.
-
-    The first ``n % size`` ranks get one row more; a rank may get an empty shard.
-
-    Parameters
-    ----------
-    n, rank, size : int
-
-    Returns
-    -------
-    (int, int)
-    """
-    base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -118,9 +104,19 @@ def _prepare(model, X, y):
     return model._check_Xy(X, y)
 
 
+def _compiled_fit_supports(model, options):
+    # whole epochs in one compiled call (minscale.kernels._fastfit): numba backend only, so the
+    # NumPy path never imports numba
+    from . import kernels
+    if kernels.get_backend() != "numba":
+        return False
+    from .kernels import _fastfit
+    return _fastfit.supports(model, **options)
+
+
 def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
         verbose=0, callbacks=None, pruning=None, pruning_method="magnitude", quantization=None,
-        workers=1, mode="sync", comm=None):
+        workers=1, mode="sync", comm=None, checkpoint=None, checkpoint_every=None, resume=None):
     """Train `model` by minibatch gradient descent on MSE.
 
     Parameters
@@ -155,6 +151,19 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         Data-parallel mode for ``workers > 1``.
     comm : Communicator, optional
         Train as one rank of a group (e.g. ``MPIComm()``); every rank calls fit alike.
+    checkpoint : str or os.PathLike, optional
+        Checkpoint file (see :func:`minscale.io.write_checkpoint`), written atomically with
+        parameters, masks, optimizer state, step, shuffling generator state, the epoch's
+        order and position, and history. Only rank 0 writes. Not with ``workers > 1``.
+    checkpoint_every : int, >= 1, optional
+        Write after every `checkpoint_every` optimizer updates (counted by
+        ``optimizer.iterations``) and once when training ends; default: after every epoch.
+    resume : str or os.PathLike, optional
+        Continue from a checkpoint: the model (same architecture and compile settings),
+        data, batch_size, shuffle and seed must be those of the checkpointed run, and
+        `epochs` is the total to reach. The result is bit-identical to the uninterrupted
+        run with the same arguments (checkpointing keeps a run off the compiled fast path,
+        which agrees with this loop only to rounding).
 
     Returns
     -------
@@ -163,7 +172,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     Raises
     ------
     ValueError
-        Bad data or arguments, naming the argument.
+        Bad data or arguments, naming the argument; a `resume` checkpoint that does not fit
+        the model, data or arguments.
+    minscale.io.ModelFileError
+        A damaged or foreign `resume` file.
     DivergenceError
         The loss became NaN or inf; the message names epoch, step and learning rate, and the
         model keeps its last finite parameters.
@@ -173,6 +185,16 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     workers = _check_int("workers", workers, 1)
     if mode not in ("sync", "async"):
         raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    if checkpoint_every is not None:
+        checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs a checkpoint path (checkpoint=...)")
+    for name, value in (("checkpoint", checkpoint), ("resume", resume)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"{name} must be a file path, got {value!r}")
+    if (checkpoint is not None or resume is not None) and (workers > 1 or mode == "async"):
+        raise ValueError("checkpoint and resume work in one process or with comm=, not with "
+                         f"workers={workers}, mode={mode!r}")
     X, y = _prepare(model, X, y)
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -196,14 +218,20 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
             raise ValueError("give either workers (processes on this machine) or comm, not both")
         from .parallel import fit_workers
         history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
+    elif comm is None and checkpoint is None and resume is None \
+            and _compiled_fit_supports(model, options):
+        from .kernels import _fastfit
+        history = _fastfit.run(model, X, y, **options)
     else:
-        history = run(model, X, y, comm=comm, **options)
+        history = run(model, X, y, comm=comm, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume, **options)
     model.history = history
     return history
 
 
 def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks,
-        pruning, pruning_method, comm=None):
+        pruning, pruning_method, comm=None, checkpoint=None, checkpoint_every=None,
+        resume=None):
     """The training loop proper, on validated arrays (see :func:`fit`).
 
     Parameters
@@ -213,6 +241,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     comm : Communicator, optional
         When given, this process is rank ``comm.rank`` of ``comm.size``: it computes the
         gradient of its shard of every batch and allreduces it.
+    checkpoint, checkpoint_every, resume
+        See :func:`fit`; every rank reads `resume`, rank 0 writes `checkpoint`.
 
     Returns
     -------
@@ -220,6 +250,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     """
     rank = 0 if comm is None else comm.rank
     size = 1 if comm is None else comm.size
+    run_seed = seed  # the caller's seed, recorded in checkpoints (ranks derive their own)
     if pruning is not None:
         callbacks = [_PruningCallback(pruning, pruning_method)] + list(callbacks)
     if comm is not None and size > 1:
@@ -234,20 +265,51 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     n_batches = math.ceil(n / batch_size)
     optimizer = model.optimizer
     history = History()
+    start_epoch, start_batch, order, loss_total = 0, 0, None, 0.0
+    if checkpoint is not None or resume is not None:
+        from . import io as _io
+        data_sha = _io.data_digest(X, y)
+    if resume is not None:
+        progress = _io.restore_checkpoint(model, resume, X, y, batch_size, shuffle, run_seed,
+                                          epochs)
+        rng.bit_generator.state = progress.rng_state
+        history = progress.history
+        start_epoch, start_batch = progress.epoch, progress.batch
+        order, loss_total = progress.order, progress.loss_total
+
+    def save_checkpoint(epoch, batch, order, loss_total):
+        if checkpoint is None:
+            return
+        if not np.isfinite(model.params).all():
+            # a checkpoint is always a finite snapshot to resume from
+            _diverged(model, backup, epoch, optimizer.iterations, lr, float("nan"), True)
+        if rank == 0:
+            _io.write_checkpoint(checkpoint, model, _io.TrainingProgress(
+                epoch=epoch, batch=batch, loss_total=loss_total, order=order,
+                rng_state=rng.bit_generator.state, history=history, seed=run_seed,
+                batch_size=batch_size, shuffle=bool(shuffle), n_samples=n,
+                data_sha256=data_sha))
+
     P = model.params.size
-    backup = np.empty_like(model.params)
+    backup = model.params.copy()
     bar = _progress(verbose and rank == 0, epochs * n_batches)
     lr = optimizer.current_learning_rate()
     for cb in callbacks:
         cb.on_train_begin(model)
+    stack = contextlib.ExitStack()
     # overflow is reported as a DivergenceError naming epoch, step and rate, not as warnings
-    errstate = np.errstate(over="ignore", invalid="ignore")
-    errstate.__enter__()
+    stack.enter_context(np.errstate(over="ignore", invalid="ignore"))
+    if comm is not None and size > 1:
+        # QAT activation observers must see the global batch's range, not the shard's
+        from .parallel.trainer import synchronized_observers
+        stack.enter_context(synchronized_observers(model, comm))
     try:
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else None
-            loss_total = 0.0
-            for b in range(n_batches):
+        for epoch in range(start_epoch, epochs):
+            first = start_batch if epoch == start_epoch else 0
+            if first == 0:
+                order = rng.permutation(n) if shuffle else None
+                loss_total = 0.0
+            for b in range(first, n_batches):
                 lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
                 s_lo, s_hi = shard_bounds(hi - lo, rank, size)
                 rows = slice(lo + s_lo, lo + s_hi)
@@ -270,6 +332,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 lr = optimizer.apply(model.params, model.grads, mask)
                 history.history["lr"].append(lr)
                 loss_total += batch_loss * (hi - lo) if model.reduction == "mean" else batch_loss
+                if checkpoint_every is not None and optimizer.iterations % checkpoint_every == 0:
+                    save_checkpoint(epoch, b + 1, order, loss_total)
                 if bar is not None:
                     bar.update(1)
             if not np.isfinite(model.params).all():
@@ -287,8 +351,12 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 cb.on_epoch_end(model, epoch, logs)
             if verbose and rank == 0:
                 _report(bar, epoch, epochs, logs, verbose)
+            if checkpoint_every is None:
+                save_checkpoint(epoch + 1, 0, None, 0.0)
+        if checkpoint_every is not None:
+            save_checkpoint(epochs, 0, None, 0.0)
     finally:
-        errstate.__exit__(None, None, None)
+        stack.close()
         if bar is not None:
             bar.close()
     for cb in callbacks:

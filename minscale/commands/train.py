@@ -76,6 +76,9 @@ def run(args):
                   f"test accuracy {test['accuracy']:.4f}")
         if args.save:
             from ..io import save
+            # lets `minscale evaluate` rebuild the same split and standardization
+            model.state["data"] = {"data": args.data, "target": args.target,
+                                   "test_size": args.test_size, "seed": args.seed}
             save(model, args.save)
             print(f"saved {args.save}")
     return 0

@@ -1,0 +1,864 @@
+"""Model files: round trips, the corrupt-file cases, atomic writes, fuzzing, and the CLI.
+
+Reference values are worked out by hand in the comments; the file-format properties (every
+flipped bit is caught or harmless, random bytes and random manifests only ever raise
+ModelFileError, a pickle is never unpickled) are checked by exhaustive loops or hypothesis.
+"""
+import errno
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minscale as ms
+from minscale import io as msio
+from minscale import prune
+from minscale.cli import main
+from minscale.io import ModelFileError
+from minscale.optim import SGD, Adam
+from minscale.schedules import InverseTimeDecay
+
+FUZZ = settings(deadline=None, max_examples=60,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_data(n=29, d_in=3, d_out=2, seed=0, dtype="float64"):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d_in)).astype(dtype)
+    y = (np.tanh(X @ rng.normal(size=(d_in, d_out))) + 0.1).astype(dtype)
+    return X, y
+
+
+def make_model(dtype="float64", optimizer=None, seed=1):
+    model = ms.Sequential([ms.Dense(5, activation="tanh"), ms.Dense(2, use_bias=False)],
+                          input_dim=3, seed=seed, dtype=dtype)
+    model.compile(optimizer=optimizer or Adam(InverseTimeDecay(0.05, decay_rate=0.1)))
+    return model
+
+
+def trained(dtype="float64", optimizer=None, epochs=2):
+    model = make_model(dtype, optimizer)
+    X, y = make_data(dtype=dtype)
+    model.fit(X, y, epochs=epochs, batch_size=4, seed=3)
+    return model, X, y
+
+
+def write_raw(path, manifest, arrays, manifest_bytes=None, compression=zipfile.ZIP_STORED):
+    """An .npz written member by member, bypassing every check of minscale.io."""
+    text = manifest_bytes if manifest_bytes is not None else json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        members = [("manifest", np.frombuffer(text, dtype=np.uint8)), *arrays.items()]
+        for name, arr in members:
+            with zf.open(name + ".npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(arr), allow_pickle=True)
+
+
+def rewrite(path, out, edit_manifest=None, edit_arrays=None, rehash=True):
+    """Copy a model file with edited arrays (the manifest's specs follow them) and/or an
+    edited manifest, optionally re-hashed."""
+    manifest, arrays = msio._read_container(path)
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    if edit_arrays:
+        edit_arrays(arrays)
+        manifest["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str}
+                              for k, v in arrays.items()}
+    if edit_manifest:
+        edit_manifest(manifest)
+    if rehash:
+        manifest["sha256"] = msio.buffers_digest(manifest, arrays)
+    write_raw(out, manifest, arrays)
+    return out
+
+
+def same_model(a, b):
+    assert a.get_config() == b.get_config()
+    assert a.params.dtype == b.params.dtype
+    assert a.params.tobytes() == b.params.tobytes()
+    assert np.array_equal(a.mask, b.mask)
+    assert (a.reduction, a.metrics) == (b.reduction, b.metrics)
+    assert a.optimizer.get_config() == b.optimizer.get_config()
+    assert a.optimizer.iterations == b.optimizer.iterations
+    sa, sb = a.optimizer.state_arrays(), b.optimizer.state_arrays()
+    assert sorted(sa) == sorted(sb)
+    for k in sa:
+        assert sa[k].tobytes() == sb[k].tobytes()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, X, y = trained()
+    path = tmp_path / "model.npz"
+    ms.save(model, path)
+    return model, path, X, y
+
+
+# ------------------------------------------------------------------------------------------
+# reference values of the pure helpers
+
+
+def test_expected_param_count_reference():
+    # input 3 -> Dense(4) with bias: 3*4 + 4 = 16; -> Dense(2) without bias: 4*2 = 8; P = 24
+    config = {"input_dim": 3, "layers": [{"units": 4, "use_bias": True},
+                                         {"units": 2, "use_bias": False}]}
+    assert msio.expected_param_count(config) == 24
+    model = ms.Sequential([ms.Dense(4), ms.Dense(2, use_bias=False)], input_dim=3)
+    assert msio.expected_param_count(model.get_config()) == model.count_params() == 24
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"input_dim": 0, "layers": [{"units": 1}]}, "input_dim"),
+    ({"input_dim": 2, "layers": []}, "layers"),
+    ({"input_dim": 2, "layers": [{"units": True}]}, "units"),
+    ({"input_dim": 2, "layers": [{"units": 2, "use_bias": "yes"}]}, "use_bias"),
+])
+def test_expected_param_count_rejects_bad_configs(config, match):
+    with pytest.raises(ValueError, match=match):
+        msio.expected_param_count(config)
+
+
+def test_buffers_digest_restates_its_formula():
+    manifest = {"b": 1, "a": [1.5, "x"], "sha256": "ignored"}
+    arrays = {"w": np.array([1.0, -2.0]), "m": np.array([True, False])}
+    h = hashlib.sha256()
+    h.update(b"minscale-model\0")
+    h.update(b'{"a":[1.5,"x"],"b":1}')
+    h.update(b"m\0|b1\0[2]\0" + bytes([1, 0]))
+    h.update(b"w\0<f8\0[2]\0" + np.array([1.0, -2.0]).tobytes())
+    assert msio.buffers_digest(manifest, arrays) == h.hexdigest()
+
+
+@given(st.integers(0, 15), st.integers(0, 7))
+def test_buffers_digest_changes_with_any_bit(byte, bit):
+    arr = np.arange(2, dtype=np.float64)
+    flipped = arr.copy()
+    flipped.view(np.uint8)[byte] ^= 1 << bit
+    assert msio.buffers_digest({}, {"w": arr}) != msio.buffers_digest({}, {"w": flipped})
+    # the same bytes under another name or shape give another digest too
+    assert msio.buffers_digest({}, {"w": arr}) != msio.buffers_digest({}, {"v": arr})
+    assert msio.buffers_digest({}, {"w": arr}) != \
+        msio.buffers_digest({}, {"w": arr.reshape(1, 2)})
+
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                      st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5))
+arrays_st = st.sampled_from(["bool", "int8", "int32", "uint16", "float32", "float64"]).flatmap(
+    lambda dt: st.integers(0, 4).map(lambda n: (np.arange(n) % 3).astype(dt)))
+state_st = st.recursive(
+    st.one_of(json_leaf, arrays_st),
+    lambda kids: st.one_of(st.lists(kids, max_size=3), st.tuples(kids, kids),
+                           st.dictionaries(st.text("abc_", min_size=1, max_size=4), kids,
+                                           max_size=3)),
+    max_leaves=10)
+
+
+def _equal(a, b):
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, float) and a != a:
+        return isinstance(b, float) and b != b
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(deadline=None, max_examples=80)
+@given(state_st)
+def test_state_encoding_round_trips_through_strict_json(value):
+    arrays = {}
+    encoded = msio.encode_state(value, arrays)
+    text = json.dumps(encoded, allow_nan=False)  # strict JSON: no NaN literals
+    assert _equal(msio.decode_state(json.loads(text), arrays), value)
+
+
+@pytest.mark.parametrize("state, match", [
+    ({"s": {1, 2}}, r"model.state\['s'\] holds a set"),
+    ({1: "x"}, "str keys"),
+    ({"__array__": 1}, "reserved"),
+    ({"a": [np.array(["x"])]}, r"model.state\['a'\]\[0\] is an array of dtype <U1"),
+])
+def test_state_that_cannot_be_stored_is_refused_naming_where(tmp_path, state, match):
+    model = make_model()
+    model.state.update(state)
+    with pytest.raises(TypeError, match=match):
+        ms.save(model, tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------
+# round trips
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", [lambda: SGD(0.05, momentum=0.9, nesterov=True),
+                                       lambda: Adam(InverseTimeDecay(0.05, decay_rate=0.1))])
+def test_round_trip_is_exact_and_training_continues_identically(tmp_path, dtype, optimizer):
+    model, X, y = trained(dtype, optimizer())
+    model.state["note"] = {"tuple": (1, 2.5, None), "nan": float("nan"),
+                           "codes": np.array([-3, 7], dtype=np.int8)}
+    ms.save(model, tmp_path / "m.npz")
+    loaded = ms.load(tmp_path / "m.npz")
+    same_model(model, loaded)
+    assert loaded.params.dtype == np.dtype(dtype)
+    assert loaded.predict(X).tobytes() == model.predict(X).tobytes()
+    assert _equal(loaded.state, model.state)
+    # optimizer counter and buffers came back: one more epoch gives the same bits
+    model.fit(X, y, epochs=1, batch_size=4, seed=9)
+    loaded.fit(X, y, epochs=1, batch_size=4, seed=9)
+    same_model(model, loaded)
+
+
+def test_untrained_uncompiled_and_metric_models_round_trip(tmp_path):
+    bare = ms.Sequential([ms.Dense(2)], input_dim=4, seed=5)
+    ms.save(bare, tmp_path / "bare.npz")
+    loaded = ms.load(tmp_path / "bare.npz")
+    assert loaded.optimizer is None and loaded.params.tobytes() == bare.params.tobytes()
+    clf = ms.Sequential([ms.Dense(3)], input_dim=2).compile(
+        optimizer="momentum", reduction="half_sum", metrics=["accuracy"])
+    ms.save(clf, tmp_path / "clf.npz")
+    loaded = ms.load(tmp_path / "clf.npz")
+    assert loaded.reduction == "half_sum" and loaded.metrics == ["accuracy"]
+    assert loaded.optimizer.get_config() == clf.optimizer.get_config()
+
+
+def test_unbuilt_model_and_non_model_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not built"):
+        ms.save(ms.Sequential([ms.Dense(1)]), tmp_path / "m.npz")
+    with pytest.raises(TypeError, match="Sequential"):
+        ms.save({"W": np.ones(2)}, tmp_path / "m.npz")
+
+
+def test_custom_schedule_keeps_state_but_not_the_optimizer(tmp_path):
+    model = make_model(optimizer=SGD(lambda step: 0.01, momentum=0.5))
+    X, y = make_data()
+    model.fit(X, y, epochs=1, batch_size=8, seed=0)
+    manifest = ms.save(model, tmp_path / "m.npz")
+    assert manifest["optimizer"]["config"] is None
+    assert manifest["optimizer"]["iterations"] == 4  # ceil(29 / 8) updates
+    loaded = ms.load(tmp_path / "m.npz")
+    assert loaded.optimizer is None
+    assert loaded.params.tobytes() == model.params.tobytes()
+
+
+def test_pruned_model_round_trips_and_keeps_its_zeros_while_training(tmp_path):
+    model, X, y = trained()
+    prune.prune(model, 0.6, method="global")
+    ms.save(model, tmp_path / "p.npz")
+    loaded = ms.load(tmp_path / "p.npz")
+    same_model(model, loaded)
+    assert loaded.sparsity() == model.sparsity()
+    # 0.6 of the 3*5 + 5*2 = 25 weights: round(15.0) = 15 pruned
+    assert int((~loaded.mask[loaded.prunable]).sum()) == 15
+    assert loaded.predict(X).tobytes() == model.predict(X).tobytes()
+    pruned = ~loaded.mask
+    loaded.fit(X, y, epochs=3, batch_size=4, seed=1)
+    assert np.all(loaded.params[pruned] == 0.0)
+    assert np.array_equal(loaded.mask, model.mask)
+    assert not np.array_equal(loaded.params, model.params)  # it did train
+    # the recovery backup survived the file: restore() gives back the pre-pruning values
+    fresh = ms.load(tmp_path / "p.npz")
+    prune.restore(fresh)
+    prune.restore(model)
+    assert fresh.params.tobytes() == model.params.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sparse_model_round_trips(tmp_path, dtype):
+    model, X, y = trained(dtype)
+    prune.prune(model, 0.5)
+    sparse = prune.to_sparse(model)
+    ms.save(sparse, tmp_path / "s.npz")
+    loaded = ms.load(tmp_path / "s.npz")
+    assert type(loaded).__name__ == "SparseModel" and loaded.dtype == np.dtype(dtype)
+    assert loaded.predict(X).tobytes() == sparse.predict(X).tobytes()
+    assert loaded.nbytes == sparse.nbytes
+    for a, b in zip(loaded.layers, sparse.layers):
+        assert a.W.nnz == b.W.nnz and (a.W != b.W).nnz == 0
+        assert (a.b is None) == (b.b is None)
+
+
+def test_sparse_model_with_broken_csr_is_refused(tmp_path):
+    model, X, y = trained()
+    prune.prune(model, 0.5)
+    ms.save(prune.to_sparse(model), tmp_path / "s.npz")
+
+    def bad_index(arrays):
+        arrays["layers/0/indices"][0] = 99  # column 99 of a 5-column W
+    rewrite(tmp_path / "s.npz", tmp_path / "bad.npz", edit_arrays=bad_index)
+    with pytest.raises(ModelFileError, match="column indices"):
+        ms.load(tmp_path / "bad.npz")
+
+
+QUANTIZATIONS = [
+    dict(weights="int8", activations="int8"),
+    dict(weights="int4", activations=None),
+    dict(weights="int8/tensor", activations="uint8"),
+    dict(weights="fixed", activations="int8"),
+]
+
+
+@pytest.mark.parametrize("kwargs", QUANTIZATIONS, ids=lambda k: f"{k['weights']}-{k['activations']}")
+def test_quantized_model_round_trips(tmp_path, kwargs):
+    from minscale import quant
+    model = ms.Sequential([ms.Dense(6, activation="relu"), ms.Dense(2)], input_dim=3, seed=4)
+    model.compile(optimizer="adam")
+    X, y = make_data()
+    model.fit(X, y, epochs=2, batch_size=8, seed=0)
+    weights = {"int8/tensor": quant.WeightSpec(8, per_channel=False),
+               "fixed": quant.QFormat(8, 5)}.get(kwargs["weights"], kwargs["weights"])
+    qmodel = quant.quantize_model(model, weights=weights, activations=kwargs["activations"],
+                                  calibration_data=X if kwargs["activations"] else None)
+    qmodel.state["data"] = {"data": "diabetes", "seed": 3}
+    ms.save(qmodel, tmp_path / "q.npz")
+    loaded = ms.load(tmp_path / "q.npz")
+    assert type(loaded) is quant.QuantizedModel
+    assert loaded.predict(X).tobytes() == qmodel.predict(X).tobytes()
+    if kwargs["activations"] is not None:
+        assert np.array_equal(loaded.predict_codes(X), qmodel.predict_codes(X))
+        assert loaded.input_qparams == qmodel.input_qparams
+    for a, b in zip(loaded.layers, qmodel.layers):
+        assert a.codes.dtype == b.codes.dtype and a.codes.dtype.kind in "iu"
+        assert np.array_equal(a.codes, b.codes)
+        assert a.weight_scale.dtype == np.float64
+        assert a.weight_scale.tobytes() == b.weight_scale.tobytes()
+        assert a.output_qparams == b.output_qparams and a.frac_bits == b.frac_bits
+        if b.bias_codes is not None:
+            assert a.bias_codes.dtype == np.int32 and np.array_equal(a.bias_codes, b.bias_codes)
+    assert msio.layer_table(loaded) == msio.layer_table(qmodel)
+    assert loaded.size_report() == qmodel.size_report()
+    assert loaded.state == {"data": {"data": "diabetes", "seed": 3}}
+
+
+def test_quantized_model_with_a_foreign_activation_name_is_refused(tmp_path):
+    from minscale import quant
+    model, X, y = trained()
+    ms.save(quant.quantize_model(model, "int8", None), tmp_path / "q.npz")
+
+    def rename(manifest):
+        manifest["layers"][0]["activation"] = "glorot_uniform"  # a function of layers.py
+    rewrite(tmp_path / "q.npz", tmp_path / "bad.npz", edit_manifest=rename)
+    with pytest.raises(ModelFileError, match="activation 'glorot_uniform'"):
+        ms.load(tmp_path / "bad.npz")
+
+    def recode(arrays):
+        arrays["layers/0/codes"] = arrays["layers/0/codes"].astype(np.int16)
+    rewrite(tmp_path / "q.npz", tmp_path / "bad2.npz", edit_arrays=recode)
+    with pytest.raises(ModelFileError, match="does not fit"):
+        ms.load(tmp_path / "bad2.npz")
+
+
+def test_qat_model_round_trips_with_hooks_and_observer_ranges(tmp_path):
+    model = make_model()
+    X, y = make_data()
+    model.fit(X, y, epochs=2, batch_size=4, seed=1, quantization="int8")
+    ms.save(model, tmp_path / "qat.npz")
+    loaded = ms.load(tmp_path / "qat.npz")
+    assert loaded.state["quantization"] == model.state["quantization"]
+    for a, b in zip(loaded.layers, model.layers):
+        assert (a.output_quantizer.observer.min_val, a.output_quantizer.observer.max_val) == \
+            (b.output_quantizer.observer.min_val, b.output_quantizer.observer.max_val)
+    # the fake-quantized forward pass is the same, so predictions are identical
+    assert loaded.predict(X).tobytes() == model.predict(X).tobytes()
+
+
+# ------------------------------------------------------------------------------------------
+# corrupt and foreign files: always ModelFileError, never a pickle
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("minscale.io tried to unpickle")
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 4, 30, 0.5, -22, -1])
+def test_truncated_file(saved, tmp_path, cut, no_unpickling):
+    _, path, _, _ = saved
+    data = path.read_bytes()
+    n = int(len(data) * cut) if isinstance(cut, float) else cut % len(data) if cut else 0
+    (tmp_path / "cut.npz").write_bytes(data[:n])
+    with pytest.raises(ModelFileError):
+        ms.load(tmp_path / "cut.npz")
+
+
+def test_every_flipped_bit_is_caught_or_harmless(saved, tmp_path, no_unpickling):
+    # One bit flipped in every other byte of the file (bit i/2 % 8 of byte i). Each copy either
+    # fails with ModelFileError or loads the very same model: the only bytes zipfile does not
+    # check are timestamps and similar metadata of the zip headers.
+    model, path, X, _ = saved
+    data = bytearray(path.read_bytes())
+    payload = set()  # offsets of the members' stored bytes (.npy headers and array data)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            at = info.header_offset
+            start = at + 30 + int.from_bytes(data[at + 26:at + 28], "little") \
+                + int.from_bytes(data[at + 28:at + 30], "little")
+            payload.update(range(start, start + info.compress_size))
+    target = tmp_path / "flip.npz"
+    harmless = []
+    tried = range(0, len(data), 2)  # every other byte keeps the test at a few seconds
+    for i in tried:
+        data[i] ^= 1 << (i // 2 % 8)
+        target.write_bytes(data)
+        data[i] ^= 1 << (i // 2 % 8)
+        try:
+            loaded = ms.load(target)
+        except ModelFileError:
+            continue
+        same_model(model, loaded)
+        harmless.append(i)
+    assert len(payload) > 0.8 * len(data)
+    assert not payload.intersection(harmless)  # every flip in a member is caught
+    assert len(harmless) < 0.15 * len(tried)
+
+
+def test_flipped_bit_in_the_parameters_names_the_damage(saved, tmp_path):
+    model, path, _, _ = saved
+    data = bytearray(path.read_bytes())
+    at = data.index(model.params.tobytes())  # stored uncompressed, so found verbatim
+    data[at + 3] ^= 0x10
+    (tmp_path / "flip.npz").write_bytes(data)
+    with pytest.raises(ModelFileError, match="CRC|damaged"):
+        ms.load(tmp_path / "flip.npz")
+
+
+def test_altered_buffer_with_valid_zip_fails_the_sha256(saved, tmp_path):
+    _, path, _, _ = saved
+
+    def nudge(arrays):
+        arrays["params"][0] = np.nextafter(arrays["params"][0], np.inf)
+    rewrite(path, tmp_path / "alt.npz", edit_arrays=nudge, rehash=False)
+    with pytest.raises(ModelFileError, match="SHA-256"):
+        ms.load(tmp_path / "alt.npz")
+
+
+def test_manifest_with_wrong_shapes(saved, tmp_path):
+    model, path, _, _ = saved
+    P = model.count_params()
+
+    def claim(manifest):
+        manifest["arrays"]["params"]["shape"] = [P + 1]
+    # the manifest disagrees with the stored array (even with a matching digest)
+    rewrite(path, tmp_path / "a.npz", edit_manifest=claim)
+    with pytest.raises(ModelFileError, match=rf"shape \({P},\), the manifest says \({P + 1},\)"):
+        ms.load(tmp_path / "a.npz")
+
+    def grow(arrays):
+        arrays["params"] = np.zeros(P + 1)
+    # manifest and array agree with each other but not with the architecture
+    rewrite(path, tmp_path / "b.npz", edit_arrays=grow, edit_manifest=claim)
+    with pytest.raises(ModelFileError, match=rf"architecture needs \({P},\)"):
+        ms.load(tmp_path / "b.npz")
+
+    def retype(manifest):
+        manifest["arrays"]["mask"]["dtype"] = "<f8"
+    rewrite(path, tmp_path / "c.npz", edit_manifest=retype)
+    with pytest.raises(ModelFileError, match="dtype"):
+        ms.load(tmp_path / "c.npz")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("format_version", 2, "format version 2; this minscale reads version 1"),
+    ("format_version", "1", "format version '1'"),
+    ("format", "keras", "format is 'keras'"),
+    ("kind", "Transformer", "unknown model kind 'Transformer'"),
+])
+def test_unknown_format_version_name_or_kind(saved, tmp_path, field, value, match):
+    _, path, _, _ = saved
+    rewrite(path, tmp_path / "v.npz", edit_manifest=lambda m: m.__setitem__(field, value))
+    with pytest.raises(ModelFileError, match=match):
+        ms.load(tmp_path / "v.npz")
+
+
+def test_npz_with_a_pickled_object_array_is_refused_unread(saved, tmp_path, no_unpickling):
+    model, path, _, _ = saved
+    manifest, arrays = msio._read_container(path)
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > pwned.txt",))
+    arrays["params"] = np.array([Boom()], dtype=object)
+    manifest["arrays"]["params"] = {"shape": [1], "dtype": "|O"}
+    write_raw(tmp_path / "evil.npz", manifest, arrays)
+    with pytest.raises(ModelFileError, match="never loads pickles|object"):
+        ms.load(tmp_path / "evil.npz")
+    # even when the manifest keeps claiming a float array
+    manifest["arrays"]["params"] = {"shape": [1], "dtype": "<f8"}
+    write_raw(tmp_path / "evil2.npz", manifest, arrays)
+    with pytest.raises(ModelFileError, match="object array"):
+        ms.load(tmp_path / "evil2.npz")
+    assert not os.path.exists("pwned.txt")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p, m: p.write_bytes(pickle.dumps({"params": m.params})), "pickle"),
+    (lambda p, m: np.save(p.with_suffix(".npy"), m.params) or
+        os.replace(p.with_suffix(".npy"), p), "single .npy array"),
+    (lambda p, m: p.write_text("W = [1, 2, 3]\n"), "not an .npz"),
+    (lambda p, m: p.write_bytes(b""), "not an .npz"),
+    (lambda p, m: np.savez(p, params=m.params, mask=m.mask), "no manifest"),
+    (lambda p, m: write_raw(p, {}, {"params": m.params}, compression=zipfile.ZIP_DEFLATED),
+     "compressed"),
+    (lambda p, m: write_raw(p, {}, {}, manifest_bytes=b'{"format": NaN}'), "NaN"),
+    (lambda p, m: write_raw(p, {}, {}, manifest_bytes=b"\xff\xfe"), "UnicodeDecodeError"),
+    (lambda p, m: write_raw(p, [1, 2], {}), "must be a JSON object"),
+])
+def test_foreign_files_are_refused(tmp_path, make, match, no_unpickling):
+    path = tmp_path / "foreign.npz"
+    make(path, make_model())
+    with pytest.raises(ModelFileError, match=match):
+        ms.load(path)
+
+
+def test_path_problems_raise_the_usual_os_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ms.load(tmp_path / "missing.npz")
+    with pytest.raises(IsADirectoryError):
+        ms.load(tmp_path)
+    with pytest.raises(TypeError, match="path must be a str"):
+        ms.load(42)
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.sampled_from([b"", b"PK\x03\x04", b"PK\x05\x06"]))
+def test_fuzz_random_bytes_only_raise_model_file_error(tmp_path, data, prefix):
+    path = tmp_path / "fuzz.npz"
+    path.write_bytes(prefix + data)
+    with pytest.raises(ModelFileError):
+        ms.load(path)
+
+
+json_values = st.recursive(
+    json_leaf.filter(lambda v: not (isinstance(v, float) and (v != v or abs(v) == np.inf))),
+    lambda kids: st.one_of(st.lists(kids, max_size=3),
+                           st.dictionaries(st.text(max_size=6), kids, max_size=3)),
+    max_leaves=8)
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+@pytest.fixture(scope="module")
+def valid_files(tmp_path_factory):
+    """(manifest, arrays) of a checkpoint of a pruned QAT run, a sparse and a quantized model."""
+    from minscale import quant
+    folder = tmp_path_factory.mktemp("valid")
+    model = make_model(optimizer=SGD(0.05, momentum=0.9))
+    prune.prune(model, 0.3)
+    X, y = make_data()
+    model.fit(X, y, epochs=2, batch_size=4, seed=3, checkpoint=folder / "ck.npz",
+              checkpoint_every=5, quantization="int8")
+    ms.save(prune.to_sparse(make_model()), folder / "sparse.npz")
+    ms.save(quant.quantize_model(make_model(), "int8", "int8", calibration_data=X),
+            folder / "q.npz")
+    return [msio._read_container(folder / name) for name in ("ck.npz", "sparse.npz", "q.npz")]
+
+
+def _load_all_ways(path):
+    for reader in (ms.load, msio.read_checkpoint, msio.read_manifest):
+        try:
+            reader(path)
+        except ModelFileError:
+            pass
+
+
+@FUZZ
+@given(data=st.data(), which=st.integers(0, 2), value=json_values,
+       mode=st.sampled_from(["replace", "delete", "whole"]))
+def test_fuzz_random_manifests_only_raise_model_file_error(tmp_path, valid_files, data, which,
+                                                           value, mode):
+    # Mutate one field anywhere in a valid manifest (or replace the manifest), re-hash so the
+    # digest check passes, and load: the result is a model or ModelFileError.
+    manifest, arrays = valid_files[which]
+    manifest = json.loads(json.dumps(manifest))
+    if mode == "whole":
+        manifest = value
+    else:
+        paths = [p for p in _paths(manifest) if p]
+        where = data.draw(st.sampled_from(paths))
+        parent = manifest
+        for key in where[:-1]:
+            parent = parent[key]
+        if mode == "delete":
+            del parent[where[-1]]
+        else:
+            parent[where[-1]] = value
+    if isinstance(manifest, dict):
+        manifest["sha256"] = msio.buffers_digest(manifest, arrays)
+    write_raw(tmp_path / "m.npz", manifest, arrays)
+    _load_all_ways(tmp_path / "m.npz")
+
+
+@FUZZ
+@given(data=st.data(), which=st.integers(0, 2), shape=st.lists(st.integers(0, 40), max_size=2),
+       dtype=st.sampled_from(["<f8", "<f4", "|b1", "<i8", "<i4", "|i1", "|u1"]))
+def test_fuzz_random_arrays_only_raise_model_file_error(tmp_path, valid_files, data, which,
+                                                        shape, dtype):
+    # Replace one array by a zero array of random shape and dtype, manifest and digest
+    # following it: only the checks against the architecture can refuse it.
+    manifest, arrays = valid_files[which]
+    name = data.draw(st.sampled_from(sorted(arrays)))
+    manifest = json.loads(json.dumps(manifest))
+    arrays = dict(arrays)
+    arrays[name] = np.zeros(shape, dtype=dtype)
+    manifest["arrays"][name] = {"shape": shape, "dtype": dtype}
+    manifest["sha256"] = msio.buffers_digest(manifest, arrays)
+    write_raw(tmp_path / "m.npz", manifest, arrays)
+    _load_all_ways(tmp_path / "m.npz")
+
+
+# ------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def test_failure_midway_leaves_the_old_file_and_no_temporary(saved, tmp_path, monkeypatch):
+    model, path, _, _ = saved
+    before = path.read_bytes()
+    real = np.lib.format.write_array
+    calls = []
+
+    def failing(fp, array, *args, **kwargs):
+        calls.append(array.shape)
+        if len(calls) == 3:
+            fp.write(b"\0" * 7)  # part of a member is already out when the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fp, array, *args, **kwargs)
+    monkeypatch.setattr(np.lib.format, "write_array", failing)
+    model.params[0] += 1.0
+    with pytest.raises(OSError, match="No space left") as info:
+        ms.save(model, path)
+    assert any("previous file" in note for note in info.value.__notes__)
+    assert len(calls) == 3
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+
+
+def test_interrupt_midway_leaves_the_old_file(saved, tmp_path, monkeypatch):
+    model, path, _, _ = saved
+    before = path.read_bytes()
+
+    def interrupted(f):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        msio.atomic_write(path, interrupted)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+
+
+def test_atomic_write_replaces_and_keeps_the_mode(tmp_path):
+    path = tmp_path / "f.bin"
+    msio.atomic_write(path, lambda f: f.write(b"one"))
+    assert path.read_bytes() == b"one" and (path.stat().st_mode & 0o777) == 0o644
+    os.chmod(path, 0o600)
+    msio.atomic_write(str(path), lambda f: f.write(b"two"))
+    assert path.read_bytes() == b"two" and (path.stat().st_mode & 0o777) == 0o600
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_saving_into_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="folder .*nope.* does not exist"):
+        ms.save(make_model(), tmp_path / "nope" / "m.npz")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        ms.save(make_model(), tmp_path)
+
+
+def test_saving_into_a_read_only_folder_simulated(saved, tmp_path, monkeypatch):
+    # root ignores permission bits, so the refusal of the OS is simulated at mkstemp
+    model, path, _, _ = saved
+    before = path.read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(msio.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=r"cannot write .*model.npz.*Permission denied"):
+        ms.save(model, path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_saving_into_a_read_only_folder(saved, tmp_path):
+    model, path, _, _ = saved
+    before = path.read_bytes()
+    os.chmod(tmp_path, 0o500)
+    try:
+        with pytest.raises(PermissionError, match="cannot write"):
+            ms.save(model, path)
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert path.read_bytes() == before
+
+
+def test_saving_into_a_read_only_system_folder():
+    # /sys refuses new files even to root on Linux
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys")
+    try:
+        with open("/sys/kernel/minscale-probe", "wb"):
+            pass
+    except OSError:
+        pass
+    else:
+        pytest.skip("/sys/kernel is writable here")
+    with pytest.raises(OSError, match="cannot write '/sys/kernel/m.npz'"):
+        ms.save(make_model(), "/sys/kernel/m.npz")
+
+
+# ------------------------------------------------------------------------------------------
+# the CLI
+
+
+def test_info_prints_manifest_and_layer_table(tmp_path, capsys):
+    model = make_model(dtype="float32")
+    prune.prune(model, 0.4)  # W0: round(0.4 * 15) = 6 of 15; W1: round(0.4 * 10) = 4 of 10
+    ms.save(model, tmp_path / "m.npz")
+    assert main(["info", str(tmp_path / "m.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "format      minscale-model version 1" in out
+    assert "kind        Sequential, dtype float32, 30 stored parameters" in out
+    assert "state       prune_backup" in out
+    lines = out.splitlines()
+    # layer 0: 3*5 + 5 = 20 float32 parameters = 80 bytes, sparsity 6/15 = 0.4
+    assert lines[-3].split() == ["0", "(3,", "5)", "(5,)", "tanh", "20", "0.4000", "32", "80"]
+    # layer 1: 5*2 = 10 parameters, no bias = 40 bytes, sparsity 4/10
+    assert lines[-2].split() == ["1", "(5,", "2)", "-", "identity", "10", "0.4000", "32", "40"]
+    assert lines[-1].split() == ["total", "30", "0.4000", "120"]
+
+
+def test_info_json_and_checkpoint_lines(tmp_path, capsys):
+    model = make_model()
+    X, y = make_data()
+    model.fit(X, y, epochs=1, batch_size=4, seed=3, checkpoint=tmp_path / "ck.npz",
+              checkpoint_every=5)
+    assert main(["info", str(tmp_path / "ck.npz")]) == 0
+    out = capsys.readouterr().out
+    # 29 rows / 4 = 8 batches: the last write is the end-of-training one, epoch 1 batch 0
+    assert "checkpoint  epoch 1, next batch 0, step 8; run: seed 3, batch_size 4" in out
+    assert main(["info", "--json", str(tmp_path / "ck.npz")]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["checkpoint"]["step"] == 8 and manifest["format_version"] == 1
+
+
+def test_info_on_a_sparse_model(tmp_path, capsys):
+    model = make_model()
+    prune.prune(model, 0.4)
+    ms.save(prune.to_sparse(model), tmp_path / "s.npz")
+    assert main(["info", str(tmp_path / "s.npz")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # layer 0: 9 nonzero weights: data 9*8 + indices 9*4 + indptr 4*4 + bias 5*8 = 164 bytes
+    assert lines[-3].split() == ["0", "(3,", "5)", "(5,)", "tanh", "14", "0.4000", "64", "164"]
+
+
+def test_info_on_a_quantized_model(tmp_path, capsys):
+    from minscale import quant
+    model = make_model()
+    X, _ = make_data()
+    ms.save(quant.quantize_model(model, "int4", None), tmp_path / "q.npz")
+    assert main(["info", str(tmp_path / "q.npz")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # layer 0: 15 int4 codes at 1 byte + 5 float32 scales + 5 float32 biases = 55 bytes
+    row = lines[-3].split()
+    assert row[:6] == ["0", "(3,", "5)", "(5,)", "tanh", "20"] and row[7:] == ["4", "55"]
+    # layer 1: 10 codes + 2 scales, no bias = 18 bytes
+    assert lines[-2].split()[7:] == ["4", "18"]
+
+
+def test_info_on_a_damaged_file_is_one_line_and_exit_2(saved, tmp_path, capsys):
+    _, path, _, _ = saved
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])
+    assert main(["info", str(tmp_path / "cut.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated or damaged" in err
+
+
+def test_evaluate_matches_the_model_on_the_held_out_split(tmp_path, capsys):
+    from argparse import Namespace
+
+    from minscale.commands._common import load_task
+    from minscale.commands.train import build_model
+    task = load_task(Namespace(data="diabetes", target=None, test_size=0.25, seed=4))
+    model = build_model(10, 1, [6], seed=4)
+    model.compile(optimizer=Adam(0.01))
+    model.fit(task["X_train"], task["y_train"], epochs=3, batch_size=32, seed=4)
+    model.state["data"] = {"data": "diabetes", "target": None, "test_size": 0.25, "seed": 4}
+    ms.save(model, tmp_path / "m.npz")
+    assert main(["evaluate", str(tmp_path / "m.npz")]) == 0
+    captured = capsys.readouterr()
+    expected = model.evaluate(task["X_test"], task["y_test"])
+    assert f"loss {expected:.6g} (mse of the standardized target" in captured.out
+    assert "111 held-out rows (test_size 0.25, seed 4)" in captured.out  # 442 * 0.25 -> 111
+    assert captured.err == ""
+    # a different split on the command line is allowed but noted
+    assert main(["evaluate", str(tmp_path / "m.npz"), "--seed", "5"]) == 0
+    assert "--seed 5 (trained with 4)" in capsys.readouterr().err
+
+
+def test_evaluate_classification_reports_accuracy(tmp_path, capsys):
+    from argparse import Namespace
+
+    from minscale.commands._common import load_task
+    from minscale.commands.train import build_model
+    from minscale.data import accuracy
+    task = load_task(Namespace(data="digits", target=None, test_size=0.2, seed=0))
+    model = build_model(64, 10, [], seed=0)
+    model.compile(optimizer=Adam(0.01), metrics=["accuracy"])
+    model.fit(task["X_train"], task["y_train"], epochs=2, batch_size=64, seed=0)
+    ms.save(model, tmp_path / "d.npz")
+    assert main(["evaluate", str(tmp_path / "d.npz"), "--data", "digits"]) == 0
+    captured = capsys.readouterr()
+    acc = accuracy(task["y_test"], model.predict(task["X_test"]))
+    assert f"accuracy {acc:.4f}" in captured.out
+    assert "records no training data settings" in captured.err
+
+
+def test_evaluate_a_quantized_model_on_the_integer_path(tmp_path, capsys):
+    from argparse import Namespace
+
+    from minscale import quant
+    from minscale.commands._common import load_task
+    from minscale.commands.train import build_model
+    task = load_task(Namespace(data="diabetes", target=None, test_size=0.2, seed=1))
+    model = build_model(10, 1, [8], seed=1)
+    model.compile(optimizer=Adam(0.01))
+    model.fit(task["X_train"], task["y_train"], epochs=3, batch_size=32, seed=1)
+    model.state["data"] = {"data": "diabetes", "target": None, "test_size": 0.2, "seed": 1}
+    qmodel = quant.quantize_model(model, "int8", "int8", calibration_data=task["X_train"])
+    ms.save(qmodel, tmp_path / "q.npz")
+    assert main(["evaluate", str(tmp_path / "q.npz"), "--integer"]) == 0
+    out = capsys.readouterr().out
+    expected = qmodel.evaluate(task["X_test"], task["y_test"], integer=True)["loss"]
+    assert "(QuantizedModel, integer-only inference)" in out
+    assert f"loss {expected:.6g} (mse" in out
+    assert main(["evaluate", str(tmp_path / "q.npz")]) == 0
+    expected = qmodel.evaluate(task["X_test"], task["y_test"])["loss"]
+    assert f"loss {expected:.6g} (mse" in capsys.readouterr().out
+    ms.save(model, tmp_path / "f.npz")
+    assert main(["evaluate", str(tmp_path / "f.npz"), "--integer"]) == 2
+    assert "--integer needs a quantized model" in capsys.readouterr().err
+
+
+def test_evaluate_on_data_of_the_wrong_width(tmp_path, capsys):
+    ms.save(make_model(), tmp_path / "m.npz")
+    assert main(["evaluate", str(tmp_path / "m.npz"), "--data", "diabetes"]) == 2
+    assert "expects 3 features but 'diabetes' has 10" in capsys.readouterr().err
