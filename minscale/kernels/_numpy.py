@@ -174,3 +174,352 @@ def adam_update(theta, grad, m, v, lr, beta_1, beta_2, epsilon, bias_correction_
         m *= mask
         v *= mask
         theta *= mask
+
+
+# --- quantization, integer arithmetic, pruning (issue 5) -----------------------------------
+#
+# These kernels are the fused hot paths behind minscale.quant and minscale.prune. Those modules
+# own the formulas, the argument checks and the error messages; a kernel receives checked,
+# contiguous arrays and writes into `out`. Results equal the formula functions bit for bit.
+
+#: integer codes of the rounding rules, as the kernels take them (``stochastic`` needs a random
+#: stream and stays in :func:`minscale.quant.round_values`)
+ROUNDING_CODES = {"nearest_even": 0, "half_away": 1, "floor": 2}
+
+_TINY = np.finfo(np.float64).tiny
+
+
+def _round_rule(v, rounding):
+    """Round float64 `v` (a new array) to integers under rule code `rounding`."""
+    if rounding == 0:
+        return np.rint(v)
+    if rounding == 1:
+        t = np.trunc(v)
+        return t + np.copysign((np.abs(v - t) >= 0.5).astype(np.float64), v)
+    return np.floor(v)
+
+
+def quantize_fixed(x, frac_bits, qmin, qmax, rounding, out):
+    """Fixed-point codes ``out = clip(round(x * 2**frac_bits), qmin, qmax)``, saturating.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, any shape, C-contiguous
+        Real values; NaN is the caller's to reject (its code is unspecified); +-inf saturates.
+    frac_bits : int, in [-960, 960]
+        Fractional bits n of the Qm.n format.
+    qmin, qmax : int
+        Code range, inside the range of `out`'s dtype.
+    rounding : int
+        :data:`ROUNDING_CODES`: 0 nearest_even, 1 half_away, 2 floor.
+    out : ndarray of an integer dtype, shape of `x`, C-contiguous
+        Receives the codes.
+
+    Returns
+    -------
+    first_clipped : int
+        Flat index of the first entry whose unsaturated code lies outside ``[qmin, qmax]``
+        (it was saturated), or -1 if none; the caller decides whether that is an error
+        (``saturate=False`` in :func:`minscale.quant.quantize`).
+
+    Notes
+    -----
+    ``v = x * 2**frac_bits`` in float64 is exact (a power-of-two scaling; IEEE multiplication and
+    ``ldexp`` round an underflowing product the same way). A negative input whose product
+    underflowed to -0.0 is treated as the tiny negative value it was, so ``floor`` gives -1.
+    Clipping at the integer bounds commutes with every rounding rule.
+
+    References
+    ----------
+    :func:`minscale.quant.quantize` (the formula layer); saturation as ARM CMSIS ``__SSAT``.
+    """
+    x64 = x.astype(np.float64)
+    v = np.ldexp(x64, frac_bits)
+    v = np.where((v == 0) & (x64 < 0), -_TINY, v)
+    r = _round_rule(np.clip(v, qmin - 1.0, qmax + 1.0), rounding)
+    bad = (r < qmin) | (r > qmax)
+    np.clip(r, qmin, qmax, out=r)
+    out[...] = r.astype(out.dtype)
+    return int(np.argmax(bad.ravel())) if bad.any() else -1
+
+
+def dequantize_fixed(q, frac_bits, out):
+    """Real values of fixed-point codes, ``out = q * 2**-frac_bits``.
+
+    Parameters
+    ----------
+    q : ndarray of an integer dtype, any shape, C-contiguous
+    frac_bits : int, in [-960, 960]
+    out : ndarray of float32 or float64, shape of `q`
+        Receives the values: exact in float64 (codes below 2**53), one rounding in float32.
+
+    Returns
+    -------
+    out : ndarray
+
+    References
+    ----------
+    :func:`minscale.quant.dequantize`.
+    """
+    out[...] = np.ldexp(q.astype(np.float64), -frac_bits).astype(out.dtype)
+    return out
+
+
+def quantize_affine(x, scale, zero_point, qmin, qmax, rounding, out):
+    """Affine codes ``q = clip(round(x / scale) + zero_point, qmin, qmax)``, per channel.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (n_outer, C, n_inner), C-contiguous
+        The tensor seen as channels on axis 1: per tensor is ``x.reshape(1, 1, -1)``; channel
+        axis `a` of a tensor of shape s is ``reshape(prod(s[:a]), s[a], prod(s[a+1:]))``.
+    scale : float64 ndarray, shape (C,), finite and > 0
+    zero_point : int64 ndarray, shape (C,), in [qmin, qmax]
+    qmin, qmax : int
+    rounding : int
+        :data:`ROUNDING_CODES`.
+    out : ndarray of an integer dtype, shape of `x`
+
+    Returns
+    -------
+    out : ndarray
+
+    Notes
+    -----
+    Divide (one float64 rounding), round, add the zero point, clamp -- the order of
+    :func:`minscale.quant.quantize_affine`, with its -0.0 underflow rule. Clipping
+    ``x / scale`` to ``[qmin - zp, qmax - zp]`` before rounding equals clamping the code after.
+
+    References
+    ----------
+    Jacob et al. 2018, eq. (1); ``torch.quantize_per_tensor`` / ``quantize_per_channel``.
+    """
+    s = scale.reshape(1, -1, 1)
+    zp = zero_point.reshape(1, -1, 1)
+    x64 = x.astype(np.float64)
+    v = x64 / s
+    v = np.where((v == 0) & (x64 < 0), -_TINY, v)
+    r = _round_rule(np.clip(v, (qmin - zp).astype(np.float64), (qmax - zp).astype(np.float64)),
+                    rounding)
+    out[...] = (r.astype(np.int64) + zp).astype(out.dtype)
+    return out
+
+
+def dequantize_affine(q, scale, zero_point, out):
+    """Real values of affine codes, ``out = scale * (q - zero_point)``, per channel.
+
+    Parameters
+    ----------
+    q : ndarray of an integer dtype, shape (n_outer, C, n_inner), C-contiguous
+    scale : float64 ndarray, shape (C,)
+    zero_point : int64 ndarray, shape (C,)
+    out : ndarray of float32 or float64, shape of `q`
+
+    Returns
+    -------
+    out : ndarray
+        ``q - zero_point`` exact in int64, one float64 multiplication, one cast to out's dtype.
+
+    References
+    ----------
+    :func:`minscale.quant.dequantize_affine`.
+    """
+    d = q.astype(np.int64) - zero_point.reshape(1, -1, 1)
+    out[...] = (scale.reshape(1, -1, 1) * d).astype(out.dtype)
+    return out
+
+
+def fake_quantize(x, scale, zero_point, qmin, qmax, rounding, out, pass_mask):
+    """Quantize-dequantize in one pass, with the straight-through-estimator mask.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (n_outer, C, n_inner), C-contiguous
+    scale : float64 ndarray, shape (C,)
+    zero_point : int64 ndarray, shape (C,)
+    qmin, qmax : int
+    rounding : int
+        :data:`ROUNDING_CODES`.
+    out : ndarray, dtype and shape of `x`
+        Receives ``scale * (q - zero_point)``, computed in float64 and cast once.
+    pass_mask : bool ndarray, shape of `x`, or of size 0
+        Receives True where ``qmin - zp <= x / scale <= qmax - zp`` (the gradient passes); a
+        size-0 array skips it.
+
+    Returns
+    -------
+    out : ndarray
+
+    References
+    ----------
+    :func:`minscale.quant.fake_quantize` and :func:`minscale.quant.fake_quantize_grad_mask`;
+    Bengio et al. 2013 (STE); Jacob et al. 2018, section 3.
+    """
+    s = scale.reshape(1, -1, 1)
+    zp = zero_point.reshape(1, -1, 1)
+    x64 = x.astype(np.float64)
+    v = x64 / s
+    lo = (qmin - zp).astype(np.float64)
+    hi = (qmax - zp).astype(np.float64)
+    if pass_mask.size:
+        pass_mask[...] = (v >= lo) & (v <= hi)
+    v = np.where((v == 0) & (x64 < 0), -_TINY, v)
+    r = _round_rule(np.clip(v, lo, hi), rounding)
+    out[...] = (s * r).astype(out.dtype)
+    return out
+
+
+def int8_matmul(a, b, a_zero_point, b_zero_point, out):
+    """8-bit integer matrix product with exact int32 results: ``sum_k (a - za)(b - zb)``.
+
+    Parameters
+    ----------
+    a : int8 or uint8 ndarray, shape (n, k), C-contiguous
+    b : int8 or uint8 ndarray, shape (k, m), C-contiguous
+    a_zero_point : int
+        In a's dtype range.
+    b_zero_point : int64 ndarray, shape (m,)
+        Per output column (a per-tensor zero point repeated m times), in b's dtype range.
+    out : int32 ndarray, shape (n, m)
+        Receives ``out[i, j] = sum_k (a[i, k] - za) * (b[k, j] - zb[j])``.
+
+    Returns
+    -------
+    ok : bool
+        False if some sum left the int32 range (``out`` is then unspecified); the caller
+        raises, as hardware would wrap.
+
+    Notes
+    -----
+    Float64 BLAS on the shifted codes, exact: each factor has magnitude <= 255, each product
+    <= 65025 < 2**16, and every partial sum, in whatever order the BLAS adds, is an integer of
+    magnitude <= k * 65025 < 2**53 for k <= 2**36, so no addition rounds.
+
+    References
+    ----------
+    :func:`minscale.quant.int_matmul`; Jacob et al. 2018, eq. (7); gemmlowp.
+    """
+    acc = (a.astype(np.float64) - a_zero_point) @ (b.astype(np.float64) - b_zero_point)
+    if acc.size and (acc.min() < -2.0**31 or acc.max() > 2.0**31 - 1):
+        return False
+    out[...] = acc.astype(np.int32)
+    return True
+
+
+def requantize(acc, bias, quantized_multiplier, shift, zero_point, lower, upper, out):
+    """int32 accumulators (+ bias) to output codes with gemmlowp/TFLite integer rounding.
+
+    Parameters
+    ----------
+    acc : int32 ndarray, shape (n, m), C-contiguous
+    bias : int32 ndarray, shape (m,), or of size 0 for no bias
+        Added in int64 before rescaling (the sum must fit int32).
+    quantized_multiplier : int64 ndarray, shape (m,) or (1,)
+        ``M0`` in [0, 2**31) per output column, or one for all.
+    shift : int64 ndarray, shape of `quantized_multiplier`
+        In [-31, 30]; left shift when positive, right shift when negative.
+    zero_point : int
+        Output zero point.
+    lower, upper : int
+        Clamp bounds: ``qmin`` (``max(qmin, zero_point)`` for a fused ReLU) and ``qmax``.
+    out : ndarray of an integer dtype holding [lower, upper], shape (n, m)
+
+    Returns
+    -------
+    ok : bool
+        False if ``acc + bias`` or ``(acc + bias) * 2**left`` left int32, where
+        :func:`minscale.quant.multiply_by_quantized_multiplier` raises (``out`` unspecified).
+
+    Notes
+    -----
+    x = acc + bias; s = x * 2**left; ab = s * M0 (int64);
+    h = trunc((ab + (2**30 if ab >= 0 else 1 - 2**30)) / 2**31)  (SaturatingRoundingDoublingHighMul);
+    r = (h >> right) + ((h & mask) > (mask >> 1) + (h < 0)), mask = 2**right - 1
+    (RoundingDivideByPOT); out = clip(r + zero_point, lower, upper).
+
+    References
+    ----------
+    gemmlowp ``fixedpoint.h``; TFLite ``MultiplyByQuantizedMultiplier`` and the int8
+    ``FullyConnected`` reference kernel; :func:`minscale.quant.requantize`.
+    """
+    x = acc.astype(np.int64)
+    if bias.size:
+        x = x + bias.astype(np.int64)
+    m0 = quantized_multiplier.astype(np.int64)
+    sh = shift.astype(np.int64)
+    left = np.maximum(sh, 0)
+    right = np.maximum(-sh, 0)
+    lim_lo, lim_hi = -2**31, 2**31 - 1
+    if x.size and (x.min() < lim_lo or x.max() > lim_hi):
+        return False
+    s = x << left
+    if s.size and (s.min() < lim_lo or s.max() > lim_hi):
+        return False
+    ab = s * m0
+    n = ab + np.where(ab >= 0, 2**30, 1 - 2**30)
+    h = np.where(n >= 0, n // 2**31, -((-n) // 2**31))
+    mask = (np.int64(1) << right) - 1
+    r = (h >> right) + ((h & mask) > (mask >> 1) + (h < 0))
+    out[...] = np.clip(r + zero_point, lower, upper).astype(out.dtype)
+    return True
+
+
+def count_zeros(mask, start):
+    """``start`` plus the number of False (pruned) entries of a mask.
+
+    Parameters
+    ----------
+    mask : bool ndarray, any shape, C-contiguous
+    start : int
+        Added once (Python's ``sum(iterable, start)``); a parallel reduction must not add it
+        once per thread.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> count_zeros(np.array([True, False, True, False, False, True, True, True, True, True]), 1)
+    4
+    """
+    return int(start) + int(mask.size - np.count_nonzero(mask))
+
+
+def keep_all_but_smallest(scores, k, keep):
+    """Keep-mask pruning the `k` smallest scores; ties at the cut: lower index pruned first.
+
+    Parameters
+    ----------
+    scores : float32 or float64 ndarray, shape (n,), finite
+    k : int, in [0, n]
+    keep : bool ndarray, shape (n,)
+        Receives the mask (True = kept); exactly k entries become False.
+
+    Returns
+    -------
+    keep : ndarray
+
+    Notes
+    -----
+    t = the k-th smallest score (``np.partition(scores, k - 1)[k - 1]``); scores < t are
+    pruned, scores > t kept, and the first ``k - #(scores < t)`` scores equal to t (in index
+    order) pruned. Scores are compared as numbers: -0.0 equals 0.0.
+
+    References
+    ----------
+    :func:`minscale.prune.magnitude_mask` (the rule and its tie-breaking); Han et al. 2015.
+    """
+    n = scores.size
+    if k <= 0:
+        keep[...] = True
+        return keep
+    if k >= n:
+        keep[...] = False
+        return keep
+    threshold = np.partition(scores, k - 1)[k - 1]
+    np.greater(scores, threshold, out=keep)
+    ties = np.flatnonzero(scores == threshold)
+    n_below = n - int(np.count_nonzero(keep)) - ties.size
+    keep[ties[k - n_below:]] = True
+    return keep
