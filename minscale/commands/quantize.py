@@ -1,0 +1,232 @@
+"""``minscale quantize``: quantize a saved model (fixed point or affine, PTQ or QAT) and report.
+
+Examples::
+
+    minscale quantize model.npz --bits 8 --affine --per-channel --calibrate --data digits \\
+        --out q.npz
+    minscale quantize model.npz --bits 8 --auto-frac --data diabetes
+    minscale quantize model.npz --bits 4 --affine --per-channel --calibrate --qat-epochs 20 \\
+        --data digits --out q4.npz
+
+Weights: ``--frac-bits F`` is fixed point ``QFormat(bits, F)``; ``--auto-frac`` (the default)
+picks, per layer, the finest fixed-point format that does not saturate; ``--affine`` is
+symmetric affine (per tensor, or per output unit with ``--per-channel``). ``--calibrate``
+also quantizes the input and every layer's output to int8 with ranges measured on the training
+split; it enables the integer-only path (bits <= 8, identity/relu layers). ``--qat-epochs N``
+fine-tunes with fake quantization for N epochs and reports the converted model as well.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+NAME = "quantize"
+HELP = (
+    "quantize a saved model (fixed point or int8 affine, post-training or QAT) and report the cost"
+)
+
+
+def add_arguments(parser):
+    """Register the quantize command's options on `parser`."""
+    parser.add_argument(
+        "model", help="saved float model (.npz, as written by minscale train --save)"
+    )
+    parser.add_argument(
+        "--bits", type=int, default=8, help="bits per weight code, 2..32 (default: 8)"
+    )
+    scheme = parser.add_mutually_exclusive_group()
+    scheme.add_argument(
+        "--frac-bits",
+        type=int,
+        default=None,
+        metavar="F",
+        help="fixed point with F fractional bits (Q(bits-1-F).F)",
+    )
+    scheme.add_argument(
+        "--auto-frac",
+        action="store_true",
+        help="fixed point, per layer the largest frac bits that do not saturate " "(default)",
+    )
+    scheme.add_argument(
+        "--affine",
+        action="store_true",
+        help="symmetric affine weights, narrow range [-(2^(bits-1)-1), 2^(bits-1)-1]",
+    )
+    parser.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="with --affine: one scale per output unit instead of per layer",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also quantize activations to int8, calibrated on the training split",
+    )
+    parser.add_argument(
+        "--calibration-rows",
+        type=int,
+        default=None,
+        help="use only the first N training rows for calibration (default: all)",
+    )
+    parser.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=0,
+        help="quantization-aware fine-tuning epochs (default: 0, none)",
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (Adam)")
+    parser.add_argument("--batch-size", type=int, default=32, help="QAT batch size")
+    parser.add_argument(
+        "--requantize-rounding",
+        default="double",
+        choices=("double", "single"),
+        help="integer path: gemmlowp double rounding or TFLite single rounding",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
+        "model file records, else diabetes)",
+    )
+    parser.add_argument("--target", default=None, help="target column of a CSV")
+    parser.add_argument(
+        "--test-size",
+        type=float,
+        default=None,
+        help="held-out fraction (default: as recorded, else 0.2)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the split and of QAT shuffling (default: as recorded, else 0)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help="where to save the quantized model (.npz); not saved without it",
+    )
+
+
+def weight_spec_from_args(args):
+    """The :class:`minscale.quant.WeightSpec` the options ask for.
+
+    Raises
+    ------
+    ValueError
+        --bits outside 2..32, --per-channel without --affine, --frac-bits out of range.
+    """
+    from ..quant import WeightSpec
+
+    if not 2 <= args.bits <= 32:
+        raise ValueError(f"--bits must be in 2..32, got {args.bits}")
+    if args.per_channel and not args.affine:
+        raise ValueError("--per-channel applies to --affine weights only")
+    if args.affine:
+        return WeightSpec(args.bits, "affine", per_channel=args.per_channel)
+    if args.frac_bits is not None:
+        try:
+            return WeightSpec(args.bits, "fixed", frac_bits=args.frac_bits)
+        except ValueError as exc:
+            raise ValueError(f"--frac-bits: {exc}") from None
+    return WeightSpec(args.bits, "fixed")
+
+
+def _line(result):
+    text = f"test loss {result['loss']:.6g}"
+    if "accuracy" in result:
+        text += f", test accuracy {result['accuracy']:.4f}"
+    return text
+
+
+def _report(label, qmodel, X, y, args):
+    result = qmodel.evaluate(X, y)
+    text = f"{label:<22}{_line(result)} (simulated)"
+    if qmodel.integer_supported:
+        integer = qmodel.evaluate(X, y, integer=True, requantize_rounding=args.requantize_rounding)
+        text += f"; integer-only: {_line(integer)}"
+    print(text)
+
+
+def run(args):
+    """Load, quantize (and QAT-fine-tune), print the report, save; return the exit code."""
+    from ..io import load
+    from ..model import Sequential
+    from ..optim import Adam
+    from ..quant import QATConfig, convert, quantize_model, strip_qat
+    from ._common import load_task
+    from .evaluate import data_options, evaluate_model
+
+    spec = weight_spec_from_args(args)  # argument mistakes before any file is read
+    if args.qat_epochs < 0:
+        raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
+    if args.calibration_rows is not None and args.calibration_rows < 1:
+        raise ValueError(f"--calibration-rows must be >= 1, got {args.calibration_rows}")
+    if args.out is not None and os.path.isdir(args.out):
+        raise IsADirectoryError(f"--out {args.out!r} is a directory")
+    model = load(args.model)
+    if not isinstance(model, Sequential):
+        raise ValueError(
+            f"{args.model!r} holds a {type(model).__name__}; quantize needs a float "
+            "Sequential model (as written by minscale train --save)"
+        )
+    options, differs = data_options(args, model.state.get("data"))
+    for text in differs:
+        print(
+            f"minscale: note: {text}; the split and standardization differ from training",
+            file=sys.stderr,
+        )
+    task = load_task(options, model.dtype.name)
+    X_tr, X_te, y_te = task["X_train"], task["X_test"], task["y_test"]
+    if X_tr.shape[1] != model.input_dim:
+        raise ValueError(
+            f"the model expects {model.input_dim} features but {options.data!r} has "
+            f"{X_tr.shape[1]}"
+        )
+    classification = task["info"]["task"] == "classification"
+    activations = "int8" if args.calibrate else None
+    calibration = X_tr if args.calibration_rows is None else X_tr[: args.calibration_rows]
+    unit = "" if task["y_scale"] == 1.0 else " (losses: mse of the standardized target)"
+    print(
+        f"model {args.model}: {model.count_params()} parameters; data {task['info']['name']}: "
+        f"{X_tr.shape[0]} train / {X_te.shape[0]} test rows{unit}"
+    )
+    print(
+        f"weights {spec.name} ({spec.scheme}"
+        + (", per channel" if spec.scheme == "affine" and spec.per_channel else "")
+        + f"), activations {activations or 'float'}"
+        + (f" (calibrated on {calibration.shape[0]} training rows)" if activations else "")
+    )
+    print(f"{'float:':<22}{_line(evaluate_model(model, X_te, y_te, classification))}")
+
+    qmodel = quantize_model(
+        model, spec, activations, calibration_data=calibration if activations else None
+    )
+    _report("post-training:", qmodel, X_te, y_te, args)
+    if args.qat_epochs:
+        qat = model.copy()
+        qat.compile(optimizer=Adam(args.lr), metrics=["accuracy"] if classification else None)
+        qat.fit(
+            X_tr,
+            task["y_train"],
+            epochs=args.qat_epochs,
+            batch_size=args.batch_size,
+            seed=options.seed,
+            quantization=QATConfig(spec, activations),
+        )
+        qmodel = convert(qat, calibration_data=calibration if activations else None)
+        strip_qat(qat)
+        _report(f"QAT ({args.qat_epochs} epochs):", qmodel, X_te, y_te, args)
+    size = qmodel.size_report()
+    print(
+        f"bytes: float32 {size['float32_nbytes']}, quantized {size['nbytes']} "
+        f"(ratio {size['ratio']:.2f}), packed {size['nbytes_packed']} "
+        f"(ratio {size['ratio_packed']:.2f})"
+    )
+    if args.out:
+        from ..io import save
+        save(qmodel, args.out)
+        print(f"saved {args.out}")
+    return 0
