@@ -1,15 +1,547 @@
-"""Tools for testing models and formulas: a gradient checker and hypothesis strategies.
+"""Tools for testing models and formulas: a gradient checker, mask invariants, strategies.
 
 ``check_gradients`` compares the analytic gradients of a model (or of any function with a
-gradient) with central finite differences. The strategies draw the inputs minscale's own
-property tests use, so users can write the same kind of tests for their models.
+gradient) with central finite differences. ``assert_masks_preserved`` checks the pruning
+invariant -- pruned weights are exactly zero and stay pruned. The hypothesis strategies
+(``weight_arrays``, ``qformats``, ``sparsities``, ``architectures``, ``models``,
+``data_sets``, ``models_and_data``) draw the inputs minscale's own property tests use, so users
+can write the same kind of tests for their own models and formulas.
+
+Hypothesis is imported only when a strategy is built, so ``check_gradients`` and
+``assert_masks_preserved`` work without it (``pip install 'minscale[test]'`` brings it).
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
-__all__ = ["numeric_gradient", "check_gradients", "relative_error"]
+__all__ = [
+    "numeric_gradient", "check_gradients", "relative_error", "assert_masks_preserved",
+    "weight_arrays", "qformats", "sparsities", "architectures", "models", "data_sets",
+    "models_and_data",
+]
 
+
+# --- argument checks shared by the strategies ----------------------------------------------
+
+def _hypothesis():
+    try:
+        from hypothesis import strategies as st
+        from hypothesis.extra import numpy as hnp
+    except ImportError as exc:  # pragma: no cover - hypothesis is in the test extra
+        raise ImportError("the minscale.testing strategies need hypothesis: "
+                          "pip install 'minscale[test]'") from exc
+    return st, hnp
+
+
+def _int_range(name, value, minimum):
+    """``(lo, hi)`` from an int or an inclusive ``(lo, hi)`` pair, both >= `minimum`."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a (lo, hi) pair of ints, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        lo = hi = int(value)
+    elif isinstance(value, tuple) and len(value) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+            for v in value):
+        lo, hi = int(value[0]), int(value[1])
+    else:
+        raise TypeError(f"{name} must be an int or a (lo, hi) pair of ints, got {value!r}")
+    if lo < minimum or hi < lo:
+        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
+    return lo, hi
+
+
+def _positive_float(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _float_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def _shape_strategy(shape, max_dims, min_side, max_side, min_size):
+    st, hnp = _hypothesis()
+    if shape is not None:
+        if isinstance(shape, numbers.Integral) and not isinstance(shape, (bool, np.bool_)):
+            shape = (int(shape),)
+        if not isinstance(shape, tuple) or not all(
+                isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
+                and d >= 0 for d in shape):
+            raise ValueError(f"shape must be None, an int or a tuple of ints >= 0, got {shape!r}")
+        if math.prod(shape) < min_size:
+            raise ValueError(f"shape must have at least {min_size} entries here (ties need two "
+                             f"equal magnitudes), got {shape!r}")
+        return st.just(tuple(int(d) for d in shape))
+    max_dims = _int_range("max_dims", max_dims, 1)[0]
+    min_side = _int_range("min_side", min_side, 0)[0]
+    max_side = _int_range("max_side", max_side, max(min_side, 1))[0]
+    shapes = hnp.array_shapes(min_dims=1, max_dims=max_dims, min_side=min_side,
+                              max_side=max_side)
+    if min_size > 1:
+        if max_side ** max_dims < min_size:
+            raise ValueError(f"max_side={max_side}, max_dims={max_dims} cannot give the "
+                             f"{min_size} entries ties need")
+        shapes = shapes.filter(lambda s: math.prod(s) >= min_size)
+    return shapes
+
+
+# --- strategies ----------------------------------------------------------------------------
+
+def weight_arrays(shape=None, *, dtype="float64", ties=None, max_magnitude=10.0,
+                  min_magnitude=2.0**-10, max_dims=2, min_side=1, max_side=6):
+    """Hypothesis strategy for finite weight arrays, with or without ties in magnitude.
+
+    Parameters
+    ----------
+    shape : None, int or tuple of int
+        Fixed shape; None draws one with 1..`max_dims` axes of `min_side`..`max_side` entries.
+    dtype : {"float64", "float32"}, default "float64"
+    ties : None, bool, default None
+        None: any finite values in ``[-max_magnitude, max_magnitude]`` (zeros and ties
+        possible, not forced). False: all ``|w|`` distinct and in ``[min_magnitude,
+        max_magnitude]``, random signs, so every magnitude ranking is strict. True: values
+        from the small grid ``max_magnitude * {0, 1/4, 1/2, 3/4, 1}`` with random signs, and at
+        least two entries of equal ``|w|`` (the tie-breaking rule is always exercised; the
+        array then has >= 2 entries).
+    max_magnitude : float > 0, default 10
+        Bound on ``|w|``; unit: the weights' own.
+    min_magnitude : float > 0, default 2**-10
+        Smallest ``|w|`` when ``ties=False`` (keeps subnormals out).
+    max_dims, min_side, max_side : int
+        Bounds of a drawn shape.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of ndarray
+        C-contiguous arrays of `dtype`; every entry finite.
+
+    Raises
+    ------
+    ValueError
+        A bad bound, dtype or shape, naming the argument; a fixed `shape` with fewer than 2
+        entries and ``ties=True``.
+    TypeError
+        `ties` not None or a bool; a bound of the wrong type.
+
+    Notes
+    -----
+    Built on ``hypothesis.extra.numpy.arrays`` with bounded float elements (the style
+    ``STYLE.md`` prescribes); ``ties=False`` draws unique magnitudes (``unique=True``), then
+    signs. The magnitude ranking with ties is what :func:`minscale.prune.magnitude_mask` and
+    :func:`minscale.prune.global_magnitude_masks` break by flat index.
+
+    Examples
+    --------
+    >>> from hypothesis import given
+    >>> @given(weight_arrays(ties=False))
+    ... def test_distinct(w):
+    ...     assert np.unique(np.abs(w)).size == w.size
+    >>> test_distinct()
+    """
+    st, hnp = _hypothesis()
+    dt = _float_dtype(dtype)
+    if ties is not None and not isinstance(ties, (bool, np.bool_)):
+        raise TypeError(f"ties must be None, True or False, got {ties!r}")
+    hi = _positive_float("max_magnitude", max_magnitude)
+    lo = _positive_float("min_magnitude", min_magnitude)
+    if lo >= hi:
+        raise ValueError(f"min_magnitude must be < max_magnitude ({hi}), got {lo}")
+    width = 32 if dt == np.float32 else 64
+    if dt == np.float32:
+        # the bounds themselves must be float32 numbers for hypothesis' width=32 floats
+        hi = float(np.float32(hi)) if float(np.float32(hi)) <= hi else float(
+            np.nextafter(np.float32(hi), np.float32(0)))
+        lo = float(np.float32(lo)) if float(np.float32(lo)) >= lo else float(
+            np.nextafter(np.float32(lo), np.float32(np.inf)))
+    shapes = _shape_strategy(shape, max_dims, min_side, max_side, 2 if ties else 0)
+    if ties is None:
+        elements = st.floats(-hi, hi, allow_nan=False, allow_infinity=False, width=width)
+        return shapes.flatmap(lambda s: hnp.arrays(dt, s, elements=elements))
+    signs_of = lambda s: hnp.arrays(np.int8, s, elements=st.sampled_from([-1, 1]))  # noqa: E731
+
+    if not ties:
+        magnitudes = st.floats(lo, hi, allow_nan=False, allow_infinity=False, width=width)
+
+        @st.composite
+        def distinct(draw):
+            s = draw(shapes)
+            mags = draw(hnp.arrays(dt, s, elements=magnitudes, unique=True))
+            return (mags * draw(signs_of(s))).astype(dt)
+        return distinct()
+
+    grid = [float(dt.type(hi * f)) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+    @st.composite
+    def tied(draw):
+        s = draw(shapes)
+        mags = draw(hnp.arrays(dt, s, elements=st.sampled_from(grid)))
+        w = (mags * draw(signs_of(s))).astype(dt)
+        flat = w.reshape(-1)
+        if np.unique(np.abs(flat)).size == flat.size:
+            # no tie drawn: copy a magnitude, keeping the sign of the entry it lands on
+            flat[-1] = np.copysign(abs(flat[0]), flat[-1])
+        return w
+    return tied()
+
+
+def qformats(bits=(2, 16), *, signed=None, frac_bits=None):
+    """Hypothesis strategy for fixed-point formats :class:`minscale.quant.QFormat`.
+
+    Parameters
+    ----------
+    bits : int or (lo, hi), default (2, 16)
+        Total bits, inclusive range within 2..32.
+    signed : None or bool, default None
+        None draws both.
+    frac_bits : None, int or (lo, hi)
+        Fractional bits; None draws from ``-2 .. bits + 2`` (steps above 1 and formats whose
+        step is finer than their range, both legal).
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of QFormat
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bounds outside what :class:`~minscale.quant.QFormat` accepts, naming the argument.
+
+    Examples
+    --------
+    >>> from hypothesis import given
+    >>> @given(qformats(bits=8, signed=True))
+    ... def test_range(fmt):
+    ...     assert (fmt.qmin, fmt.qmax) == (-128, 127)
+    >>> test_range()
+    """
+    st, _ = _hypothesis()
+    from .quant import FRAC_BITS_LIMIT, QFormat
+    b_lo, b_hi = _int_range("bits", bits, 2)
+    if b_hi > 32:
+        raise ValueError(f"bits must lie within 2..32, got {bits!r}")
+    if signed is not None and not isinstance(signed, (bool, np.bool_)):
+        raise TypeError(f"signed must be None, True or False, got {signed!r}")
+    if frac_bits is not None:
+        if isinstance(frac_bits, numbers.Integral) and not isinstance(frac_bits, bool):
+            f_lo = f_hi = int(frac_bits)
+        elif isinstance(frac_bits, tuple) and len(frac_bits) == 2:
+            f_lo, f_hi = (int(v) for v in frac_bits)
+        else:
+            raise TypeError(f"frac_bits must be None, an int or a (lo, hi) pair, got "
+                            f"{frac_bits!r}")
+        if not -FRAC_BITS_LIMIT <= f_lo <= f_hi <= FRAC_BITS_LIMIT:
+            raise ValueError(f"frac_bits must lie within [{-FRAC_BITS_LIMIT}, "
+                             f"{FRAC_BITS_LIMIT}] with lo <= hi, got {frac_bits!r}")
+    signs = st.booleans() if signed is None else st.just(bool(signed))
+
+    @st.composite
+    def formats(draw):
+        b = draw(st.integers(b_lo, b_hi))
+        f = draw(st.integers(-2, b + 2) if frac_bits is None else st.integers(f_lo, f_hi))
+        return QFormat(b, f, draw(signs))
+    return formats()
+
+
+def sparsities(min_value=0.0, max_value=1.0):
+    """Hypothesis strategy for sparsities: fractions of zeros in ``[min_value, max_value]``.
+
+    Parameters
+    ----------
+    min_value, max_value : float, 0 <= min_value <= max_value <= 1
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of float
+        Any float in the range, plus its end points and the half-way tie 0.5 (where
+        ``round(s * n)`` rounds half to even) whenever they lie inside it, drawn often.
+
+    Raises
+    ------
+    ValueError
+        A bound outside [0, 1] or ``min_value > max_value`` (a percent is not a fraction).
+    """
+    st, _ = _hypothesis()
+    for name, v in (("min_value", min_value), ("max_value", max_value)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) \
+                or not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
+    if min_value > max_value:
+        raise ValueError(f"min_value must be <= max_value, got {min_value!r} > {max_value!r}")
+    specials = sorted({float(v) for v in (min_value, max_value, 0.5)
+                       if min_value <= v <= max_value})
+    return st.one_of(st.sampled_from(specials),
+                     st.floats(float(min_value), float(max_value), allow_nan=False))
+
+
+def architectures(*, input_dim=(1, 4), hidden_layers=(0, 2), width=(1, 5), output_dim=(1, 3),
+                  activations=None, output_activation="identity", use_bias=None,
+                  dtype="float64", seed=(0, 2**16)):
+    """Hypothesis strategy for small architectures, as :meth:`Sequential.get_config` dicts.
+
+    Parameters
+    ----------
+    input_dim, hidden_layers, width, output_dim : int or (lo, hi)
+        d_in; number of hidden Dense layers; units of each hidden layer; d_out of the last.
+    activations : sequence of str, optional
+        Activations drawn for hidden layers (default: all of
+        :data:`minscale.layers.ACTIVATIONS`).
+    output_activation : str, default "identity"
+        Activation of the last layer.
+    use_bias : None or bool
+        None draws it per layer.
+    dtype : {"float64", "float32"}
+    seed : int or (lo, hi)
+        The model's initializer seed.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of dict
+        ``{"input_dim", "dtype", "seed", "layers": [Dense config, ...]}``; pass it to
+        :meth:`minscale.model.Sequential.from_config` (or use :func:`models`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad bounds or an unknown activation, naming the argument.
+    """
+    st, _ = _hypothesis()
+    from .layers import ACTIVATIONS
+    d_in = _int_range("input_dim", input_dim, 1)
+    n_hidden = _int_range("hidden_layers", hidden_layers, 0)
+    units = _int_range("width", width, 1)
+    d_out = _int_range("output_dim", output_dim, 1)
+    seeds = _int_range("seed", seed, 0)
+    dt = _float_dtype(dtype)
+    acts = tuple(ACTIVATIONS if activations is None else activations)
+    if not acts:
+        raise ValueError("activations must name at least one activation, got an empty sequence")
+    for a in (*acts, output_activation):
+        if a not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {a!r}")
+    if use_bias is not None and not isinstance(use_bias, (bool, np.bool_)):
+        raise TypeError(f"use_bias must be None, True or False, got {use_bias!r}")
+    biases = st.booleans() if use_bias is None else st.just(bool(use_bias))
+
+    def layer(units_strategy, activation_strategy):
+        return st.builds(
+            lambda u, a, b: {"units": u, "activation": a, "use_bias": b,
+                             "kernel_initializer": "glorot_uniform",
+                             "bias_initializer": "zeros", "alpha": 0.01},
+            units_strategy, activation_strategy, biases)
+
+    @st.composite
+    def configs(draw):
+        k = draw(st.integers(*n_hidden))
+        layers = [draw(layer(st.integers(*units), st.sampled_from(acts))) for _ in range(k)]
+        layers.append(draw(layer(st.integers(*d_out), st.just(output_activation))))
+        return {"input_dim": draw(st.integers(*d_in)), "dtype": dt.name,
+                "seed": draw(st.integers(*seeds)), "layers": layers}
+    return configs()
+
+
+def models(**architecture_kwargs):
+    """Hypothesis strategy for small built :class:`~minscale.model.Sequential` models.
+
+    Parameters
+    ----------
+    **architecture_kwargs
+        Passed to :func:`architectures`.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of Sequential
+        Built (weights initialized from the drawn seed), not compiled, all masks True.
+    """
+    from .model import Sequential
+    return architectures(**architecture_kwargs).map(Sequential.from_config)
+
+
+def data_sets(n_samples=(1, 12), n_features=(1, 4), n_outputs=(1, 3), *, dtype="float64",
+              max_magnitude=5.0):
+    """Hypothesis strategy for small regression data sets ``(X, y)``.
+
+    Parameters
+    ----------
+    n_samples, n_features, n_outputs : int or (lo, hi)
+        n, d_in and d_out.
+    dtype : {"float64", "float32"}
+    max_magnitude : float > 0, default 5
+        Every entry lies in ``[-max_magnitude, max_magnitude]``.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of (ndarray, ndarray)
+        ``X`` of shape (n, d_in) and ``y`` of shape (n, d_out), both `dtype`, finite.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad bounds, naming the argument.
+    """
+    st, hnp = _hypothesis()
+    n = _int_range("n_samples", n_samples, 1)
+    d_in = _int_range("n_features", n_features, 1)
+    d_out = _int_range("n_outputs", n_outputs, 1)
+    dt = _float_dtype(dtype)
+    m = _positive_float("max_magnitude", max_magnitude)
+    return st.tuples(st.integers(*n), st.integers(*d_in), st.integers(*d_out)).flatmap(
+        lambda s: st.tuples(_finite(hnp, st, dt, (s[0], s[1]), m),
+                            _finite(hnp, st, dt, (s[0], s[2]), m)))
+
+
+def _finite(hnp, st, dt, shape, m):
+    width = 32 if dt == np.float32 else 64
+    bound = float(np.float32(m)) if width == 32 and float(np.float32(m)) <= m else m
+    if width == 32 and bound > m:
+        bound = float(np.nextafter(np.float32(m), np.float32(0)))
+    return hnp.arrays(dt, shape, elements=st.floats(-bound, bound, allow_nan=False,
+                                                    allow_infinity=False, width=width))
+
+
+def models_and_data(n_samples=(1, 12), max_magnitude=5.0, **architecture_kwargs):
+    """Hypothesis strategy for a small model together with a data set that fits it.
+
+    Parameters
+    ----------
+    n_samples : int or (lo, hi), default (1, 12)
+    max_magnitude : float > 0, default 5
+        Bound on every entry of X and y.
+    **architecture_kwargs
+        Passed to :func:`architectures` (its `dtype` is also the data's).
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy of (Sequential, ndarray, ndarray)
+        ``(model, X, y)`` with ``X`` of shape (n, model.input_dim) and ``y`` of shape
+        (n, model.output_dim).
+    """
+    st, hnp = _hypothesis()
+    n = _int_range("n_samples", n_samples, 1)
+    m = _positive_float("max_magnitude", max_magnitude)
+
+    @st.composite
+    def cases(draw):
+        model = draw(models(**architecture_kwargs))
+        rows = draw(st.integers(*n))
+        X = draw(_finite(hnp, st, model.dtype, (rows, model.input_dim), m))
+        y = draw(_finite(hnp, st, model.dtype, (rows, model.output_dim), m))
+        return model, X, y
+    return cases()
+
+
+# --- invariants ----------------------------------------------------------------------------
+
+def _locate(model, index):
+    """'layer i W[r, c]' or 'layer i b[c]' of a flat parameter index."""
+    for i, (layer, (start, stop)) in enumerate(zip(model.layers, model.layer_slices())):
+        if start <= index < stop:
+            k = index - start
+            if k < layer.W.size:
+                r, c = divmod(k, layer.W.shape[1])
+                return f"layer {i} W[{r}, {c}]"
+            return f"layer {i} b[{k - layer.W.size}]"
+    return f"flat index {index}"
+
+
+def assert_masks_preserved(model, mask=None, *, exact=False, check_optimizer=True):
+    """Assert the pruning invariant: pruned weights are exactly 0 and stay pruned.
+
+    Parameters
+    ----------
+    model : Sequential, built
+    mask : bool ndarray, shape (P,), optional
+        A mask taken earlier (e.g. ``model.mask.copy()`` before training). Every entry it
+        prunes must still be pruned in ``model.mask`` (no weight came back) and be 0.
+    exact : bool, default False
+        With `mask`: also require ``model.mask == mask`` (no new pruning either).
+    check_optimizer : bool, default True
+        Also require the optimizer's per-parameter state (``velocity``; Adam's ``m`` and
+        ``v``) to be 0 at pruned entries, so a later update cannot revive them.
+
+    Returns
+    -------
+    int
+        The number of pruned parameters checked (to assert that a test was not vacuous).
+
+    Raises
+    ------
+    AssertionError
+        A pruned parameter (or its optimizer state) is not 0, an earlier pruned entry is
+        kept again, the masks differ with ``exact=True``, or a layer's ``W``/``W_mask`` is no
+        longer a view of the model's flat buffers; the message names layer and position.
+    TypeError
+        `model` is not a Sequential.
+    ValueError
+        `model` is not built, or `mask` has the wrong shape or dtype.
+
+    Notes
+    -----
+    The invariant of ``DESIGN.md`` ("pruning masks re-applied: pruned weights stay exactly
+    zero") and of ``torch.nn.utils.prune``'s forward pre-hook, checked on the flat buffers
+    ``model.params`` and ``model.mask`` (True = kept). ``0.0 == -0.0``, so a pruned weight
+    that became -0.0 passes.
+    """
+    from .model import Sequential
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a minscale Sequential, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError("model must be built (it has no parameters yet)")
+    if exact and mask is None:
+        raise ValueError("exact=True needs a reference mask (mask=...)")
+    for i, layer in enumerate(model.layers):
+        if not (np.shares_memory(layer.W, model.params)
+                and np.shares_memory(layer.W_mask, model.mask)):
+            raise AssertionError(f"layer {i}'s W or W_mask is not a view of model.params / "
+                                 "model.mask: the layers were unbound from the flat buffers")
+    pruned = ~model.mask
+    bad = np.flatnonzero(pruned & (model.params != 0))
+    if bad.size:
+        j = int(bad[0])
+        value = float(model.params[j])
+        raise AssertionError(f"{bad.size} pruned parameter(s) are not 0; the first, "
+                             f"{_locate(model, j)} (flat index {j}), is {value!r}")
+    if mask is not None:
+        ref = np.asarray(mask)
+        if ref.dtype != np.bool_ or ref.shape != model.mask.shape:
+            raise ValueError(f"mask must be a bool array of shape {model.mask.shape}, got "
+                             f"{ref.dtype} {ref.shape}")
+        revived = np.flatnonzero(~ref & model.mask)
+        if revived.size:
+            j = int(revived[0])
+            raise AssertionError(f"{revived.size} parameter(s) pruned in the reference mask "
+                                 f"are kept again; the first is {_locate(model, j)} (flat "
+                                 f"index {j})")
+        if exact:
+            changed = np.flatnonzero(ref != model.mask)
+            if changed.size:
+                j = int(changed[0])
+                raise AssertionError(f"the mask changed at {changed.size} entr"
+                                     f"{'y' if changed.size == 1 else 'ies'}; the first is "
+                                     f"{_locate(model, j)} (flat index {j})")
+    if check_optimizer and model.optimizer is not None:
+        for name, buf in sorted(model.optimizer.state_arrays().items()):
+            if isinstance(buf, np.ndarray) and buf.shape == model.params.shape:
+                bad = np.flatnonzero(pruned & (buf != 0))
+                if bad.size:
+                    j = int(bad[0])
+                    value = float(buf[j])
+                    raise AssertionError(f"optimizer state {name!r} is {value!r} at pruned "
+                                         f"{_locate(model, j)} (flat index {j}); it must be 0")
+    return int(np.count_nonzero(pruned))
+
+
+# --- gradient checks -----------------------------------------------------------------------
 
 def relative_error(analytic, numeric, floor=1e-8):
     """Relative error of two gradients of one tensor: ``||a - n|| / max(||a|| + ||n||, floor)``.
@@ -23,7 +555,7 @@ def relative_error(analytic, numeric, floor=1e-8):
     Returns
     -------
     float
-        In [0, 1]; about 1e-7 or less for a correct float64 gradient.
+        In [0, 1]; about 1e-7 or less for a correct float64 gradient. 0.0 for empty arrays.
 
     Notes
     -----
@@ -52,7 +584,12 @@ def numeric_gradient(f, x, eps=1e-6):
 
     Returns
     -------
-    ndarray shaped like `x`
+    ndarray shaped like `x`, float64
+
+    Notes
+    -----
+    g_i = (f(x + eps e_i) - f(x - eps e_i)) / (2 eps), one coordinate at a time: 2 * x.size
+    calls of `f`. Truncation error O(eps^2), rounding error O(u / eps) (u = unit roundoff).
     """
     grad = np.zeros_like(x, dtype=np.float64)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
@@ -84,9 +621,11 @@ def check_gradients(model_or_fn, X, y=None, eps=1e-6, rtol=1e-5):
 
     Returns
     -------
-    dict
-        For a model: ``{"layer0.W": err, "layer0.b": err, ..., "input": err}``; for a
-        function: ``{"input": err}``, each the worst :func:`relative_error`.
+    dict of str -> float
+        For a model: ``{"layer0.W": err, "layer0.b": err, ..., "input": err}``, one
+        :func:`relative_error` per parameter tensor (the error of the whole tensor) and one for
+        dL/dX; for a function: ``{"input": err}``. The model's ``grads`` hold the analytic
+        parameter gradient afterwards.
 
     Raises
     ------

@@ -225,8 +225,8 @@ def _train_worker(comm, job):
             comm.barrier()
         error = history = None
         try:
-            with synchronized_observers(model, run_comm):
-                history = run(model, X, y, comm=run_comm, **options)
+            # run() synchronizes QAT observers itself when comm has more than one rank
+            history = run(model, X, y, comm=run_comm, **options)
         except DivergenceError as exc:
             # The loop restored the last finite parameters; hand them back with the error.
             error = pack_exception(exc)
