@@ -38,7 +38,8 @@ def load_task(args, dtype="float64"):
     -------
     dict
         X_train, X_test, y_train, y_test (targets 2-D; one-hot for classification), info,
-        labels_test (class labels or None), y_scale (float; 1.0 for classification).
+        labels_test (class labels or None), y_scale (float; None for a multi-output
+        target, whose standardized losses have no single factor; 1.0 for classification).
     """
     from ..data import one_hot, standardize, train_test_split
     from ..datasets import load
@@ -51,8 +52,9 @@ def load_task(args, dtype="float64"):
         labels = y_te
         y_tr, y_te = one_hot(y_tr, k, dtype), one_hot(y_te, k, dtype)
     else:
-        y_tr, y_te, y_std = standardize(y_tr.reshape(-1, 1), y_te.reshape(-1, 1))
-        y_scale = float(y_std.scale_[0])
+        y_tr, y_te, y_std = standardize(y_tr.reshape(len(y_tr), -1), y_te.reshape(len(y_te), -1))
+        # a loss converts back to the target's unit by one factor only for a single output
+        y_scale = float(y_std.scale_[0]) if y_std.scale_.size == 1 else None
     return {"X_train": X_tr.astype(dtype), "X_test": X_te.astype(dtype),
             "y_train": y_tr.astype(dtype), "y_test": y_te.astype(dtype), "info": info,
             "labels_test": labels, "y_scale": y_scale}

@@ -134,7 +134,7 @@ def run(args):
     print(f"model {args.path} ({type(model).__name__}, {path} inference) on "
           f"{task['info']['name']}: {X.shape[0]} held-out rows (test_size {options.test_size}, "
           f"seed {options.seed})")
-    if task["y_scale"] != 1.0:
+    if task["y_scale"] not in (1.0, None):
         print(f"loss {result['loss']:.6g} (mse of the standardized target; "
               f"{result['loss'] * task['y_scale'] ** 2:.6g} in the target's squared unit)")
     else:

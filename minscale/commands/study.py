@@ -1,0 +1,94 @@
+"""``minscale study``: measure what learning rate, pruning, quantization and workers do."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ._common import add_data_arguments, hidden_sizes, load_task
+
+NAME = "study"
+HELP = ("measure learning rate, pruning, quantization and data-parallel workers on one data "
+        "set: tables, JSON, CSV, plot")
+
+
+def add_arguments(parser):
+    """Register the study command's options on `parser`."""
+    add_data_arguments(parser)
+    parser.add_argument("--hidden", type=hidden_sizes, default=None,
+                        help="hidden layer sizes, e.g. 32,32 (default: 32)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of each learning-rate run (default: 50; --quick: 10)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per update (default: 32)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    parser.add_argument("--csv", default=None, metavar="PATH",
+                        help="write one row per measurement as CSV")
+    parser.add_argument("--plot", default=None, metavar="PATH",
+                        help="write loss-vs-bytes and learning-rate curves (PNG; matplotlib)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small budgets (10 epochs, 2 fine-tuning epochs): a minute or less")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is shown only when stderr is a terminal)")
+
+
+def check_outputs(args):
+    """Reject conflicting or unusable output flags before any training.
+
+    Raises
+    ------
+    ValueError
+        Two of --json/--csv/--plot name the same file, or a file's directory does not exist,
+        or --epochs is combined with --quick (which fixes the budgets), or a size is < 1.
+    ImportError
+        --plot without matplotlib.
+    """
+    if args.quick and args.epochs is not None:
+        raise ValueError(f"--epochs {args.epochs} conflicts with --quick, which fixes the "
+                         "budgets; give one of them")
+    for flag in ("epochs", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    seen = {}
+    for flag in ("json", "csv", "plot"):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"--{flag} and --{seen[real]} both name {path!r}; give different "
+                             "files")
+        seen[real] = flag
+        parent = os.path.dirname(real)
+        if not os.path.isdir(parent):
+            raise ValueError(f"--{flag} {path!r}: directory {parent!r} does not exist")
+        if os.path.isdir(real):
+            raise ValueError(f"--{flag} {path!r} is a directory, expected a file name")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError("--plot needs matplotlib: pip install 'minscale[plot]'") from None
+
+
+def run(args):
+    """Run the study, print its tables and write the asked-for files."""
+    from .. import report
+    from ..study import StudyConfig, run_study
+    check_outputs(args)
+    config = StudyConfig.preset(quick=args.quick, epochs=args.epochs,
+                                batch_size=args.batch_size, seed=args.seed,
+                                hidden=None if args.hidden is None else tuple(args.hidden))
+    task = load_task(args)
+    result = run_study(task, config, progress=False if args.no_progress else None)
+    sys.stdout.write(report.render_text(result))
+    if args.json:
+        report.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.csv:
+        report.write_csv(result, args.csv)
+        print(f"wrote {args.csv}")
+    if args.plot:
+        report.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
