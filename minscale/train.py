@@ -282,7 +282,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
             return
         if not np.isfinite(model.params).all():
             # a checkpoint is always a finite snapshot to resume from
-            _diverged(model, backup, epoch, optimizer.iterations, lr, float("nan"), True)
+            _diverged(model, backup, epoch, optimizer.iterations, lr, float("nan"))
         if rank == 0:
             _io.write_checkpoint(checkpoint, model, _io.TrainingProgress(
                 epoch=epoch, batch=batch, loss_total=loss_total, order=order,
@@ -326,7 +326,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                     comm.allreduce(model._gradbuf)
                 batch_loss = float(model._gradbuf[P])
                 if not math.isfinite(batch_loss):
-                    _diverged(model, backup, epoch, step, lr, batch_loss, have_backup=step > 0)
+                    _diverged(model, backup, epoch, step, lr, batch_loss)
                 np.copyto(backup, model.params)
                 mask = None if model.mask.all() else model.mask
                 lr = optimizer.apply(model.params, model.grads, mask)
@@ -337,7 +337,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 if bar is not None:
                     bar.update(1)
             if not np.isfinite(model.params).all():
-                _diverged(model, backup, epoch, optimizer.iterations, lr, float("nan"), True)
+                _diverged(model, backup, epoch, optimizer.iterations, lr, float("nan"))
             logs = {"loss": loss_total / n if model.reduction == "mean" else loss_total}
             if validation_data is not None:
                 val = model.evaluate(*validation_data, return_dict=True)
@@ -364,8 +364,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     return history
 
 
-def _diverged(model, backup, epoch, step, lr, loss, have_backup):
-    if have_backup and not np.isfinite(model.params).all():
+def _diverged(model, backup, epoch, step, lr, loss):
+    # backup holds the parameters before the last update (or at the start of this run)
+    if not np.isfinite(model.params).all():
         np.copyto(model.params, backup)
     raise DivergenceError(
         f"training diverged in epoch {epoch}, step {step}: loss is {loss} at learning rate "

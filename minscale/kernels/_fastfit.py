@@ -419,7 +419,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     dbuf1 = np.empty(bs * dmax, dtype=dtype)
     dbuf2 = np.empty(bs * dmax, dtype=dtype)
     lossbuf_dt = np.zeros(2, dtype=dtype)
-    backup = np.empty_like(model.params)
+    backup = model.params.copy()
     status = np.zeros(3, dtype=np.int64)
     history = _train.History()
     rng = np.random.default_rng(seed)
@@ -456,9 +456,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 model._gradbuf[P] = lossbuf_dt[0]
                 if code == 1:
                     _train._diverged(model, backup, epoch, opt.iterations, lr_last,
-                                     float(lossbuf_dt[0]), have_backup=done > 0)
-                _train._diverged(model, backup, epoch, opt.iterations, lr_last, float("nan"),
-                                 True)
+                                     float(lossbuf_dt[0]))
+                _train._diverged(model, backup, epoch, opt.iterations, lr_last, float("nan"))
             model._gradbuf[P] = lossbuf_dt[0]
             for j, epoch in enumerate(range(e0, e1)):
                 logs = {"loss": float(epoch_loss[j])}

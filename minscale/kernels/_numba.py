@@ -31,11 +31,13 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 NAME = "numba"
 ROUNDING_CODES = _ref.ROUNDING_CODES
 
-#: arrays with fewer elements run the serial compiled body (measured on 2 cores: below about
-#: 2**17 elements the thread wake-up costs more than the second core saves)
+#: arrays with fewer elements run the serial compiled body: waking the thread pool costs tens
+#: of microseconds on this 2-core machine, about what a serial pass over 2**17 elements takes
 PARALLEL_MIN = 1 << 17
 
 _CHUNK = 1 << 14  # elements per parallel work item
+# Loops over a sub-range index with np.uint64: Numba must otherwise allow for negative indices
+# (Python wrap-around), which blocks vectorization and made these loops 3-5x slower.
 _BLOCK = 1024  # elements per exactness check of the division-free quantizers
 _TINY = np.finfo(np.float64).tiny
 _EMPTY_BOOL = np.zeros(0, dtype=np.bool_)
@@ -63,7 +65,7 @@ def _nchunks(n):
 def _bias_act_rows(z, b, act, alpha, one, r0, r1):
     d = z.shape[1]
     has_b = b.shape[0] > 0
-    for i in range(r0, r1):
+    for i in range(np.uint64(r0), np.uint64(r1)):
         row = z[i]
         if has_b:
             for j in range(d):
@@ -116,19 +118,19 @@ def bias_act(z, b, act, alpha):
 @njit(cache=True)
 def _act_backward_range(a, da, act, alpha, one, out, lo, hi):
     if act == 0:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             out[i] = da[i]
     elif act == 1:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             out[i] = da[i] * (one if a[i] > 0 else one - one)
     elif act == 2:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             out[i] = da[i] * (one if a[i] > 0 else alpha)
     elif act == 3:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             out[i] = da[i] * (one - a[i] * a[i])
     elif act == 4:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             out[i] = da[i] * (a[i] * (one - a[i]))
 
 
@@ -164,13 +166,13 @@ def act_backward(a, da, act, alpha, out):
 def _sgd_range(theta, grad, lr, mask, has_mask, one, lo, hi):
     zero = one - one
     if has_mask:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             mk = one if mask[i] else zero
             g = grad[i] * mk
             grad[i] = g
             theta[i] = (theta[i] - lr * g) * mk
     else:
-        for i in range(lo, hi):
+        for i in range(np.uint64(lo), np.uint64(hi)):
             theta[i] = theta[i] - lr * grad[i]
 
 
@@ -197,7 +199,7 @@ def sgd_update(theta, grad, lr, mask):
 @njit(cache=True)
 def _momentum_range(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one, lo, hi):
     zero = one - one
-    for i in range(lo, hi):
+    for i in range(np.uint64(lo), np.uint64(hi)):
         mk = one
         g = grad[i]
         if has_mask:
@@ -243,7 +245,7 @@ def momentum_update(theta, grad, velocity, lr, momentum, nesterov, mask):
 def _adam_range(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon, mask,
                 has_mask, one, lo, hi):
     zero = one - one
-    for i in range(lo, hi):
+    for i in range(np.uint64(lo), np.uint64(hi)):
         mk = one
         g = grad[i]
         if has_mask:
@@ -333,7 +335,7 @@ def _quantize_fixed_range(x, p2, qmin, qmax, rounding, out, lo, hi):
     flo = qmin - 1.0
     fhi = qmax + 1.0
     first = -1
-    for i in range(lo, hi):
+    for i in range(np.uint64(lo), np.uint64(hi)):
         xi = np.float64(x[i])
         v = xi * p2
         if v == 0.0 and xi < 0.0:
@@ -342,11 +344,11 @@ def _quantize_fixed_range(x, p2, qmin, qmax, rounding, out, lo, hi):
         if r < qmin:
             r = np.float64(qmin)
             if first < 0:
-                first = i
+                first = np.int64(i)
         elif r > qmax:
             r = np.float64(qmax)
             if first < 0:
-                first = i
+                first = np.int64(i)
         out[i] = np.int64(r)
     return first
 
@@ -381,7 +383,7 @@ def quantize_fixed(x, frac_bits, qmin, qmax, rounding, out):
 
 @njit(cache=True)
 def _dequantize_fixed_range(q, p2, out, lo, hi):
-    for i in range(lo, hi):
+    for i in range(np.uint64(lo), np.uint64(hi)):
         out[i] = np.float64(q[i]) * p2
 
 
@@ -457,20 +459,20 @@ def _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1):
     zp32 = np.int32(zp)
     near = 0
     if rounding == 0:
-        for i in range(b0, b1):
+        for i in range(np.uint64(b0), np.uint64(b1)):
             v = np.float64(x[i]) * inv
             r = np.rint(v)
             out[i] = np.int32(min(max(r, lo), hi)) + zp32
             near += np.int64(0.5 - np.abs(v - r) <= np.abs(v) * _REL + _ABS)
     elif rounding == 1:
-        for i in range(b0, b1):
+        for i in range(np.uint64(b0), np.uint64(b1)):
             v = np.float64(x[i]) * inv
             t = np.trunc(v)
             r = t + np.copysign(np.float64(np.abs(v - t) >= 0.5), v)
             out[i] = np.int32(min(max(r, lo), hi)) + zp32
             near += np.int64(0.5 - np.abs(v - np.rint(v)) <= np.abs(v) * _REL + _ABS)
     else:
-        for i in range(b0, b1):
+        for i in range(np.uint64(b0), np.uint64(b1)):
             v = np.float64(x[i]) * inv
             r = np.floor(v)
             out[i] = np.int32(min(max(r, lo), hi)) + zp32
@@ -482,7 +484,7 @@ def _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1):
 @njit(cache=True)
 def _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, b0, b1):
     """The reference formula, one division per element."""
-    for i in range(b0, b1):
+    for i in range(np.uint64(b0), np.uint64(b1)):
         xi = np.float64(x[i])
         v = xi / s
         if mode == 1 and has_mask:
@@ -510,7 +512,7 @@ def _affine_run(x, s, inv, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, 
             redo = _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1) != 0
         elif mode == 1 and fast:
             flag = 0
-            for i in range(b0, b1):
+            for i in range(np.uint64(b0), np.uint64(b1)):
                 v = np.float64(x[i]) * inv
                 fq[i] = s * _round(min(max(v, lo), hi), rounding)
                 if has_mask:
@@ -604,7 +606,7 @@ def _dequantize_affine_serial(q, scale, zero_point, out):
 def _dequantize_affine_tensor_parallel(q, s, zp, out):
     n = q.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+        for i in range(np.uint64(c * _CHUNK), np.uint64(min(n, (c + 1) * _CHUNK))):
             out[i] = s * np.float64(np.int64(q[i]) - zp)
 
 
@@ -628,7 +630,7 @@ def _center_rows(a, offset, out, rowsum, r0, r1):
     """out = float32(a - offset) for rows r0:r1, row sums into rowsum; returns max |a - offset|."""
     k = a.shape[1]
     amax = 0
-    for i in range(r0, r1):
+    for i in range(np.uint64(r0), np.uint64(r1)):
         s = 0
         mx = 0
         for j in range(k):
@@ -641,24 +643,12 @@ def _center_rows(a, offset, out, rowsum, r0, r1):
     return amax
 
 
-@njit(cache=True, parallel=True)
-def _center_rows_parallel(a, offset, out, rowsum):
-    n = a.shape[0]
-    k = max(1, a.shape[1])
-    rows = max(1, _CHUNK // k)
-    items = (n + rows - 1) // rows
-    maxes = np.zeros(items, dtype=np.int64)
-    for c in prange(items):
-        maxes[c] = _center_rows(a, offset, out, rowsum, c * rows, min(n, (c + 1) * rows))
-    return maxes.max() if items else 0
-
-
 @njit(cache=True)
 def _center_cols(b, offset, out, colsum, r0, r1):
     """out = float32(b - offset) for rows r0:r1, column sums added into colsum; max |b - offset|."""
     m = b.shape[1]
     bmax = 0
-    for i in range(r0, r1):
+    for i in range(np.uint64(r0), np.uint64(r1)):
         for j in range(m):
             c = np.int64(b[i, j]) - offset
             out[i, j] = np.float32(c)
@@ -667,40 +657,18 @@ def _center_cols(b, offset, out, colsum, r0, r1):
     return bmax
 
 
-@njit(cache=True, parallel=True)
-def _center_cols_parallel(b, offset, out, colsum_parts):
-    k = b.shape[0]
-    parts = colsum_parts.shape[0]
-    rows = (k + parts - 1) // parts
-    maxes = np.zeros(parts, dtype=np.int64)
-    for p in prange(parts):
-        maxes[p] = _center_cols(b, offset, out, colsum_parts[p], p * rows, min(k, (p + 1) * rows))
-    return maxes.max()
-
-
 @njit(cache=True)
 def _finish_acc(acc, rowsum, colsum, za, zb, k, out, r0, r1):
     """out = acc - za colsum - zb rowsum + k za zb (exact int64); False if out of int32."""
     ok = True
     m = acc.shape[1]
-    for i in range(r0, r1):
+    for i in range(np.uint64(r0), np.uint64(r1)):
         rs = rowsum[i]
         for j in range(m):
             val = np.int64(acc[i, j]) - za * colsum[j] - zb[j] * rs + k * za * zb[j]
             ok &= (val >= -2147483648) & (val <= 2147483647)
             out[i, j] = val
     return ok
-
-
-@njit(cache=True, parallel=True)
-def _finish_acc_parallel(acc, rowsum, colsum, za, zb, k, out):
-    n = acc.shape[0]
-    rows = max(1, _CHUNK // max(1, acc.shape[1]))
-    items = (n + rows - 1) // rows
-    oks = np.ones(items, dtype=np.bool_)
-    for c in prange(items):
-        oks[c] = _finish_acc(acc, rowsum, colsum, za, zb, k, out, c * rows, min(n, (c + 1) * rows))
-    return oks.all()
 
 
 def _offset(dtype):
@@ -737,17 +705,12 @@ def int8_matmul(a, b, a_zero_point, b_zero_point, out):
     a32 = np.empty((n, k), dtype=np.float32)
     b32 = np.empty((k, m), dtype=np.float32)
     rowsum = np.empty(n, dtype=np.int64)
-    if _parallel(a.size):
-        amax = _center_rows_parallel(a, oa, a32, rowsum)
-    else:
-        amax = _center_rows(a, oa, a32, rowsum, 0, n)
-    if _parallel(b.size):
-        parts = np.zeros((numba.get_num_threads(), m), dtype=np.int64)
-        bmax = _center_cols_parallel(b, ob, b32, parts)
-        colsum = parts.sum(axis=0)
-    else:
-        colsum = np.zeros(m, dtype=np.int64)
-        bmax = _center_cols(b, ob, b32, colsum, 0, k)
+    # Serial on purpose: right after (or before) a multi-threaded BLAS call, whose threads
+    # spin-wait for a while, a Numba thread pool on the same 2 cores made the whole product
+    # several times slower; the conversions are a few percent of the work.
+    amax = _center_rows(a, oa, a32, rowsum, 0, n)
+    colsum = np.zeros(m, dtype=np.int64)
+    bmax = _center_cols(b, ob, b32, colsum, 0, k)
     kb = (1 << 24) // max(int(amax) * int(bmax), 1)
     if k <= kb:
         acc = np.matmul(a32, b32)
@@ -757,8 +720,6 @@ def int8_matmul(a, b, a_zero_point, b_zero_point, out):
         for j0 in range(0, k, kb):
             np.matmul(a32[:, j0:j0 + kb], b32[j0:j0 + kb], out=part)
             acc += part
-    if _parallel(out.size):
-        return bool(_finish_acc_parallel(acc, rowsum, colsum, za, zb, k, out))
     return bool(_finish_acc(acc, rowsum, colsum, za, zb, k, out, 0, n))
 
 
@@ -771,7 +732,7 @@ def _requantize_rows(acc, bias, m0, shift, zero_point, lower, upper, out, r0, r1
     has_bias = bias.shape[0] > 0
     per_channel = m0.shape[0] > 1
     ok = True
-    for i in range(r0, r1):
+    for i in range(np.uint64(r0), np.uint64(r1)):
         for j in range(m):
             c = j if per_channel else 0
             x = np.int64(acc[i, j])
@@ -871,7 +832,7 @@ def _top_histogram(bits, wide, n_threads):
     hist = np.zeros((n_threads, 65536), dtype=np.int64)
     for t in prange(n_threads):
         h = hist[t]
-        for i in range(t * per, min(n, (t + 1) * per)):
+        for i in range(np.uint64(t * per), np.uint64(min(n, (t + 1) * per))):
             key = _key64(np.int64(bits[i])) if wide else _key32(bits[i])
             h[(key >> shift) + 32768] += 1
     return hist.sum(axis=0)
@@ -924,7 +885,7 @@ def _mark_above(scores, threshold, keep, ties):
     for c in prange(ties.size):
         t = 0
         a = 0
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+        for i in range(np.uint64(c * _CHUNK), np.uint64(min(n, (c + 1) * _CHUNK))):
             v = scores[i]
             gt = v > threshold
             keep[i] = gt
@@ -943,7 +904,7 @@ def _prune_ties(scores, threshold, keep, ties, n_prune):
     for c in range(ties.size):
         if ties[c] == 0:
             continue
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+        for i in range(np.uint64(c * _CHUNK), np.uint64(min(n, (c + 1) * _CHUNK))):
             if scores[i] == threshold:
                 if left > 0:
                     left -= 1
@@ -958,7 +919,7 @@ def _count_window(scores, lo, hi, below, inside):
     for c in prange(below.size):
         b = 0
         w = 0
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+        for i in range(np.uint64(c * _CHUNK), np.uint64(min(n, (c + 1) * _CHUNK))):
             v = scores[i]
             b += np.int64(v < lo)
             w += np.int64((v >= lo) & (v <= hi))
@@ -977,7 +938,7 @@ def _gather_window(scores, lo, hi, inside, offsets, out):
     n = scores.size
     for c in prange(inside.size):
         j = offsets[c]
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+        for i in range(np.uint64(c * _CHUNK), np.uint64(min(n, (c + 1) * _CHUNK))):
             v = scores[i]
             out[j] = v
             j += np.int64((v >= lo) & (v <= hi))
