@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import _float_dtype
+
 __all__ = [
     "NAMES",
     "make_linear",
@@ -36,7 +38,6 @@ __all__ = [
 #: Names of the shipped data sets accepted by `load`.
 NAMES = ("diabetes", "digits")
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -97,16 +98,6 @@ def make_linear(n_samples=100, seed=42):
 
 
 # --------------------------------------------------------------------------- CSV
-
-def _float_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return dt
-
 
 def _is_number(text):
     try:
