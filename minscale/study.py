@@ -527,7 +527,7 @@ class StudyConfig:
         -------
         StudyConfig
         """
-        base = dict(epochs=10, finetune_epochs=2, worker_epochs=2, timing_repeats=3,
+        base = dict(epochs=10, finetune_epochs=2, worker_epochs=3, timing_repeats=3,
                     quick=True) if quick else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -1128,7 +1128,8 @@ def workers_part(task, config, learning_rate, progress=None):
     shards and allreduces the shard gradients, so its parameters equal one process's up to
     float summation order; the differences are reported against the 1-worker run.
     seconds_per_epoch is the median duration of the epochs measured inside rank 0 by
-    :class:`EpochClock` (process start-up excluded); seconds_total is the wall time of the
+    :class:`EpochClock`, the first epoch left out as warm-up (process start-up, imports and
+    JIT cache loads excluded); seconds_total is the wall time of the
     whole ``fit`` call, start-up included; speedup = seconds_per_epoch(1 worker) /
     seconds_per_epoch(k workers).
     """
@@ -1149,6 +1150,9 @@ def workers_part(task, config, learning_rate, progress=None):
         total = time.perf_counter() - t0
         ticks = model.state.pop(clock.key, [])
         durations = np.diff(ticks) if len(ticks) > 1 else np.array([math.nan])
+        if durations.size > 1:
+            # the first epoch of a fresh worker pays imports, JIT cache loads and page faults
+            durations = durations[1:]
         row = {"workers": k, "seconds_per_epoch": float(np.median(durations)),
                "seconds_total": float(total), "diverged": history is None}
         m = measure(model.predict, task) if history is not None else \
