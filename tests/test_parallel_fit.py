@@ -363,22 +363,26 @@ def _diabetes():
 def _diabetes_model():
     model = ms.Sequential([ms.Dense(16, activation="relu", kernel_initializer="he_normal"), ms.Dense(1)],
                           input_dim=10, seed=3)
-    return model.compile(optimizer=Adam(learning_rate=0.005))
+    # a small constant rate: both runs stop short of over-fitting, where Hogwild's
+    # interleaving would decide which point of the over-fitting path each run ends on
+    # (measured over 4 async runs: 1.017 .. 1.040 x the sync test MSE; at 0.005 for 40 epochs
+    # the spread was 1.03 .. 1.13)
+    return model.compile(optimizer=Adam(learning_rate=0.002))
 
 
 def test_async_on_diabetes_reaches_test_mse_within_10_percent_of_sync():
     X_tr, X_te, y_tr, y_te = _diabetes()
     sync = _diabetes_model()
-    sync.fit(X_tr, y_tr, epochs=40, batch_size=16, seed=0)
+    sync.fit(X_tr, y_tr, epochs=20, batch_size=16, seed=0)
     sync_mse = sync.evaluate(X_te, y_te)
     hogwild = _diabetes_model()
-    history = hogwild.fit(X_tr, y_tr, epochs=40, batch_size=16, seed=0, workers=2, mode="async")
+    history = hogwild.fit(X_tr, y_tr, epochs=20, batch_size=16, seed=0, workers=2, mode="async")
     async_mse = hogwild.evaluate(X_te, y_te)
     assert np.isfinite(async_mse)
     assert async_mse <= 1.10 * sync_mse, (async_mse, sync_mse)
     # The standardized target has variance 1: both models must have learned something.
     assert sync_mse < 0.75 and async_mse < 0.75
-    assert len(history["loss"]) == 40 and history["loss"][-1] < history["loss"][0]
+    assert len(history["loss"]) == 20 and history["loss"][-1] < history["loss"][0]
 
 
 def test_async_changes_the_parent_model_and_keeps_masked_weights_zero():
