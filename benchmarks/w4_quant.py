@@ -3,7 +3,9 @@ round half to even, against ``torch.quantize_per_tensor`` and against memcpy ban
 the bytes moved (4 read + 1 written per value); the fused kernel and the public
 ``minscale.quant.quantize_affine`` (which also checks for NaN) are both timed.
 (b) integer-only dense 1024 -> 1024 at batch 256: int8 activations (zero point -5) times int8
-narrow-range weights, int32 accumulation, bias, requantization to int8 (gemmlowp rounding),
+narrow-range weights, int32 accumulation, bias, requantization to int8 (gemmlowp rounding):
+``kernels.int8_dense_packed`` on weights packed once (``kernels.pack_int8_weights``, as a
+quantized model holds them; the unpacked ``int8_matmul`` + ``requantize`` pair is timed too),
 against the float32 dense ``x @ W + b``, torch's dynamic-quantized Linear, and NumPy's own
 int8 ``@`` (which is not even correct: it wraps in int8).
 """
@@ -56,12 +58,19 @@ def run(ctx):
     wf = rng.standard_normal((d_in, d_out), dtype=np.float32)
     bf = rng.standard_normal(d_out, dtype=np.float32)
 
+    packed = kernels.pack_int8_weights(w, zb)  # once, as a quantized model holds its weights
+
     def int_dense(backend):
         def f():
             ms.set_backend(backend)
-            kernels.int8_matmul(a, w, -5, zb, acc)
-            kernels.requantize(acc, bias, m0a, sha, 0, -128, 127, out)
+            kernels.int8_dense_packed(a, packed, -5, bias, m0a, sha, 0, -128, 127, out)
         return f
+
+    def int_dense_unpacked():
+        # the two-kernel path without a pack (converts the weights on every call)
+        ms.set_backend("numba")
+        kernels.int8_matmul(a, w, -5, zb, acc)
+        kernels.requantize(acc, bias, m0a, sha, 0, -128, 127, out)
 
     def float_dense():
         y = xf @ wf
@@ -71,7 +80,8 @@ def run(ctx):
                "quantize-numpy kernel": q_kernel("numpy"),
                "quant.quantize_affine (numba)": q_public, "memcpy": memcpy}
     cands_d = {"int-dense-numba": int_dense("numba"), "float32-dense": float_dense,
-               "int-dense-numpy": int_dense("numpy")}
+               "int-dense-numpy": int_dense("numpy"),
+               "int-dense-numba unpacked": int_dense_unpacked}
     if torch:
         xt = torch.from_numpy(x)
         cands_q["torch.quantize_per_tensor"] = lambda: torch.quantize_per_tensor(
@@ -112,7 +122,9 @@ def run(ctx):
         ed = {"times": {k: common.summary(v) for k, v in td.items()},
               "gops": {k: common.summary([ops / t / 1e9 for t in v]) for k, v in td.items()},
               "ratios": {"int/float32 throughput": common.ratios(td, "float32-dense",
-                                                                  "int-dense-numba")}}
+                                                                  "int-dense-numba"),
+                         "unpacked int/float32 throughput": common.ratios(
+                             td, "float32-dense", "int-dense-numba unpacked")}}
         if torch:
             ed["ratios"]["int/torch dynamic throughput"] = common.ratios(
                 td, "torch dynamic int8 Linear", "int-dense-numba")

@@ -144,11 +144,12 @@ def _as_float64(name, x, allow_inf=True):
     return arr
 
 
-def _as_real_array(name, x):
+def _as_real_array(name, x, check_nan=True):
     """``x`` as a C-contiguous float32 or float64 array for the kernels (ints become float64).
 
     Kept in float32 when it is float32, so no float64 temporary is made; the kernels convert
-    each element exactly. Raises like :func:`_as_float64`.
+    each element exactly. Raises like :func:`_as_float64`; ``check_nan=False`` leaves the NaN
+    test to a kernel that does it in its own pass (``quantize_affine_checked``).
     """
     arr = np.asarray(x)
     if arr.dtype == np.bool_ or not (
@@ -158,7 +159,7 @@ def _as_real_array(name, x):
     if arr.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         arr = arr.astype(np.float64)
     arr = np.ascontiguousarray(arr)
-    if np.isnan(arr).any():
+    if check_nan and np.isnan(arr).any():
         idx = np.unravel_index(int(np.argmax(np.isnan(arr))), arr.shape) if arr.ndim else ()
         raise ValueError(f"{name} contains NaN (first at index {idx}); NaN cannot be quantized")
     return arr
@@ -855,7 +856,8 @@ def quantize_affine(
     """
     qmin, qmax = integer_range(bits, signed, narrow_range)
     _check_rounding(rounding)
-    x = _as_real_array("x", x)
+    # the deterministic roundings find NaN inside the kernel's pass (no separate scan)
+    x = _as_real_array("x", x, check_nan=rounding == "stochastic")
     axis = _normalize_axis(axis, x.ndim)
     _check_channels(x, axis, scale)
     s, zp = _check_qparams(scale, zero_point, x.ndim, axis, qmin, qmax)
@@ -865,7 +867,7 @@ def quantize_affine(
             with np.errstate(
                 over="ignore", under="ignore"
             ):  # overflow saturates, underflow is handled
-                kernels.quantize_affine(
+                first_nan = kernels.quantize_affine_checked(
                     _as_channels(x, axis),
                     s.reshape(-1),
                     zp.reshape(-1),
@@ -873,6 +875,11 @@ def quantize_affine(
                     qmax,
                     _ROUNDING_CODES[rounding],
                     _as_channels(out, axis),
+                )
+            if first_nan >= 0:
+                idx = np.unravel_index(first_nan, x.shape) if x.ndim else ()
+                raise ValueError(
+                    f"x contains NaN (first at index {idx}); NaN cannot be quantized"
                 )
         return out
     x = x.astype(np.float64)
@@ -2267,6 +2274,8 @@ class QuantizedModel:
         self.activations = _activation_spec(activations)
         self.input_qparams = input_qparams
         self.n_float_params = int(n_float_params)
+        # per layer: weights packed once for the fused integer kernel (derived, never saved)
+        self._packed = {}
 
     # size -----------------------------------------------------------------------------------
     @property
@@ -2355,10 +2364,45 @@ class QuantizedModel:
                 a = fake_quantize(a, *layer.output_qparams, signed=signed)
         return a
 
+    def _fused_layer(self, i, xq, signed):
+        """One layer through ``kernels.int8_dense_packed``, or None to take the general path.
+
+        The weight codes are packed once per layer (cached in ``self._packed``, keyed on the
+        codes array, so replacing a layer's codes repacks). Only gemmlowp double rounding has
+        a fused kernel; an overflow makes the kernel decline, and the general path then raises
+        its precise error.
+        """
+        layer = self.layers[i]
+        cached = self._packed.get(i)
+        if cached is None or cached[0] is not layer.codes:
+            d_out = layer.shape[1]
+            per_col = (lambda v: np.ascontiguousarray(np.broadcast_to(
+                np.asarray(v, dtype=np.int64).reshape(-1), (d_out,))))
+            packed = kernels.pack_int8_weights(np.ascontiguousarray(layer.codes),
+                                               np.zeros(d_out, dtype=np.int64))
+            bias = (np.zeros(0, dtype=np.int32) if layer.bias_codes is None
+                    else np.ascontiguousarray(layer.bias_codes, dtype=np.int32))
+            cached = (layer.codes, packed, bias, per_col(layer.multiplier), per_col(layer.shift))
+            self._packed[i] = cached
+        _, packed, bias, m0, sh = cached
+        qmin, qmax = integer_range(8, signed)
+        zero_point = int(layer.output_qparams[1])
+        lower = max(qmin, zero_point) if layer.activation == "relu" else qmin
+        out = np.empty((xq.shape[0], layer.shape[1]), dtype=code_dtype(8, signed))
+        ok = kernels.int8_dense_packed(np.ascontiguousarray(xq), packed,
+                                       int(layer.input_qparams[1]), bias, m0, sh, zero_point,
+                                       lower, qmax, out)
+        return out if ok else None
+
     def _integer_codes(self, X, rounding):
         signed = self.activations != "uint8"
         xq = quantize_affine(X, *self.input_qparams, signed=signed)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if rounding == "double" and layer.codes.dtype.itemsize == 1:
+                fused = self._fused_layer(i, xq, signed)
+                if fused is not None:
+                    xq = fused
+                    continue
             acc = int_matmul(xq, layer.codes, a_zero_point=layer.input_qparams[1])
             xq = requantize(
                 acc,

@@ -250,6 +250,88 @@ def test_division_free_affine_quantizer_is_exact_at_ties(rounding, scale, monkey
     np.testing.assert_array_equal(o1, o2)
 
 
+@pytest.mark.parametrize("rounding", [0, 1, 2])
+@pytest.mark.parametrize("scale", [0.1, 1 / 3, 0.02, 3e-3, 7.5])
+@pytest.mark.parametrize("codes", [(-128, 127, 1, np.int8), (0, 255, 0, np.uint8),
+                                   (-32768, 32767, -7, np.int16)])
+def test_float32_affine_quantizer_is_exact_at_ties(rounding, scale, codes, monkeypatch):
+    # float32 inputs take the float32 multiply-and-check loop: x = fl32((k + 1/2) s), fl32(k s)
+    # and their float32 neighbours put x / s within an ulp of every jump, plus zeros of both
+    # signs, infinities, subnormals and values far outside the clip range
+    qmin, qmax, zp, dt = codes
+    k = np.arange(qmin - zp - 3, qmax - zp + 3, dtype=np.float64)
+    base = np.concatenate([(k + 0.5) * scale, k * scale]).astype(np.float32)
+    extra = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3e38, -3e38], np.float32)
+    x = np.concatenate([base, np.nextafter(base, np.float32(np.inf)),
+                        np.nextafter(base, np.float32(-np.inf)), extra])
+    x = np.tile(x, 3)
+    x3 = x.reshape(1, 1, -1)
+    o1, o2 = np.empty(x3.shape, dt), np.empty(x3.shape, dt)
+    R.quantize_affine(x3, np.array([scale]), np.array([zp]), qmin, qmax, rounding, o1)
+    assert N.quantize_affine_checked(x3, np.array([scale]), np.array([zp]), qmin, qmax,
+                                     rounding, o2) == -1
+    np.testing.assert_array_equal(o1, o2)
+    monkeypatch.setattr(N, "PARALLEL_MIN", 1)  # the prange body
+    o2[...] = 0
+    N.quantize_affine(x3, np.array([scale]), np.array([zp]), qmin, qmax, rounding, o2)
+    np.testing.assert_array_equal(o1, o2)
+
+
+def test_float32_fast_loop_is_taken_and_flags_rarely():
+    # scale 0.02: inv32 = 50 exactly and tol = 8e-6, so few 1024-blocks of N(0, 1) data are
+    # flagged (about 1.6% expected; < 10% asserted), i.e. the fast path really runs
+    x = np.random.default_rng(0).standard_normal(1 << 17).astype(np.float32)
+    out = np.empty(x.size, np.int8)
+    thr = N._f32_tolerance(np.array([0.02]), np.array([50.0], np.float32), np.array([3]),
+                           -128, 127, 0)
+    assert 0.5 - 1e-5 < thr[0] < 0.5
+    flags = [N._affine_fast_codes32(x, np.float32(50.0), 3, -131.0, 124.0, 0, thr[0], out, b,
+                                    b + 1024) for b in range(0, x.size, 1024)]
+    assert sum(flags) < 0.1 * len(flags)
+    ref = np.empty(x.size, np.int8)
+    R.quantize_affine(x.reshape(1, 1, -1), np.array([0.02]), np.array([3]), -128, 127, 0,
+                      ref.reshape(1, 1, -1))
+    clean = np.repeat(~np.array(flags), 1024)
+    np.testing.assert_array_equal(out[clean], ref[clean])
+
+
+@SETTINGS
+@given(data=st.data(), rounding=st.integers(0, 2), per_channel=st.booleans(),
+       as32=st.booleans(), n_nan=st.integers(0, 2))
+def test_quantize_affine_checked_equals_numpy(data, rounding, per_channel, as32, n_nan):
+    shape = data.draw(array_shapes(min_dims=1, max_dims=3, max_side=9))
+    x = data.draw(arrays(np.float64, shape, elements=quant_elements))
+    if as32:
+        x = x.astype(np.float32)
+    nan_at = sorted(data.draw(st.lists(st.integers(0, x.size - 1), min_size=n_nan,
+                                       max_size=n_nan)))
+    x.reshape(-1)[nan_at] = np.nan
+    axis = data.draw(st.integers(0, len(shape) - 1)) if per_channel else None
+    x3 = x.reshape(_channels(shape, axis) if axis is not None else (1, 1, -1))
+    c = x3.shape[1]
+    scale = np.array(data.draw(st.lists(st.sampled_from([1.0, 0.1, 0.02, 1 / 3, 2.0 ** -7, 7.5]),
+                                        min_size=c, max_size=c)))
+    zp = np.array(data.draw(st.lists(st.integers(-128, 127), min_size=c, max_size=c)))
+    o1, o2 = np.empty(x3.shape, np.int8), np.empty(x3.shape, np.int8)
+    r1 = R.quantize_affine_checked(x3, scale, zp, -128, 127, rounding, o1)
+    r2 = N.quantize_affine_checked(x3, scale, zp, -128, 127, rounding, o2)
+    assert r1 == r2 == (nan_at[0] if nan_at else -1)
+    if r1 < 0:
+        np.testing.assert_array_equal(o1, o2)
+        R.quantize_affine(x3, scale, zp, -128, 127, rounding, o1)
+        np.testing.assert_array_equal(o1, o2)
+
+
+def test_public_quantize_affine_reports_nan_from_the_kernel(backend):
+    from minscale import quant
+
+    x = np.zeros((3, 4), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"x contains NaN \(first at index \(np.int64\(2\), "
+                                         r"np.int64\(1\)\)\)"):
+        quant.quantize_affine(x, 0.1, 0)
+
+
 def test_quant_module_uses_the_active_backend(backend):
     # minscale.quant calls the kernels: both backends give the formula layer's codes
     from minscale import quant
@@ -313,6 +395,69 @@ def test_int8_matmul_blocks_and_overflow():
     b = np.full((140_000, 1), -128, dtype=np.int8)
     for impl in (R, N):
         assert not impl.int8_matmul(a, b, 0, np.zeros(1, np.int64), np.empty((1, 1), np.int32))
+
+
+@SETTINGS
+@given(data=st.data(), a_unsigned=st.booleans(), b_unsigned=st.booleans())
+def test_packed_int8_kernels_equal_int8_matmul_and_requantize(data, a_unsigned, b_unsigned):
+    # int8_matmul_packed == int8_matmul and int8_dense_packed == int8_matmul + requantize, on
+    # both backends, bit for bit; k up to 2100 crosses the one-block bound (several float32
+    # blocks), large biases and multipliers > 1 leave the unchecked fused loop for the checked one
+    n, k, m = (data.draw(st.integers(1, 6)), data.draw(st.integers(0, 2100)),
+               data.draw(st.integers(1, 5)))
+    a_dt = np.uint8 if a_unsigned else np.int8
+    b_dt = np.uint8 if b_unsigned else np.int8
+    ia, ib = np.iinfo(a_dt), np.iinfo(b_dt)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    a = rng.choice([ia.min, ia.max, 0, 1], size=(n, k)).astype(a_dt)
+    b = rng.integers(ib.min, ib.max + 1, size=(k, m)).astype(b_dt)
+    za = data.draw(st.integers(int(ia.min), int(ia.max)))
+    zb = np.array(data.draw(st.lists(st.integers(int(ib.min), int(ib.max)), min_size=m,
+                                     max_size=m)), dtype=np.int64)
+    from minscale import quant
+
+    per_channel = data.draw(st.booleans())
+    reals = data.draw(st.lists(st.floats(1e-7, 3.0), min_size=m if per_channel else 1,
+                               max_size=m if per_channel else 1))
+    pairs = [quant.quantize_multiplier(r) for r in reals]
+    m0 = np.array([p[0] for p in pairs], dtype=np.int64)
+    sh = np.array([p[1] for p in pairs], dtype=np.int64)
+    bmag = data.draw(st.sampled_from([0, 1000, 2 ** 30]))
+    bias = (rng.integers(-bmag, bmag + 1, size=m).astype(np.int32) if bmag
+            else np.zeros(0, np.int32))
+    zp = data.draw(st.integers(-128, 127))
+    lower = max(-128, zp) if data.draw(st.booleans()) else -128
+    acc_ref = np.empty((n, m), np.int32)
+    ok_mm = R.int8_matmul(a, b, za, zb, acc_ref)
+    q_ref = np.empty((n, m), np.int8)
+    ok_ref = ok_mm and R.requantize(acc_ref, bias, m0, sh, zp, lower, 127, q_ref)
+    for impl in (R, N):
+        packed = impl.pack_int8_weights(b, zb)
+        acc = np.empty((n, m), np.int32)
+        assert impl.int8_matmul_packed(a, packed, za, acc) == ok_mm
+        if ok_mm:
+            np.testing.assert_array_equal(acc, acc_ref)
+        q = np.empty((n, m), np.int8)
+        assert impl.int8_dense_packed(a, packed, za, bias, m0, sh, zp, lower, 127, q) == ok_ref
+        if ok_ref:
+            np.testing.assert_array_equal(q, q_ref)
+
+
+def test_packed_dense_reference_values():
+    # 300 * 127 = 38100 through the pack; M = 0.1 (M0 = 1717986918, shift -3) gives 3810;
+    # with bias 5: 38105 * 0.1 = 3810.5 -> 3811 (ties away from zero), clamped to 127 as int8
+    a = np.full((1, 300), 127, dtype=np.int8)
+    b = np.ones((300, 2), dtype=np.int8)
+    for impl in (R, N):
+        packed = impl.pack_int8_weights(b, np.zeros(2, np.int64))
+        assert packed.wmax == 1 and packed.colsum.tolist() == [300, 300]
+        acc = np.empty((1, 2), np.int32)
+        assert impl.int8_matmul_packed(a, packed, 0, acc) and acc.tolist() == [[38100, 38100]]
+        out = np.empty((1, 2), np.int16)
+        assert impl.int8_dense_packed(a, packed, 0, np.array([0, 5], np.int32),
+                                      np.array([1717986918]), np.array([-3]), 0, -32768, 32767,
+                                      out)
+        assert out.tolist() == [[3810, 3811]]
 
 
 @SETTINGS

@@ -246,16 +246,21 @@ def test_integer_path_runs_on_integers_only(digits, monkeypatch):
         def inner(*args, **kwargs):
             arrays = [a for a in list(args) + list(kwargs.values()) if isinstance(a, np.ndarray)]
             out = fn(*args, **kwargs)
-            seen.extend(a.dtype for a in arrays + [out])
+            seen.extend(a.dtype for a in arrays + ([out] if isinstance(out, np.ndarray) else []))
             return out
 
         return inner
 
+    # the general path (int_matmul, requantize) and the fused kernel with pre-packed weights
+    # (whose float32 GEMM is exact: see kernels._numpy.int8_matmul_packed)
     monkeypatch.setattr(Q, "int_matmul", wrap(Q.int_matmul))
     monkeypatch.setattr(Q, "requantize", wrap(Q.requantize))
-    codes = q.predict_codes(X_te[:20])
-    assert codes.dtype == np.int8 and len(seen) >= 4 * len(q.layers)
-    assert all(np.issubdtype(dt, np.integer) for dt in seen)
+    monkeypatch.setattr(kernels, "int8_dense_packed", wrap(kernels.int8_dense_packed))
+    for rounding in ("double", "single"):
+        seen.clear()
+        codes = q.predict_codes(X_te[:20], requantize_rounding=rounding)
+        assert codes.dtype == np.int8 and len(seen) >= 4 * len(q.layers)
+        assert all(np.issubdtype(dt, np.integer) for dt in seen)
 
 
 def test_numpy_and_numba_give_bit_identical_integer_codes(trained):
@@ -579,3 +584,18 @@ def test_cli_bad_input_is_one_line(saved_digits_model, extra, words, capsys):
 def test_cli_missing_model_file(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "none.npz"), "--data", "digits"]) == 2
     assert "none.npz" in capsys.readouterr().err
+
+
+def test_fused_packed_path_equals_the_general_integer_path(digits):
+    # predict_codes runs each 8-bit layer through kernels.int8_dense_packed (weights packed
+    # once); the same layers through int_matmul + requantize must give the same codes
+    model, X_tr, X_te, *_ = digits
+    q = Q.quantize_model(model, "int8", "int8", calibration_data=X_tr)
+    fused = q.predict_codes(X_te)
+    assert set(q._packed) == set(range(len(q.layers)))
+    xq = Q.quantize_affine(X_te, *q.input_qparams)
+    for layer in q.layers:
+        acc = Q.int_matmul(xq, layer.codes, a_zero_point=layer.input_qparams[1])
+        xq = Q.requantize(acc, layer.multiplier, layer.shift, layer.output_qparams[1],
+                          relu=layer.activation == "relu", bias=layer.bias_codes)
+    assert fused.dtype == xq.dtype and np.array_equal(fused, xq)

@@ -449,43 +449,220 @@ def _near_jump(v, rounding, lo, hi, tol):
 
 @njit(cache=True)
 def _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1):
-    """Codes of x[b0:b1] by multiplication; returns the number of elements near a jump.
+    """Codes of x[b0:b1] by multiplication; True if some element is near a jump or is NaN.
 
-    One loop per rounding rule with branch-free bodies, an integer-sum reduction for the check
-    and int32 conversion (AVX2 has no packed float64 -> int64 conversion), so LLVM vectorizes
-    each loop. Rounding before clipping equals clipping before rounding (integer bounds). The
+    One loop per rounding rule with branch-free bodies, a boolean OR for the check (an integer
+    count would be widened to int64 by Numba and halve the vector width) and the zero point
+    added in float64 before an int32 conversion (AVX2 has no packed float64 -> int64
+    conversion), so LLVM vectorizes each loop. Rounding before clipping equals clipping before
+    rounding (integer bounds), and ``r + zp`` is an integer below 2**32, exact in float64. The
     check ignores the clip range: an element near a jump outside it only costs a recomputation.
+    Every comparison is written so that NaN flags its block (NaN compares false), which sends
+    the block to :func:`_affine_exact`, where NaN is reported.
     """
-    zp32 = np.int32(zp)
-    near = 0
+    zpf = np.float64(zp)
+    near = False
     if rounding == 0:
         for i in range(np.uint64(b0), np.uint64(b1)):
             v = np.float64(x[i]) * inv
             r = np.rint(v)
-            out[i] = np.int32(min(max(r, lo), hi)) + zp32
-            near += np.int64(0.5 - np.abs(v - r) <= np.abs(v) * _REL + _ABS)
+            out[i] = np.int32(min(max(r, lo), hi) + zpf)
+            near |= not (0.5 - np.abs(v - r) > np.abs(v) * _REL + _ABS)
     elif rounding == 1:
         for i in range(np.uint64(b0), np.uint64(b1)):
             v = np.float64(x[i]) * inv
             t = np.trunc(v)
             r = t + np.copysign(np.float64(np.abs(v - t) >= 0.5), v)
-            out[i] = np.int32(min(max(r, lo), hi)) + zp32
-            near += np.int64(0.5 - np.abs(v - np.rint(v)) <= np.abs(v) * _REL + _ABS)
+            out[i] = np.int32(min(max(r, lo), hi) + zpf)
+            near |= not (0.5 - np.abs(v - np.rint(v)) > np.abs(v) * _REL + _ABS)
     else:
         for i in range(np.uint64(b0), np.uint64(b1)):
             v = np.float64(x[i]) * inv
             r = np.floor(v)
-            out[i] = np.int32(min(max(r, lo), hi)) + zp32
+            out[i] = np.int32(min(max(r, lo), hi) + zpf)
             d = v - r
-            near += np.int64(min(d, 1.0 - d) <= np.abs(v) * _REL + _ABS)
+            near |= not (min(d, 1.0 - d) > np.abs(v) * _REL + _ABS)
+    return near
+
+
+# --- float32 inputs: the same scheme in float32, 8 lanes per AVX2 instruction ------------------
+#
+# For float32 x the kernel below multiplies in float32 by inv32 = fl32(fl64(1 / s)) and checks
+# each element against one tolerance per channel. Claim: every element it does not flag gets the
+# reference code of r64 = fl64(x / s). Proof. Let q = x / s (exact real) and [lo, hi] =
+# [qmin - zp, qmax - zp] (lo <= 0 <= hi since qmin <= zp <= qmax), with max(-lo, hi) <= 2**20,
+# and inv32 a normal float32 (both checked by :func:`_f32_tolerance`, else the float64 loop
+# runs). Write x * inv32 = q (1 + eps) with eps = s * inv32 - 1; the wrapper computes
+# p = fl64(s * inv32) and uses |eps| <= eb = |p - 1| + 2**-52 (the float64 product of two
+# numbers near 1 / each other errs by at most 2**-53 (1 + |eps|); eb < 2**-23 always). The
+# float32 product v = fl32(x * inv32) errs by at most |x * inv32| 2**-24 + 2**-150 (normal or
+# subnormal result; an overflow to +-inf needs |q| >= 2**127, far outside the clip range, where
+# both give the saturated code), and the reference by |q| 2**-53 + 2**-1075. So
+#   |v - r64| <= |q| E + 2**-149,  E = eb + 2**-24 (1 + eb) + 2**-53,
+# and with |q| <= (|v| + 2**-150) / (1 - 2**-22): |v - r64| <= |v| E (1 + 2**-21) + 2**-148.
+#   Codes are a step function of the value with jumps at half-integers (nearest rules) or at
+# integers (floor, which also sees the sign of -0.0 through the -TINY rule at its jump at 0).
+# The kernel clamps v to [lo - c, hi + c] (c = 1/4 for the nearest rules, 1/2 for floor);
+# |vc| <= M = max(-lo, hi) + c <= 2**20 + 1/2 < 2**23, so f = vc - rint(vc) and
+# d = vc - floor(vc) are exact in float32, the clamped value rounds into [lo, hi] (floor:
+# [lo - 1, hi], clipped), and tol = M E (1 + 2**-20) + 2**-100 (computed in float64, rounded up
+# to float32; E <= 2**-23 + 2**-24 + 2**-52 < 2**-22.4, so tol < (2**20 + 1/2) 2**-22.4 < 0.2)
+# bounds |v - r64| for every unclamped v.
+# (i) v was clamped, say v >= hi + c: r64 >= (hi + c)(1 - E (1 + 2**-21)) - 2**-148 >
+# hi + c - 0.2, so r64 > hi (floor, c = 1/2) and r64 > hi - 1/2 (nearest, c = 1/4): the
+# reference code is hi, as is the kernel's. Symmetrically, v <= lo - c gives r64 < lo - c + 0.2,
+# below lo (floor) and below lo + 1/2 (nearest): code lo. (ii) vc = v. Nearest rules: an
+# unflagged element has |f| < thr, thr = fl32 of 0.5 - tol rounded down, so the distance
+# 1/2 - |f| from v to the nearest half-integer exceeds tol >= |v - r64|. Floor: an unflagged
+# element has d > tol and fl32(d + tol) < 1, hence d + tol < 1 exactly (rounding is monotone and
+# 1 is a float32), so no integer lies within tol of v; v = -0.0 gives d = 0 <= tol and is
+# flagged, so the -0.0 rule never meets the fast path. In every case r64 lies strictly on the
+# same side of every jump as v, so both give the same code. NaN makes every comparison false
+# and is flagged. QED.
+#   The flag is an OR over a block of _BLOCK elements; in a flagged block a scalar pass
+# (:func:`_affine_fix32`) recomputes each element's flag with the same float32 operations and
+# divides only where it is set (the division path costs about 7 ns per element, 30 times the
+# fast loop, so recomputing whole blocks cost more than the fast loop itself). For scale 0.02
+# (inv32 = 50 exactly, eb = 2**-52) and int8 codes, tol = 8e-6: about 1 in 30 000 elements of
+# N(0, 1) data is divided.
+
+_F32_MAX_BOUND = 2.0 ** 20
+_F32_INV_MIN = 2.0 ** -125
+_F32_INV_MAX = 2.0 ** 125
+
+
+@njit(cache=True)
+def _f32_tolerance(scale, inv32, zero_point, qmin, qmax, rounding):
+    """Per channel: the float32 threshold of the fast float32 loop, or -1 where it cannot run.
+
+    Returns a float32 array: ``thr`` (nearest rules; an element is flagged when
+    ``|f| >= thr``) or ``tol`` (floor; flagged unless ``tol < d`` and ``d + tol < 1``), see the
+    proof above; -1 marks a channel whose inverse is not a normal float32 or whose clip bounds
+    exceed 2**20. Compiled, so a per-tensor call costs no NumPy temporaries.
+    """
+    n = scale.size
+    res = np.empty(n, dtype=np.float32)
+    for c in range(n):
+        i32 = inv32[c]
+        half_width = max(zero_point[c] - qmin, qmax - zero_point[c])
+        p = scale[c] * np.float64(i32)
+        eb = np.abs(p - 1.0) + 2.0 ** -52
+        if not (i32 >= _F32_INV_MIN and i32 <= _F32_INV_MAX and half_width <= _F32_MAX_BOUND
+                and eb < 2.0 ** -23):
+            res[c] = -1.0
+            continue
+        err = eb + 2.0 ** -24 * (1.0 + eb) + 2.0 ** -53
+        m = half_width + (0.5 if rounding == 2 else 0.25)
+        tol = m * err * (1.0 + 2.0 ** -20) + 2.0 ** -100
+        if rounding == 2:  # tol, rounded up to float32
+            t32 = np.float32(tol)
+            if np.float64(t32) < tol:
+                t32 = np.nextafter(t32, np.float32(np.inf))
+        else:  # 1/2 - tol, rounded down to float32
+            thr = 0.5 - tol
+            t32 = np.float32(thr)
+            if np.float64(t32) > thr:
+                t32 = np.nextafter(t32, np.float32(0.0))
+        res[c] = t32
+    return res
+
+
+@njit(cache=True, inline="always")
+def _sat_bounds(out):
+    """Bounds of out's dtype (clipped to int32) as int32 constants. Clamping to them changes no
+    code (codes lie in [qmin, qmax]), but it lets LLVM narrow to int8 with the saturating pack
+    instructions instead of a chain of shuffles."""
+    info = np.iinfo(out.dtype)
+    return (np.int32(max(info.min, -2147483648)), np.int32(min(info.max, 2147483647)))
+
+
+@njit(cache=True)
+def _affine_fast_codes32(x, inv, zp, lo, hi, rounding, thr, out, b0, b1):
+    """float32 codes of x[b0:b1] (x float32, inv and thr float32); True if the block must be
+    recomputed (an element near a jump, or NaN).
+
+    Branch-free float32 loops (see the proof above); every constant is a float32 so no lane is
+    widened to float64, and the flag is a boolean OR (an integer count would be widened to
+    int64 by Numba and halve the vector width).
+    """
+    smin, smax = _sat_bounds(out)
+    zpf = np.float32(zp)
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    near = False
+    if rounding == 2:
+        clo = np.float32(lo - 0.5)
+        chi = np.float32(hi + 0.5)
+        flo = np.float32(lo)
+        for i in range(np.uint64(b0), np.uint64(b1)):
+            v = x[i] * inv
+            vc = clo if v < clo else v
+            vc = chi if vc > chi else vc
+            r = np.floor(vc)
+            rc = flo if r < flo else r
+            out[i] = min(max(np.int32(rc + zpf), smin), smax)
+            d = vc - r
+            near |= not ((d > thr) & (d + thr < one))
+        return near
+    clo = np.float32(lo - 0.25)
+    chi = np.float32(hi + 0.25)
+    if rounding == 0:
+        for i in range(np.uint64(b0), np.uint64(b1)):
+            v = x[i] * inv
+            vc = clo if v < clo else v
+            vc = chi if vc > chi else vc
+            r = np.rint(vc)
+            out[i] = min(max(np.int32(r + zpf), smin), smax)
+            near |= not (np.abs(vc - r) < thr)
+    else:
+        for i in range(np.uint64(b0), np.uint64(b1)):
+            v = x[i] * inv
+            vc = clo if v < clo else v
+            vc = chi if vc > chi else vc
+            t = np.trunc(vc)
+            r = t + np.copysign(np.float32(np.abs(vc - t) >= half), vc)
+            out[i] = min(max(np.int32(r + zpf), smin), smax)
+            near |= not (np.abs(vc - np.rint(vc)) < thr)
     return near
 
 
 @njit(cache=True)
+def _affine_fix32(x, s, inv, zp, lo, hi, rounding, thr, out, fq, mask, b0, b1):
+    """Redo the flagged elements of a block of :func:`_affine_fast_codes32` with the division.
+
+    The flag is recomputed per element by the same float32 operations (IEEE arithmetic is
+    deterministic, so it is set exactly where the fast loop's was); returns the first NaN's
+    index or -1.
+    """
+    first_nan = -1
+    one = np.float32(1.0)
+    c = np.float32(0.5) if rounding == 2 else np.float32(0.25)
+    clo = np.float32(lo - c)
+    chi = np.float32(hi + c)
+    for i in range(np.uint64(b0), np.uint64(b1)):
+        v = x[i] * inv
+        vc = clo if v < clo else v
+        vc = chi if vc > chi else vc
+        if rounding == 2:
+            d = vc - np.floor(vc)
+            near = not ((d > thr) & (d + thr < one))
+        else:
+            near = not (np.abs(vc - np.rint(vc)) < thr)
+        if near:
+            nan_at = _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, False, 0, i, i + 1)
+            if first_nan < 0:
+                first_nan = nan_at
+    return first_nan
+
+
+@njit(cache=True)
 def _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, b0, b1):
-    """The reference formula, one division per element."""
+    """The reference formula, one division per element; returns the first NaN's index or -1."""
+    first_nan = -1
     for i in range(np.uint64(b0), np.uint64(b1)):
         xi = np.float64(x[i])
+        if first_nan < 0 and xi != xi:
+            first_nan = np.int64(i)
         v = xi / s
         if mode == 1 and has_mask:
             mask[i] = v >= lo and v <= hi
@@ -496,20 +673,30 @@ def _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, b0,
             out[i] = np.int64(r) + zp
         else:
             fq[i] = s * r
+    return first_nan
 
 
 @njit(cache=True)
-def _affine_run(x, s, inv, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, i0, i1):
-    """One contiguous run of one channel. mode 0: codes into out; 1: fake-quant into fq."""
+def _affine_run(x, s, inv, inv32, thr32, is32, zp, lo, hi, rounding, out, fq, mask, has_mask,
+                mode, i0, i1):
+    """One contiguous run of one channel. mode 0: codes into out; 1: fake-quant into fq.
+
+    Returns the flat index of the first NaN in the run, or -1 (found in mode 0 only).
+    """
     fast = inv >= _INV_MIN and inv <= _INV_MAX and s >= _INV_MIN and s <= _INV_MAX
     # int32 conversion in the fast code loop needs the shifted codes inside int32
     fast_codes = fast and lo > -2147483648.0 and hi < 2147483647.0
+    # the float32 loop: float32 input and a channel that _f32_tolerance accepted
+    fast32 = is32 and mode == 0 and thr32 >= 0
+    first_nan = -1
     b0 = i0
     while b0 < i1:
         b1 = min(i1, b0 + _BLOCK)
         redo = True
-        if mode == 0 and fast_codes:
-            redo = _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1) != 0
+        if fast32:
+            redo = _affine_fast_codes32(x, inv32, zp, lo, hi, rounding, thr32, out, b0, b1)
+        elif mode == 0 and fast_codes:
+            redo = _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1)
         elif mode == 1 and fast:
             flag = 0
             for i in range(np.uint64(b0), np.uint64(b1)):
@@ -520,50 +707,77 @@ def _affine_run(x, s, inv, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, 
                 flag |= np.int32(_near_jump(v, rounding, lo, hi, np.abs(v) * _REL + _ABS))
             redo = flag != 0
         if redo:
-            _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, b0, b1)
+            if fast32:
+                nan_at = _affine_fix32(x, s, inv32, zp, lo, hi, rounding, thr32, out, fq, mask,
+                                       b0, b1)
+            else:
+                nan_at = _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode,
+                                       b0, b1)
+            if first_nan < 0:
+                first_nan = nan_at
         b0 = b1
+    return first_nan
 
 
 @njit(cache=True)
-def _affine_serial(x, scale, inv, zero_point, qmin, qmax, rounding, out, fq, mask, has_mask,
-                   mode):
+def _affine_serial(x, scale, inv, inv32, thr32, is32, zero_point, qmin, qmax, rounding, out, fq,
+                   mask, has_mask, mode):
     n_outer, n_ch, n_inner = x.shape
     xf = x.reshape(-1)
     of = out.reshape(-1)
     ff = fq.reshape(-1)
     mf = mask.reshape(-1)
+    first_nan = -1
     for a in range(n_outer):
         for c in range(n_ch):
             zp = zero_point[c]
             base = (a * n_ch + c) * n_inner
-            _affine_run(xf, scale[c], inv[c], zp, np.float64(qmin - zp), np.float64(qmax - zp),
-                        rounding, of, ff, mf, has_mask, mode, base, base + n_inner)
+            nan_at = _affine_run(xf, scale[c], inv[c], inv32[c], thr32[c], is32, zp,
+                                 np.float64(qmin - zp),
+                                 np.float64(qmax - zp), rounding, of, ff, mf, has_mask, mode,
+                                 base, base + n_inner)
+            if first_nan < 0:
+                first_nan = nan_at
+    return first_nan
 
 
 @njit(cache=True, parallel=True)
-def _affine_tensor_parallel(x, s, inv, zp, qmin, qmax, rounding, out, fq, mask, has_mask, mode):
+def _affine_tensor_parallel(x, s, inv, inv32, thr32, is32, zp, qmin, qmax, rounding, out, fq,
+                            mask, has_mask, mode):
     n = x.size
     lo = np.float64(qmin - zp)
     hi = np.float64(qmax - zp)
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _affine_run(x, s, inv, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, c * _CHUNK,
-                    min(n, (c + 1) * _CHUNK))
+    items = (n + _CHUNK - 1) // _CHUNK
+    nans = np.empty(items, dtype=np.int64)
+    for c in prange(items):
+        nans[c] = _affine_run(x, s, inv, inv32, thr32, is32, zp, lo, hi, rounding, out, fq, mask,
+                              has_mask, mode, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for c in range(items):
+        if nans[c] >= 0:
+            return nans[c]
+    return -1
 
 
 def _affine(x, scale, zero_point, qmin, qmax, rounding, out, fq, mask, mode):
+    """Run the affine kernel; returns the flat index of the first NaN of x (mode 0) or -1."""
     scale = np.ascontiguousarray(scale, dtype=np.float64).reshape(-1)
     zero_point = np.ascontiguousarray(zero_point, dtype=np.int64).reshape(-1)
     with np.errstate(divide="ignore", over="ignore"):
         inv = 1.0 / scale
+        inv32 = inv.astype(np.float32)
+    is32 = x.dtype == np.float32 and mode == 0
+    if is32:
+        thr32 = _f32_tolerance(scale, inv32, zero_point, int(qmin), int(qmax), int(rounding))
+    else:
+        thr32 = np.full(scale.size, -1.0, dtype=np.float32)
     has_mask = mask.size > 0
     if scale.size == 1 and _parallel(x.size):
-        _affine_tensor_parallel(x.reshape(-1), float(scale[0]), float(inv[0]),
-                                int(zero_point[0]), int(qmin), int(qmax), int(rounding),
-                                out.reshape(-1), fq.reshape(-1), mask.reshape(-1), has_mask,
-                                mode)
-    else:
-        _affine_serial(x, scale, inv, zero_point, int(qmin), int(qmax), int(rounding), out, fq,
-                       mask, has_mask, mode)
+        return int(_affine_tensor_parallel(
+            x.reshape(-1), float(scale[0]), float(inv[0]), inv32[0], thr32[0], is32,
+            int(zero_point[0]), int(qmin), int(qmax), int(rounding), out.reshape(-1),
+            fq.reshape(-1), mask.reshape(-1), has_mask, mode))
+    return int(_affine_serial(x, scale, inv, inv32, thr32, is32, zero_point, int(qmin),
+                              int(qmax), int(rounding), out, fq, mask, has_mask, mode))
 
 
 _DUMMY_CODES = np.zeros((1, 1, 1), dtype=np.int8)
@@ -581,6 +795,16 @@ def quantize_affine(x, scale, zero_point, qmin, qmax, rounding, out):
     """
     _affine(x, scale, zero_point, qmin, qmax, rounding, out, _DUMMY_F64, _DUMMY_MASK, 0)
     return out
+
+
+@_twin
+def quantize_affine_checked(x, scale, zero_point, qmin, qmax, rounding, out):
+    """Numba twin of :func:`minscale.kernels._numpy.quantize_affine_checked`.
+
+    The NaN test costs nothing extra: NaN fails every exactness comparison of the fast loops, so
+    its block goes to the division path, which records the first NaN's index.
+    """
+    return _affine(x, scale, zero_point, qmin, qmax, rounding, out, _DUMMY_F64, _DUMMY_MASK, 0)
 
 
 @_twin
@@ -776,6 +1000,151 @@ def requantize(acc, bias, quantized_multiplier, shift, zero_point, lower, upper,
     if _parallel(acc.size):
         return bool(_requantize_parallel(*args))
     return bool(_requantize_rows(*args, 0, acc.shape[0]))
+
+
+# --- integer dense with pre-packed weights -------------------------------------------------
+#
+# A quantized model multiplies the same weight matrix by every batch: int8_matmul converted it
+# to float32 (and summed its columns) on every call, about as much work as converting the
+# activations, and requantized in a second pass over an int32 matrix. Here the weights are
+# packed once (pack_int8_weights: float32 of b - zb, exact), each call converts only the
+# activations, runs one float32 GEMM and then one pass from the float32 sums to the output codes
+# (zero-point correction, bias, requantization, clamp).
+
+PackedWeights = _ref.PackedWeights
+#: packing is done once per weight matrix; the NumPy reference is the implementation for both
+pack_int8_weights = _ref.pack_int8_weights
+
+
+@njit(cache=True)
+def _activations_f32(a, offset, out):
+    """out = float32(a - offset), elementwise over the flattened arrays (exact, vectorized)."""
+    af = a.reshape(-1)
+    of = out.reshape(-1)
+    off = np.float32(offset)
+    for i in range(np.uint64(0), np.uint64(af.size)):
+        of[i] = np.float32(af[i]) - off
+
+
+def _packed_product(a, packed, a_zero_point):
+    """The float32 GEMM of the centred activations by the pack, exact (see int8_matmul_packed).
+
+    Returns (acc, colterm, amax): acc float32 (one block) or float64 (block sums), the int64
+    column correction ``-(za - o_a) * colsum`` to add to it, and max |a - o_a|.
+    """
+    n, k = a.shape
+    oa = _offset(a.dtype)
+    za = int(a_zero_point) - oa
+    a32 = np.empty((n, k), dtype=np.float32)
+    _activations_f32(a, oa, a32)
+    amax = max(abs(int(a.min()) - oa), abs(int(a.max()) - oa)) if a.size else 0
+    kb = (1 << 24) // max(amax * packed.wmax, 1)
+    colterm = -za * packed.colsum
+    if k <= kb:
+        return np.matmul(a32, packed.w), colterm, amax
+    m = packed.w.shape[1]
+    acc = np.zeros((n, m), dtype=np.float64)
+    part = np.empty((n, m), dtype=np.float32)
+    for j0 in range(0, k, kb):
+        np.matmul(a32[:, j0:j0 + kb], packed.w[j0:j0 + kb], out=part)
+        acc += part
+    return acc, colterm, amax
+
+
+def int8_matmul_packed(a, packed, a_zero_point, out):
+    """Numba twin of :func:`minscale.kernels._numpy.int8_matmul_packed`: float32 BLAS, exact.
+
+    Notes
+    -----
+    With ``a' = a - o_a`` (o_a = 128 for uint8, 0 for int8) and ``w = b - zb`` from the pack,
+    ``sum_k (a - za) w = sum_k a' w - (za - o_a) colsum(w)``. ``sum_k a' w`` runs in float32
+    BLAS over blocks of ``kb = floor(2**24 / (A * W))`` columns, A = max |a'| <= 128 and
+    W = max |w| <= 255 (``packed.wmax``). Exact by the argument of :func:`int8_matmul`: every
+    product is an integer of magnitude <= A * W, every partial sum of a block, in any order or
+    grouping, with or without fused multiply-add, an integer of magnitude <= kb * A * W <= 2**24,
+    which float32 represents exactly; blocks are added in float64, exact below 2**53. For
+    symmetric int8 weights (W <= 128) kb >= 1024, so a 1024-wide layer is one GEMM call. The
+    correction is applied in int64 and the int32 range checked.
+    """
+    acc, colterm, _ = _packed_product(a, packed, a_zero_point)
+    zeros = np.zeros(max(a.shape[0], colterm.size), dtype=np.int64)
+    return bool(_finish_acc(acc, zeros, colterm, -1, zeros[:colterm.size], 0, out, 0,
+                            a.shape[0]))
+
+
+int8_matmul_packed = _twin(int8_matmul_packed)
+
+
+@njit(cache=True)
+def _dense_requantize(acc, cb, m0, left, right, zero_point, lower, upper, out):
+    """Output codes from one float32 block of sums: + correction and bias, requantize, clamp.
+
+    Runs only when the caller has proven that no int32 range check can fail (see
+    :func:`int8_dense_packed`), so the loop has no checks: acc holds exact integers of
+    magnitude <= 2**24 (one GEMM block, so the int32 conversion is exact and vectorizes),
+    ``cb = colterm + bias`` per column (int64), m0 (int32), left and right (int64) per column.
+    The arithmetic is :func:`_requantize_rows`' (gemmlowp SaturatingRoundingDoublingHighMul and
+    RoundingDivideByPOT), with the truncating division by 2**31 written as
+    ``(nb + ((nb >> 63) & (2**31 - 1))) >> 31`` and the int32 casts that let LLVM use 32 x 32
+    -> 64-bit multiplies; flat indices over unsigned ranges so the loop vectorizes.
+    """
+    n, m = acc.shape
+    af = acc.reshape(-1)
+    of = out.reshape(-1)
+    for i in range(n):
+        base = i * m
+        for j in range(np.uint64(0), np.uint64(m)):
+            x = np.int64(np.int32(af[base + j])) + cb[j]
+            sh = np.int64(np.int32(x << left[j]))
+            ab = sh * np.int64(m0[j])
+            nb = ab + (1073741824 if ab >= 0 else -1073741823)
+            nb = nb + ((nb >> 63) & 2147483647)
+            h = np.int64(np.int32(nb >> 31))
+            rt = right[j]
+            mask = (np.int64(1) << rt) - 1
+            r = (h >> rt) + (1 if (h & mask) > (mask >> 1) + (1 if h < 0 else 0) else 0)
+            r += zero_point
+            of[base + j] = min(max(r, lower), upper)
+
+
+def int8_dense_packed(a, packed, a_zero_point, bias, quantized_multiplier, shift, zero_point,
+                      lower, upper, out):
+    """Numba twin of :func:`minscale.kernels._numpy.int8_dense_packed`.
+
+    One float32 GEMM (exact, see :func:`int8_matmul_packed`) and one unchecked pass from its
+    sums to the output codes, when a bound proves no check can fail: every GEMM sum has
+    magnitude <= B = k * A * W (A = max |a - o_a|, W = packed.wmax), so with
+    C1 = max |colterm| and C2 = max |colterm + bias| the accumulator, ``acc + bias`` and its left
+    shift stay in int32 if B + C1 and (B + C2) * 2**max(left) are <= 2**31 - 1 (Python
+    integers, exact). Otherwise, and for layers too deep for one float32 block, the checked
+    kernels run in turn.
+    """
+    n, k = a.shape
+    m = out.shape[1]
+    m0 = np.ascontiguousarray(quantized_multiplier, dtype=np.int64).reshape(-1)
+    sh = np.ascontiguousarray(shift, dtype=np.int64).reshape(-1)
+    if m0.size != m:
+        m0, sh = np.full(m, m0[0], dtype=np.int64), np.full(m, sh[0], dtype=np.int64)
+    acc, colterm, amax = _packed_product(a, packed, a_zero_point)
+    cb = colterm + bias.astype(np.int64) if bias.size else colterm
+    if acc.dtype == np.float32 and n and m:
+        bound = k * amax * packed.wmax
+        c1 = int(np.abs(colterm).max())
+        c2 = int(np.abs(cb).max())
+        left = np.maximum(sh, 0)
+        if bound + c1 <= 2**31 - 1 and (bound + c2) << int(left.max()) <= 2**31 - 1:
+            _dense_requantize(acc, cb, m0.astype(np.int32), left, np.maximum(-sh, 0),
+                              int(zero_point), int(lower), int(upper), out)
+            return True
+    acc32 = np.empty((n, m), dtype=np.int32)
+    zeros = np.zeros(max(n, m), dtype=np.int64)
+    if not _finish_acc(acc, zeros, colterm, -1, zeros[:m], 0, acc32, 0, n):
+        return False
+    return bool(_requantize_rows(acc32, bias, m0, sh, int(zero_point), int(lower), int(upper),
+                                 out, 0, n))
+
+
+int8_dense_packed = _twin(int8_dense_packed)
 
 
 # --- masks ---------------------------------------------------------------------------------

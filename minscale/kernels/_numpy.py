@@ -305,6 +305,36 @@ def quantize_affine(x, scale, zero_point, qmin, qmax, rounding, out):
     return out
 
 
+def quantize_affine_checked(x, scale, zero_point, qmin, qmax, rounding, out):
+    """:func:`quantize_affine` that also looks for NaN, for callers that must reject it.
+
+    Parameters
+    ----------
+    x, scale, zero_point, qmin, qmax, rounding, out
+        As :func:`quantize_affine`; `x` may contain NaN.
+
+    Returns
+    -------
+    first_nan : int
+        Flat (C-order) index of the first NaN of `x`, or -1 if there is none. When it is >= 0,
+        `out` is unspecified (this reference does not write it).
+
+    Notes
+    -----
+    The Numba twin finds NaN inside its quantizing pass, at no extra cost; the public
+    :func:`minscale.quant.quantize_affine` raises on ``first_nan >= 0``.
+
+    References
+    ----------
+    As :func:`quantize_affine`.
+    """
+    nan = np.isnan(x).reshape(-1)
+    if nan.any():
+        return int(np.argmax(nan))
+    quantize_affine(x, scale, zero_point, qmin, qmax, rounding, out)
+    return -1
+
+
 def dequantize_affine(q, scale, zero_point, out):
     """Real values of affine codes, ``out = scale * (q - zero_point)``, per channel.
 
@@ -462,6 +492,131 @@ def requantize(acc, bias, quantized_multiplier, shift, zero_point, lower, upper,
     r = (h >> right) + ((h & mask) > (mask >> 1) + (h < 0))
     out[...] = np.clip(r + zero_point, lower, upper).astype(out.dtype)
     return True
+
+
+class PackedWeights:
+    """An 8-bit weight matrix prepared once for many integer products (:func:`pack_int8_weights`).
+
+    Attributes
+    ----------
+    w : float32 ndarray, shape (k, m), C-contiguous
+        ``b - b_zero_point`` per column, exact (integers of magnitude <= 255).
+    colsum : int64 ndarray, shape (m,)
+        Column sums of ``b - b_zero_point``, exact.
+    wmax : int
+        Largest ``|b - b_zero_point|`` (0 for an empty matrix).
+    source_dtype : numpy.dtype
+        int8 or uint8, the dtype of the codes it was packed from.
+
+    Notes
+    -----
+    Holds 4 bytes per weight; it is a cache derived from the codes, not a storage format.
+    """
+
+    __slots__ = ("w", "colsum", "wmax", "source_dtype")
+
+    def __init__(self, w, colsum, wmax, source_dtype):
+        self.w, self.colsum, self.wmax, self.source_dtype = w, colsum, int(wmax), source_dtype
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+    def __repr__(self):
+        return f"PackedWeights(shape={self.w.shape}, from {self.source_dtype}, wmax={self.wmax})"
+
+
+def pack_int8_weights(b, b_zero_point):
+    """Pack 8-bit weight codes for :func:`int8_matmul_packed` and :func:`int8_dense_packed`.
+
+    Parameters
+    ----------
+    b : int8 or uint8 ndarray, shape (k, m)
+    b_zero_point : int64 ndarray, shape (m,)
+        Per output column (a per-tensor zero point repeated m times), in b's dtype range.
+
+    Returns
+    -------
+    PackedWeights
+        ``w = float32(b - b_zero_point)``, its column sums and its largest magnitude.
+
+    Notes
+    -----
+    Each entry ``b - zb`` is an integer of magnitude <= 255, exact in float32. The conversion
+    happens once per weight matrix instead of once per product (torch's dynamic-quantized
+    Linear and FBGEMM prepack their weights for the same reason).
+
+    References
+    ----------
+    gemmlowp ``PackRhs``; FBGEMM ``PackBMatrix``.
+    """
+    c = b.astype(np.int64) - np.asarray(b_zero_point, dtype=np.int64).reshape(1, -1)
+    wmax = int(np.abs(c).max()) if c.size else 0
+    return PackedWeights(np.ascontiguousarray(c, dtype=np.float32), c.sum(axis=0), wmax,
+                         np.dtype(b.dtype))
+
+
+def int8_matmul_packed(a, packed, a_zero_point, out):
+    """:func:`int8_matmul` with pre-packed weights: ``out = sum_k (a - za) * packed.w``.
+
+    Parameters
+    ----------
+    a : int8 or uint8 ndarray, shape (n, k), C-contiguous
+    packed : PackedWeights
+        From :func:`pack_int8_weights` of b (k, m) and its zero points.
+    a_zero_point : int
+        In a's dtype range.
+    out : int32 ndarray, shape (n, m)
+
+    Returns
+    -------
+    ok : bool
+        False if some sum left the int32 range (``out`` is then unspecified).
+
+    Notes
+    -----
+    Equals ``int8_matmul(a, b, a_zero_point, b_zero_point, out)`` bit for bit: the same sums,
+    with ``b - zb`` read from the pack. Float64 BLAS, exact by the bound of :func:`int8_matmul`.
+
+    References
+    ----------
+    As :func:`int8_matmul`.
+    """
+    acc = (a.astype(np.float64) - a_zero_point) @ packed.w.astype(np.float64)
+    if acc.size and (acc.min() < -2.0**31 or acc.max() > 2.0**31 - 1):
+        return False
+    out[...] = acc.astype(np.int32)
+    return True
+
+
+def int8_dense_packed(a, packed, a_zero_point, bias, quantized_multiplier, shift, zero_point,
+                      lower, upper, out):
+    """Integer-only dense layer: :func:`int8_matmul_packed`, then :func:`requantize`, fused.
+
+    Parameters
+    ----------
+    a : int8 or uint8 ndarray, shape (n, k), C-contiguous
+    packed : PackedWeights
+    a_zero_point : int
+    bias, quantized_multiplier, shift, zero_point, lower, upper
+        As :func:`requantize`.
+    out : ndarray of an integer dtype holding [lower, upper], shape (n, m)
+        Receives the output codes.
+
+    Returns
+    -------
+    ok : bool
+        ``int8_matmul_packed(...) and requantize(...)``: False if an accumulator, ``acc + bias``
+        or its left shift left int32 (``out`` unspecified).
+
+    References
+    ----------
+    TFLite int8 ``FullyConnected``; Jacob et al. 2018, section 2.4.
+    """
+    acc = np.empty(out.shape, dtype=np.int32)
+    if not int8_matmul_packed(a, packed, a_zero_point, acc):
+        return False
+    return requantize(acc, bias, quantized_multiplier, shift, zero_point, lower, upper, out)
 
 
 def count_zeros(mask, start):
