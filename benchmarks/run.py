@@ -19,12 +19,19 @@ import sys
 import tempfile
 import textwrap
 import time
+import types
 
 import numpy as np
 
-from . import common, import_time, w1_classic, w2_mlp, w3_prune, w4_quant, w5_parallel
+from . import (common, import_time, w1_classic, w2_mlp, w3_prune, w3_sparse, w4_quant,
+               w5_parallel)
 
-WORKLOADS = {"W1": w1_classic, "W2": w2_mlp, "W3": w3_prune, "W4": w4_quant, "W5": w5_parallel,
+# W5allreduce lives in w5_parallel beside W5; this gives it the NAME / run / targets of a module
+_w5_allreduce = types.SimpleNamespace(NAME=w5_parallel.NAME_ALLREDUCE,
+                                      run=w5_parallel.run_allreduce,
+                                      targets=w5_parallel.targets_allreduce)
+WORKLOADS = {"W1": w1_classic, "W2": w2_mlp, "W3": w3_prune, "W3sparse": w3_sparse,
+             "W4": w4_quant, "W5": w5_parallel, "W5allreduce": _w5_allreduce,
              "import": import_time}
 THREADS = (1, 2)
 
@@ -102,6 +109,11 @@ def table(results, target_rows):
     for nt, e in r.get("threads", {}).items():
         for k, s in e["ratios"].items():
             add("W3", nt, k, s)
+    r = results.get("W3sparse", {})
+    for case, c in r.get("cases", {}).items():
+        for nt, e in c.get("threads", {}).items():
+            add(f"W3sparse {case}", nt, "dense/CSR", e["ratios"]["dense/CSR"])
+            add(f"W3sparse {case}", nt, "CSR s per call", e["times"]["csr"])
     r = results.get("W4", {})
     for nt, e in r.get("quantize", {}).get("threads", {}).items():
         lines.append(f"W4 quantize | {nt} | fraction of memcpy (kernel / public) | "
@@ -124,6 +136,24 @@ def table(results, target_rows):
             add("W5", f"{w} worker(s)", "marginal samples/s", r[f"workers_{w}"][
                 "marginal_samples_per_s"])
         lines.append(f"W5 | 2 vs 1 | scaling (marginal) | {_fmt(r['scaling_marginal'])}")
+        t = r.get("torch", {})
+        if "skipped" in t:
+            lines.append(f"W5 torch | - | skipped | {t['skipped']}")
+        elif t:
+            add("W5 torch", "1 process x 1 thread", "samples/s", t["single_1_thread_samples_per_s"])
+            add("W5 torch", "DDP gloo 2 x 1 thread", "samples/s", t["ddp_gloo_2x1_samples_per_s"])
+            add("W5 torch", "2 vs 1", "scaling DDP (per round)", t["scaling_ddp_per_round"])
+            for k, v in r["minscale_vs_torch"].items():
+                if k != "note":
+                    lines.append(f"W5 | - | minscale/torch samples/s, {k} | {_fmt(v)}")
+    r = results.get("W5allreduce", {})
+    for key in ("SharedMemoryComm", "MPIComm"):
+        if key in r:
+            add("W5allreduce 4 MiB", "2 procs x 1", f"{key} s", r[key])
+    if "mpi/shm per block" in r:
+        add("W5allreduce 4 MiB", "2 procs x 1", "MPI / SHM (per job pair)", r["mpi/shm per block"])
+    if "MPIComm_skipped" in r:
+        lines.append(f"W5allreduce | - | MPIComm skipped | {r['MPIComm_skipped']}")
     r = results.get("import", {})
     if r:
         add("import", "-", "minscale / numpy", r["ratio minscale/numpy"])
