@@ -315,13 +315,15 @@ def _as_2d_float(X, name):
     return arr
 
 
-def mean_and_scale(X):
+def mean_and_scale(X, name="X"):
     """Column means and standard deviations, with scale 1 for constant columns.
 
     Parameters
     ----------
     X : array_like, shape (n, d), n >= 1
         Training features. float32 stays float32; bool/int become float64.
+    name : str, default "X"
+        How error messages name `X` (a caller's argument name, e.g. ``"X_train"``).
 
     Returns
     -------
@@ -332,7 +334,9 @@ def mean_and_scale(X):
     Raises
     ------
     ValueError
-        `X` not 2-D, empty, non-numeric, or containing NaN/inf.
+        `X` not 2-D, empty, non-numeric, or containing NaN/inf; a column whose mean or
+        standard deviation overflows (values near the float64 limit, or a deviation beyond
+        ~1e154 whose variance overflows), or overflows X's float32 dtype.
 
     Notes
     -----
@@ -349,18 +353,28 @@ def mean_and_scale(X):
     scikit-learn ``StandardScaler`` (ddof = 0) and its ``_is_constant_feature`` bound
     (Chan, Golub & LeVeque 1983, error of the two-pass variance).
     """
-    X = _as_2d_float(X, "X")
+    X = _as_2d_float(X, name)
     n = X.shape[0]
     # float64 accumulation for float32 input too: fit runs once, and the constant-column
-    # bound below is stated for float64 rounding.
-    mean = X.mean(axis=0, dtype=np.float64)
-    var = X.var(axis=0, dtype=np.float64)
-    eps = np.finfo(np.float64).eps
-    constant = var <= n * eps * var + (n * mean * eps) ** 2
-    scale = np.sqrt(var)
-    scale[constant] = 1.0
-    mean = mean.astype(X.dtype)
-    scale = scale.astype(X.dtype)
+    # bound below is stated for float64 rounding. Overflow (huge values) is not warned
+    # about but reported below as a ValueError naming the column.
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = X.mean(axis=0, dtype=np.float64)
+        var = X.var(axis=0, dtype=np.float64)
+        eps = np.finfo(np.float64).eps
+        constant = var <= n * eps * var + (n * mean * eps) ** 2
+        scale = np.sqrt(var)
+        scale[constant] = 1.0
+        mean = mean.astype(X.dtype)
+        scale = scale.astype(X.dtype)
+    # an overflowed variance would also pass the constant-column test (inf <= inf)
+    bad = ~(np.isfinite(mean) & np.isfinite(var) & np.isfinite(scale))
+    if bad.any():
+        j = int(np.argmax(bad))
+        largest = float(np.max(np.abs(X[:, j])))
+        raise ValueError(f"{name} column {j}: its mean or standard deviation overflows "
+                         f"{X.dtype.name} (largest |value| {largest:.3g}); expected values "
+                         "small enough to standardize (|value| up to ~1e150): rescale the data")
     # A tiny float64 scale can underflow to 0 in float32; never divide by zero.
     scale[scale == 0] = 1
     return mean, scale
@@ -397,9 +411,12 @@ class Standardizer:
         self.scale_ = None
         self.n_features = None
 
-    def fit(self, X):
-        """Measure column means and scales on `X` (n, d); return self. See `mean_and_scale`."""
-        mean, scale = mean_and_scale(X)
+    def fit(self, X, name="X"):
+        """Measure column means and scales on `X` (n, d); return self. See `mean_and_scale`.
+
+        `name` is how error messages name `X`.
+        """
+        mean, scale = mean_and_scale(X, name)
         self.mean_, self.scale_, self.n_features = mean, scale, mean.shape[0]
         return self
 
@@ -412,10 +429,23 @@ class Standardizer:
                              f"got shape {arr.shape}")
         return arr
 
-    def transform(self, X):
-        """Scale `X` (m, d): ``(X - mean_) / scale_``; shape (m, d), X's float dtype."""
-        arr = self._check(X, "X")
-        return (arr - self.mean_.astype(arr.dtype)) / self.scale_.astype(arr.dtype)
+    def transform(self, X, name="X"):
+        """Scale `X` (m, d): ``(X - mean_) / scale_``; shape (m, d), X's float dtype.
+
+        Raises ValueError (naming `X` as `name`) when a scaled value overflows: a value far
+        beyond the fitted data's range.
+        """
+        arr = self._check(X, name)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (arr - self.mean_.astype(arr.dtype)) / self.scale_.astype(arr.dtype)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            i, j = (int(k) for k in np.unravel_index(int(np.argmax(bad)), bad.shape))
+            raise ValueError(f"{name} value {float(arr[i, j]):.3g} at index ({i}, {j}) "
+                             f"overflows {arr.dtype.name} when standardized (mean "
+                             f"{float(self.mean_[j]):.3g}, scale {float(self.scale_[j]):.3g}); "
+                             "expected values within the fitted data's range: rescale the data")
+        return out
 
     def inverse_transform(self, Z):
         """Undo `transform` on `Z` (m, d): ``Z * scale_ + mean_``; shape (m, d), Z's float dtype."""
@@ -431,13 +461,15 @@ class Standardizer:
         return f"Standardizer({state})"
 
 
-def standardize(X_train, X_test=None):
+def standardize(X_train, X_test=None, names=("X_train", "X_test")):
     """Fit a `Standardizer` on `X_train` and scale both parts with it.
 
     Parameters
     ----------
     X_train : array_like, shape (n, d)
     X_test : array_like, shape (m, d), or None
+    names : (str, str), default ("X_train", "X_test")
+        How error messages name the two parts (a command line names its option here).
 
     Returns
     -------
@@ -449,11 +481,12 @@ def standardize(X_train, X_test=None):
     Raises
     ------
     ValueError
-        As `Standardizer.fit` / `transform` (bad values, column count of `X_test`).
+        As `Standardizer.fit` / `transform` (bad values, column count of `X_test`, a
+        statistic or scaled value that overflows).
     """
-    standardizer = Standardizer().fit(X_train)
-    X_train_s = standardizer.transform(X_train)
-    X_test_s = None if X_test is None else standardizer.transform(X_test)
+    standardizer = Standardizer().fit(X_train, names[0])
+    X_train_s = standardizer.transform(X_train, names[0])
+    X_test_s = None if X_test is None else standardizer.transform(X_test, names[1])
     return X_train_s, X_test_s, standardizer
 
 

@@ -7,9 +7,11 @@ Pure formatting functions first (numbers, bytes, times, one table), then the ren
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import numbers
+import os
 
 __all__ = [
     "format_number",
@@ -20,6 +22,7 @@ __all__ = [
     "csv_rows",
     "write_csv",
     "write_json",
+    "plot_formats",
     "load_schema",
     "plot",
     "CSV_COLUMNS",
@@ -399,33 +402,42 @@ def csv_rows(result):
 def write_csv(result, path):
     """Write :func:`csv_rows` to `path` with a header row (:data:`CSV_COLUMNS`).
 
-    Floats are written with ``repr`` precision; None as an empty cell.
+    Floats are written with ``repr`` precision; None as an empty cell. The file is written
+    atomically (:func:`minscale.io.atomic_write`): an interruption or error leaves either
+    the previous file or none, never a truncated one.
 
     Raises
     ------
     OSError
         If the file cannot be written.
     """
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in csv_rows(result):
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    from .io import atomic_write
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in csv_rows(result):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    data = buffer.getvalue().encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def write_json(result, path):
     """Write `result` as strict JSON (no NaN or Infinity), indented, to `path`.
 
+    Written atomically (:func:`minscale.io.atomic_write`): an interruption or error leaves
+    either the previous file or none, never a truncated one.
+
     Raises
     ------
     ValueError
-        If `result` holds a non-finite float (the study writes None instead).
+        If `result` holds a non-finite float (the study writes None instead); nothing is
+        written then.
     OSError
         If the file cannot be written.
     """
-    text = json.dumps(result, indent=1, allow_nan=False)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+    from .io import atomic_write
+    data = (json.dumps(result, indent=1, allow_nan=False) + "\n").encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def load_schema():
@@ -448,6 +460,11 @@ _PART_STYLE = {"baseline": ("*", "black"), "pruning": ("o", "tab:blue"),
                "quantization": ("s", "tab:orange"), "combined": ("D", "tab:red")}
 
 
+#: image formats :func:`plot` may write, by extension (see :func:`plot_formats`)
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif",
+                ".tiff")
+
+
 def plot(result, path):
     """Save a two-panel figure: loss vs bytes with the Pareto front, and learning-rate curves.
 
@@ -456,12 +473,16 @@ def plot(result, path):
     result : dict
         A :func:`minscale.study.run_study` result.
     path : str or os.PathLike
-        Output file; the format follows the extension (``.png`` for a PNG).
+        Output file; the format follows the extension (``.png`` for a PNG), which must be
+        one matplotlib writes (:func:`plot_formats`). Written atomically, like
+        :func:`write_json`.
 
     Raises
     ------
     ImportError
         If matplotlib is not installed (the ``plot`` extra), with a one-line message.
+    ValueError
+        If `path` has no extension or one matplotlib cannot write (before any drawing).
 
     Notes
     -----
@@ -477,6 +498,12 @@ def plot(result, path):
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'minscale[plot]'") from None
+    from .io import atomic_write
+    fmt = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if "." + fmt not in plot_formats():
+        raise ValueError(f"path {os.fspath(path)!r}: expected an extension among "
+                         f"{', '.join(plot_formats())} (the image format), got "
+                         f"{'.' + fmt if fmt else 'none'}")
     s, base, d = result["summary"], result["baseline"], result["data"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 6.4), constrained_layout=True)
     plain_bytes = FuncFormatter(lambda x, _: f"{x:,.0f}")
@@ -551,5 +578,33 @@ def plot(result, path):
     ax2.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)
     minor_labels(ax2.yaxis, ax2.get_ylim(), plain_loss)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def plot_formats():
+    """The file extensions :func:`plot` writes.
+
+    Those of :data:`PLOT_FORMATS` that matplotlib's Agg canvas supports. Formats that need
+    more than matplotlib and Pillow (``.pgf`` needs LaTeX; ``.avif``/``.webp`` need optional
+    Pillow codecs) are left out.
+
+    Returns
+    -------
+    tuple of str
+        Lower case with the dot, in :data:`PLOT_FORMATS` order (``".png"`` first).
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed, with a one-line message.
+    """
+    try:
+        import matplotlib  # noqa: F401 -- first, so that a blocked matplotlib fails here
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'minscale[plot]'") from None
+    supported = {"." + ext for ext in FigureCanvasAgg.get_supported_filetypes()}
+    return tuple(ext for ext in PLOT_FORMATS if ext in supported)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 NAME = "evaluate"
@@ -29,7 +30,7 @@ def add_arguments(parser):
                         help="quantized models: run the integer-only inference path")
 
 
-def data_options(args, recorded):
+def data_options(args, recorded, model_path=None):
     """Resolve the data options: command line, else what the model file records, else defaults.
 
     Parameters
@@ -38,6 +39,9 @@ def data_options(args, recorded):
         With ``data``, ``target``, ``test_size``, ``seed`` (None = not given).
     recorded : dict or None
         ``model.state["data"]`` as ``minscale train`` stores it: the same four keys.
+    model_path : str, optional
+        The model file; when given, a data file taken from the record is checked to exist,
+        and the message says that the path came from this model file.
 
     Returns
     -------
@@ -46,6 +50,11 @@ def data_options(args, recorded):
     differs : list of str
         Options given on the command line that differ from the recorded ones (the
         standardization then differs from training's).
+
+    Raises
+    ------
+    FileNotFoundError
+        With `model_path`: ``--data`` not given and the recorded data file is gone.
     """
     recorded = recorded if isinstance(recorded, dict) else {}
     values, differs = {}, []
@@ -58,6 +67,13 @@ def data_options(args, recorded):
                                f"{recorded[key]!r})")
         else:
             values[key] = recorded.get(key, default)
+    data = values["data"]
+    if (model_path is not None and args.data is None and "data" in recorded
+            and isinstance(data, str) and data not in ("diabetes", "digits")
+            and not os.path.exists(data)):
+        raise FileNotFoundError(f"the data file {data!r} recorded in the model file "
+                                f"{model_path!r} does not exist (moved or renamed?); give its "
+                                "path with --data")
     return argparse.Namespace(**values), differs
 
 
@@ -109,11 +125,13 @@ def evaluate_model(model, X, y, classification, batch_size=None, integer=False):
 def run(args):
     """Load the model, rebuild the held-out split and print loss (and accuracy)."""
     from ..io import load
-    from ._common import load_task
-    model = load(args.path)
+    from ._common import check_at_least, check_input_path, load_task
+    if args.batch_size is not None:
+        check_at_least(args.batch_size, "--batch-size", 1)
+    model = load(check_input_path(args.path, "path"))
     state = getattr(model, "state", None)
     recorded = state.get("data") if isinstance(state, dict) else None
-    options, differs = data_options(args, recorded)
+    options, differs = data_options(args, recorded, args.path)
     if recorded is None:
         print("minscale: note: the model file records no training data settings; features "
               "are standardized with the training split of --data/--seed/--test-size, which "

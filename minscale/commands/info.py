@@ -87,7 +87,8 @@ def format_info(path, model, manifest):
 def run(args):
     """Load and verify the file, then print its summary (or manifest with --json)."""
     from ..io import load_with_manifest
-    model, manifest = load_with_manifest(args.path)
+    from ._common import check_input_path
+    model, manifest = load_with_manifest(check_input_path(args.path, "path"))
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
     else:

@@ -4,10 +4,16 @@ Example::
 
     minscale prune model.npz --sparsity 0.9 --method global --finetune-epochs 20 \\
         --data diabetes --out pruned.npz
+
+The data options default to what the model file records (as for ``minscale evaluate``), so
+the split and standardization are those of training.
 """
 from __future__ import annotations
 
-from ._common import add_data_arguments, load_task
+import sys
+
+from ._common import (check_at_least, check_input_path, check_output_path, check_positive,
+                      divergence_reported, load_task)
 
 NAME = "prune"
 HELP = "prune a saved model (magnitude, global, random or structured) and report the cost"
@@ -22,18 +28,30 @@ def add_arguments(parser):
                         help="fraction of zeros in [0, 1] (of neurons for structured)")
     parser.add_argument("--method", default="magnitude", choices=METHODS)
     parser.add_argument("--include-bias", action="store_true", help="prune the biases too")
-    parser.add_argument("--norm", type=float, default=2.0,
-                        help="L_p norm of a neuron for --method structured (default: 2)")
+    parser.add_argument("--norm", type=float, default=None,
+                        help="L_p norm of a neuron for --method structured, >= 1 or inf "
+                             "(default: 2)")
     parser.add_argument("--shrink", action="store_true",
                         help="structured: remove the pruned neurons from the saved model")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="epochs of Adam on the training split after pruning (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="fine-tuning batch size (default: 32; needs --finetune-epochs)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="fine-tuning learning rate of Adam (default: 0.001; needs "
+                             "--finetune-epochs)")
     parser.add_argument("--bits", type=int, default=None,
                         help="bits per stored value in the size report (default: the model's "
                              "dtype, 64 or 32)")
-    add_data_arguments(parser)
+    parser.add_argument("--data", default=None,
+                        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
+                             "model file records, else diabetes)")
+    parser.add_argument("--target", default=None, help="target column of a CSV")
+    parser.add_argument("--test-size", type=float, default=None,
+                        help="held-out fraction (default: as recorded, else 0.2)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the split, of --method random and of fine-tuning "
+                             "(default: as recorded, else 0)")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="where to save the pruned model (.npz); not saved without it")
 
@@ -47,25 +65,73 @@ def _losses(model, task):
     return text
 
 
-def run(args):
-    """Load, prune (and fine-tune), print the report, save; return the exit code."""
-    from ..optim import Adam
-    from ..prune import FORMATS, METHODS, _check_sparsity, model_nbytes, prune, shrink
+#: defaults of the options that are only valid together with another one
+NORM, LEARNING_RATE, BATCH_SIZE = 2.0, 1e-3, 32
 
-    # argument mistakes are reported before any file is read
+
+def check_options(args):
+    """Reject bad or silently ignored options before any file is read or line printed.
+
+    Raises
+    ------
+    ValueError
+        --sparsity outside [0, 1]; --finetune-epochs < 0; --norm not >= 1 (or inf), or
+        given without --method structured; --lr not finite and > 0, or --batch-size < 1, or
+        either without --finetune-epochs; --shrink without --method structured; --bits
+        outside [1, 64]; an --out that cannot be written.
+    """
+    import math
+
+    from ..prune import METHODS, _check_sparsity
+
     _check_sparsity(args.sparsity, "--sparsity")
     if args.method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {args.method!r}")
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.norm is not None:
+        if args.method != "structured":
+            raise ValueError(f"--norm applies to --method structured only, got --method "
+                             f"{args.method}")
+        if math.isnan(args.norm) or args.norm < 1:
+            raise ValueError(f"--norm must be >= 1 (an L_p norm) or inf, got {args.norm!r}")
+    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
+        if value is not None and not args.finetune_epochs:
+            raise ValueError(f"{flag} applies to fine-tuning only; give --finetune-epochs N "
+                             "(N >= 1) or drop it")
+    if args.lr is not None:
+        check_positive(args.lr, "--lr")
+    if args.batch_size is not None:
+        check_at_least(args.batch_size, "--batch-size", 1)
     if args.shrink and args.method != "structured":
         raise ValueError(f"--shrink needs --method structured, got --method {args.method}")
     if args.bits is not None and not 1 <= args.bits <= 64:
         raise ValueError(f"--bits must be in [1, 64], got {args.bits}")
-    from ..io import load, save
+    if args.out is not None:
+        check_output_path(args.out, "--out")
 
-    model = load(args.model)
-    task = load_task(args, model.dtype.name)
+
+def run(args):
+    """Load, prune (and fine-tune), print the report, save; return the exit code."""
+    from ..io import load, save
+    from ..model import Sequential
+    from ..optim import Adam
+    from ..prune import FORMATS, model_nbytes, prune, shrink
+    from .evaluate import data_options
+
+    check_options(args)  # argument mistakes are reported before any file is read
+    model = load(check_input_path(args.model, "model"))
+    if not isinstance(model, Sequential):
+        raise ValueError(f"{args.model!r} holds a {type(model).__name__}; prune needs a float "
+                         "Sequential model (as written by minscale train --save)")
+    options, differs = data_options(args, model.state.get("data"), args.model)
+    task = load_task(options, model.dtype.name)
+    if task["X_train"].shape[1] != model.input_dim:
+        raise ValueError(f"the model expects {model.input_dim} features but "
+                         f"{options.data!r} has {task['X_train'].shape[1]}")
+    for text in differs:
+        print(f"minscale: note: {text}; the split and standardization differ from training",
+              file=sys.stderr)
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
     if metrics and "accuracy" not in model.metrics:
         model.metrics = list(metrics)
@@ -75,12 +141,15 @@ def run(args):
           f"{task['X_train'].shape[0]} train / {task['X_test'].shape[0]} test rows{unit}")
     print(f"before:   {_losses(model, task)}")
     prune(model, args.sparsity, method=args.method, include_bias=args.include_bias,
-          seed=args.seed, norm=args.norm)
+          seed=options.seed, norm=NORM if args.norm is None else args.norm)
     print(f"pruned:   {_losses(model, task)}")
     if args.finetune_epochs:
-        model.compile(optimizer=Adam(args.lr), metrics=metrics)
-        model.fit(task["X_train"], task["y_train"], epochs=args.finetune_epochs,
-                  batch_size=args.batch_size, seed=args.seed, verbose=0)
+        model.compile(optimizer=Adam(LEARNING_RATE if args.lr is None else args.lr),
+                      metrics=metrics)
+        with divergence_reported():
+            model.fit(task["X_train"], task["y_train"], epochs=args.finetune_epochs,
+                      batch_size=BATCH_SIZE if args.batch_size is None else args.batch_size,
+                      seed=options.seed, verbose=0)
         print(f"finetuned ({args.finetune_epochs} epochs): {_losses(model, task)}")
     sp = model.sparsity()
     print(f"{'layer':<7}{'W shape':<14}{'sparsity':>10}")

@@ -14,12 +14,20 @@ symmetric affine (per tensor, or per output unit with ``--per-channel``). ``--ca
 also quantizes the input and every layer's output to int8 with ranges measured on the training
 split; it enables the integer-only path (bits <= 8, identity/relu layers). ``--qat-epochs N``
 fine-tunes with fake quantization for N epochs and reports the converted model as well.
+
+Options that would be ignored are refused: ``--lr`` / ``--batch-size`` need ``--qat-epochs``,
+``--calibration-rows`` / ``--requantize-rounding`` need ``--calibrate``. ``--frac-bits F``
+must lie in [-bits, 2 * bits]: the format's largest magnitude ``2**(bits - 1 - F)`` then
+ranges from ``2**(2 * bits - 1)`` down to ``2**-(bits + 1)``, which covers any weight a
+trained model has; beyond that every weight saturates or rounds to zero.
 """
 
 from __future__ import annotations
 
-import os
 import sys
+
+#: QAT defaults and the integer path's default rounding, when the option is not given
+LEARNING_RATE, BATCH_SIZE, ROUNDING = 1e-3, 32, "double"
 
 NAME = "quantize"
 HELP = (
@@ -41,7 +49,7 @@ def add_arguments(parser):
         type=int,
         default=None,
         metavar="F",
-        help="fixed point with F fractional bits (Q(bits-1-F).F)",
+        help="fixed point with F fractional bits (Q(bits-1-F).F), -bits <= F <= 2*bits",
     )
     scheme.add_argument(
         "--auto-frac",
@@ -67,7 +75,8 @@ def add_arguments(parser):
         "--calibration-rows",
         type=int,
         default=None,
-        help="use only the first N training rows for calibration (default: all)",
+        help="with --calibrate: use only the first N training rows for calibration "
+        "(default: all)",
     )
     parser.add_argument(
         "--qat-epochs",
@@ -75,13 +84,18 @@ def add_arguments(parser):
         default=0,
         help="quantization-aware fine-tuning epochs (default: 0, none)",
     )
-    parser.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (Adam)")
-    parser.add_argument("--batch-size", type=int, default=32, help="QAT batch size")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="QAT learning rate of Adam (default: 0.001)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="QAT batch size (default: 32)"
+    )
     parser.add_argument(
         "--requantize-rounding",
-        default="double",
+        default=None,
         choices=("double", "single"),
-        help="integer path: gemmlowp double rounding or TFLite single rounding",
+        help="with --calibrate, the integer path: gemmlowp double rounding (default) or "
+        "TFLite single rounding",
     )
     parser.add_argument(
         "--data",
@@ -116,7 +130,8 @@ def weight_spec_from_args(args):
     Raises
     ------
     ValueError
-        --bits outside 2..32, --per-channel without --affine, --frac-bits out of range.
+        --bits outside 2..32, --per-channel without --affine, --frac-bits outside
+        [-bits, 2 * bits].
     """
     from ..quant import WeightSpec
 
@@ -127,6 +142,13 @@ def weight_spec_from_args(args):
     if args.affine:
         return WeightSpec(args.bits, "affine", per_channel=args.per_channel)
     if args.frac_bits is not None:
+        low, high = -args.bits, 2 * args.bits
+        if not low <= args.frac_bits <= high:
+            raise ValueError(
+                f"--frac-bits must be in [{low}, {high}] (-bits .. 2*bits) for --bits "
+                f"{args.bits}, got {args.frac_bits}: the largest magnitude 2**(bits-1-F) "
+                "would be far from any weight"
+            )
         try:
             return WeightSpec(args.bits, "fixed", frac_bits=args.frac_bits)
         except ValueError as exc:
@@ -145,9 +167,52 @@ def _report(label, qmodel, X, y, args):
     result = qmodel.evaluate(X, y)
     text = f"{label:<22}{_line(result)} (simulated)"
     if qmodel.integer_supported:
-        integer = qmodel.evaluate(X, y, integer=True, requantize_rounding=args.requantize_rounding)
+        rounding = ROUNDING if args.requantize_rounding is None else args.requantize_rounding
+        integer = qmodel.evaluate(X, y, integer=True, requantize_rounding=rounding)
         text += f"; integer-only: {_line(integer)}"
     print(text)
+
+
+def check_options(args):
+    """Reject bad or silently ignored options before any file is read; return the spec.
+
+    Returns
+    -------
+    minscale.quant.WeightSpec
+
+    Raises
+    ------
+    ValueError
+        As :func:`weight_spec_from_args`; --qat-epochs < 0; --lr (not finite and > 0) or
+        --batch-size (< 1) given, or given without --qat-epochs; --calibration-rows < 1, or
+        it or --requantize-rounding without --calibrate; an --out that cannot be written.
+    """
+    from ._common import check_at_least, check_output_path, check_positive
+
+    spec = weight_spec_from_args(args)
+    if args.qat_epochs < 0:
+        raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
+    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
+        if value is not None and not args.qat_epochs:
+            raise ValueError(
+                f"{flag} applies to quantization-aware training only; give --qat-epochs N "
+                "(N >= 1) or drop it"
+            )
+    if args.lr is not None:
+        check_positive(args.lr, "--lr")
+    if args.batch_size is not None:
+        check_at_least(args.batch_size, "--batch-size", 1)
+    for flag, value in (
+        ("--calibration-rows", args.calibration_rows),
+        ("--requantize-rounding", args.requantize_rounding),
+    ):
+        if value is not None and not args.calibrate:
+            raise ValueError(f"{flag} applies to calibrated activations only; add --calibrate")
+    if args.calibration_rows is not None and args.calibration_rows < 1:
+        raise ValueError(f"--calibration-rows must be >= 1, got {args.calibration_rows}")
+    if args.out is not None:
+        check_output_path(args.out, "--out")
+    return spec
 
 
 def run(args):
@@ -156,23 +221,17 @@ def run(args):
     from ..model import Sequential
     from ..optim import Adam
     from ..quant import QATConfig, convert, quantize_model, strip_qat
-    from ._common import load_task
+    from ._common import check_input_path, divergence_reported, load_task
     from .evaluate import data_options, evaluate_model
 
-    spec = weight_spec_from_args(args)  # argument mistakes before any file is read
-    if args.qat_epochs < 0:
-        raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
-    if args.calibration_rows is not None and args.calibration_rows < 1:
-        raise ValueError(f"--calibration-rows must be >= 1, got {args.calibration_rows}")
-    if args.out is not None and os.path.isdir(args.out):
-        raise IsADirectoryError(f"--out {args.out!r} is a directory")
-    model = load(args.model)
+    spec = check_options(args)  # argument mistakes before any file is read
+    model = load(check_input_path(args.model, "model"))
     if not isinstance(model, Sequential):
         raise ValueError(
             f"{args.model!r} holds a {type(model).__name__}; quantize needs a float "
             "Sequential model (as written by minscale train --save)"
         )
-    options, differs = data_options(args, model.state.get("data"))
+    options, differs = data_options(args, model.state.get("data"), args.model)
     for text in differs:
         print(
             f"minscale: note: {text}; the split and standardization differ from training",
@@ -207,15 +266,19 @@ def run(args):
     _report("post-training:", qmodel, X_te, y_te, args)
     if args.qat_epochs:
         qat = model.copy()
-        qat.compile(optimizer=Adam(args.lr), metrics=["accuracy"] if classification else None)
-        qat.fit(
-            X_tr,
-            task["y_train"],
-            epochs=args.qat_epochs,
-            batch_size=args.batch_size,
-            seed=options.seed,
-            quantization=QATConfig(spec, activations),
+        qat.compile(
+            optimizer=Adam(LEARNING_RATE if args.lr is None else args.lr),
+            metrics=["accuracy"] if classification else None,
         )
+        with divergence_reported():
+            qat.fit(
+                X_tr,
+                task["y_train"],
+                epochs=args.qat_epochs,
+                batch_size=BATCH_SIZE if args.batch_size is None else args.batch_size,
+                seed=options.seed,
+                quantization=QATConfig(spec, activations),
+            )
         qmodel = convert(qat, calibration_data=calibration if activations else None)
         strip_qat(qat)
         _report(f"QAT ({args.qat_epochs} epochs):", qmodel, X_te, y_te, args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import add_data_arguments, hidden_sizes, load_task
+from ._common import add_data_arguments, check_output_path, hidden_sizes, load_task
 
 NAME = "study"
 HELP = ("measure learning rate, pruning, quantization and data-parallel workers on one data "
@@ -24,7 +24,9 @@ def add_arguments(parser):
     parser.add_argument("--csv", default=None, metavar="PATH",
                         help="write one row per measurement as CSV")
     parser.add_argument("--plot", default=None, metavar="PATH",
-                        help="write loss-vs-bytes and learning-rate curves (PNG; matplotlib)")
+                        help="write loss-vs-bytes and learning-rate curves (matplotlib); the "
+                             "extension picks the format: .png, .pdf, .svg, ... (none: .png "
+                             "is appended)")
     parser.add_argument("--quick", action="store_true",
                         help="small budgets (10 epochs, 2 fine-tuning epochs): a minute or less")
     parser.add_argument("--no-progress", action="store_true",
@@ -34,11 +36,16 @@ def add_arguments(parser):
 def check_outputs(args):
     """Reject conflicting or unusable output flags before any training.
 
+    A --plot name without an extension gets ``.png`` appended (as matplotlib itself does);
+    ``args.plot`` is updated, so the name printed after writing is the real one.
+
     Raises
     ------
     ValueError
-        Two of --json/--csv/--plot name the same file, or a file's directory does not exist,
-        or --epochs is combined with --quick (which fixes the budgets), or a size is < 1.
+        Two of --json/--csv/--plot name the same file; a file that cannot be written (see
+        :func:`minscale.commands._common.check_output_path`); a --plot extension that
+        matplotlib cannot write; --epochs combined with --quick (which fixes the budgets);
+        a size < 1.
     ImportError
         --plot without matplotlib.
     """
@@ -49,26 +56,23 @@ def check_outputs(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    suffixes = {"json": None, "csv": None, "plot": None}
+    if args.plot is not None:
+        from ..report import plot_formats
+        suffixes["plot"] = plot_formats()  # ImportError without matplotlib
+        if args.plot and not os.path.splitext(args.plot)[1]:
+            args.plot += ".png"
     seen = {}
     for flag in ("json", "csv", "plot"):
         path = getattr(args, flag)
         if path is None:
             continue
+        check_output_path(path, f"--{flag}", suffixes[flag])
         real = os.path.realpath(path)
         if real in seen:
             raise ValueError(f"--{flag} and --{seen[real]} both name {path!r}; give different "
                              "files")
         seen[real] = flag
-        parent = os.path.dirname(real)
-        if not os.path.isdir(parent):
-            raise ValueError(f"--{flag} {path!r}: directory {parent!r} does not exist")
-        if os.path.isdir(real):
-            raise ValueError(f"--{flag} {path!r} is a directory, expected a file name")
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ImportError("--plot needs matplotlib: pip install 'minscale[plot]'") from None
 
 
 def run(args):

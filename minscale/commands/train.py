@@ -1,7 +1,10 @@
 """``minscale train``: train a dense network on a data set and report train/test loss."""
 from __future__ import annotations
 
-from ._common import add_data_arguments, hidden_sizes, load_task
+import os
+
+from ._common import (add_data_arguments, check_output_path, divergence_reported, hidden_sizes,
+                      load_task)
 
 NAME = "train"
 HELP = "train a dense network with inverse-time learning-rate decay"
@@ -23,8 +26,11 @@ def add_arguments(parser):
     parser.add_argument("--staircase", action="store_true")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--workers", type=int, default=1,
-                        help="data-parallel worker processes on this machine")
-    parser.add_argument("--mode", default="sync", choices=("sync", "async"))
+                        help="data-parallel worker processes on this machine, 1 .. the "
+                             "number of training rows (default: 1)")
+    parser.add_argument("--mode", default="sync", choices=("sync", "async"),
+                        help="async: asynchronous updates by --workers >= 2 processes of "
+                             "this machine (not with --comm mpi)")
     parser.add_argument("--comm", default="local", choices=("local", "mpi"),
                         help="mpi: run as one rank under mpiexec")
     parser.add_argument("--save", default=None, metavar="PATH", help="save the model (.npz)")
@@ -42,28 +48,68 @@ def build_model(n_features, n_outputs, hidden, activation="relu", seed=0, dtype=
     return Sequential(layers, input_dim=n_features, seed=seed, dtype=dtype)
 
 
+def check_parallel_options(args):
+    """Reject --workers / --mode / --comm combinations before any work.
+
+    Raises
+    ------
+    ValueError
+        --workers < 1; --comm mpi with --mode async (async runs on the worker processes of
+        one machine) or with --workers other than 1; --mode async with --workers 1.
+    """
+    if args.workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+    if args.comm == "mpi":
+        if args.mode == "async":
+            raise ValueError("--mode async runs on worker processes of one machine (--workers "
+                             "N) and is not available with --comm mpi; use --mode sync under "
+                             "mpiexec")
+        if args.workers != 1:
+            raise ValueError("--comm mpi takes its ranks from mpiexec; leave --workers at 1")
+    elif args.mode == "async" and args.workers < 2:
+        raise ValueError(f"--mode async needs --workers >= 2, got --workers {args.workers}")
+
+
+def recorded_data(data):
+    """``--data`` as a model file records it: a shipped name as is, a path made absolute.
+
+    An absolute path lets ``minscale evaluate`` / ``prune`` / ``quantize`` find the file
+    from another folder.
+    """
+    from ..datasets import NAMES
+    return data if data in NAMES else os.path.abspath(data)
+
+
 def run(args):
     """Train and print the final train and test loss (and accuracy on classification)."""
     from ..optim import get as get_optimizer
     from ..schedules import InverseTimeDecay
+    # argument mistakes are reported before any data is read or anything is printed
+    check_parallel_options(args)
+    if args.save is not None:
+        check_output_path(args.save, "--save")
     comm = None
     if args.comm == "mpi":
-        if args.workers != 1:
-            raise ValueError("--comm mpi takes its ranks from mpiexec; leave --workers at 1")
         from ..parallel import MPIComm
         comm = MPIComm()
     rank = 0 if comm is None else comm.rank
     task = load_task(args, args.dtype)
+    n_rows = task["X_train"].shape[0]
+    if args.workers > n_rows:
+        raise ValueError(f"--workers must be at most the number of training rows ({n_rows}), "
+                         f"got {args.workers}")
     schedule = InverseTimeDecay(args.lr, decay_rate=args.decay_rate,
                                 decay_steps=args.decay_steps, staircase=args.staircase)
     model = build_model(task["X_train"].shape[1], task["y_train"].shape[1], args.hidden,
                         args.activation, args.seed, args.dtype)
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
     model.compile(optimizer=get_optimizer(args.optimizer, schedule), metrics=metrics)
-    model.fit(task["X_train"], task["y_train"], epochs=args.epochs, batch_size=args.batch_size,
-              seed=args.seed, verbose=0 if args.quiet or rank else 1,
-              validation_data=(task["X_test"], task["y_test"]),
-              workers=args.workers, mode=args.mode, comm=comm)
+    with divergence_reported():
+        model.fit(task["X_train"], task["y_train"], epochs=args.epochs,
+                  batch_size=args.batch_size, seed=args.seed,
+                  verbose=0 if args.quiet or rank else 1,
+                  validation_data=(task["X_test"], task["y_test"]),
+                  workers=args.workers, mode=args.mode, comm=comm)
     if rank == 0:
         train = model.evaluate(task["X_train"], task["y_train"], return_dict=True)
         test = model.evaluate(task["X_test"], task["y_test"], return_dict=True)
@@ -77,7 +123,7 @@ def run(args):
         if args.save:
             from ..io import save
             # lets `minscale evaluate` rebuild the same split and standardization
-            model.state["data"] = {"data": args.data, "target": args.target,
+            model.state["data"] = {"data": recorded_data(args.data), "target": args.target,
                                    "test_size": args.test_size, "seed": args.seed}
             save(model, args.save)
             print(f"saved {args.save}")

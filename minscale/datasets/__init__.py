@@ -231,7 +231,7 @@ def load_csv(path, target=None, dtype="float64"):
         repeated name; `target` not a column (the available ones are listed); a ragged row, a
         non-numeric cell, or a NaN/inf cell (each naming the column and the 1-based line);
         no data rows; a value beyond float32's range when `dtype` is float32; `path` not a
-        regular file; `dtype` not float32/float64.
+        regular file; the file not UTF-8 (naming the path); `dtype` not float32/float64.
     TypeError
         `path`, `target` or `dtype` of the wrong type.
 
@@ -241,8 +241,13 @@ def load_csv(path, target=None, dtype="float64"):
     and ``feature_names = ["a", "b"]``.
     """
     p = _check_path(path)
-    with open(p, "r", encoding="utf-8-sig", newline="") as handle:
-        return _parse_csv(handle, str(p), target, dtype)
+    try:
+        with open(p, "r", encoding="utf-8-sig", newline="") as handle:
+            return _parse_csv(handle, str(p), target, dtype)
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start:exc.start + 1].hex()
+        raise ValueError(f"path={str(p)!r} is not UTF-8 text (byte 0x{byte} cannot be "
+                         "decoded); expected a UTF-8 CSV file: save it as UTF-8") from None
 
 
 def _load_shipped(filename, target=None):
@@ -350,10 +355,11 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
     FileNotFoundError
         No file at `path`.
     ValueError
-        Not a readable ``.npz`` archive; `x_key` or `y_key` missing (the available keys are
-        listed); an object array (refused: it would need pickle); a non-numeric array; X not
-        2-D or y not 1-D/2-D; no samples; NaN/inf (naming the key and index); a float32
-        overflow; row counts that differ; a ``feature_names`` entry of the wrong length.
+        Not a readable ``.npz`` archive (e.g. not a zip file at all); `x_key` or `y_key`
+        missing (the available keys are listed); an object array (refused: it would need
+        pickle); a non-numeric array; X not 2-D or y not 1-D/2-D; no samples; NaN/inf
+        (naming the key and index); a float32 overflow; row counts that differ; a
+        ``feature_names`` entry of the wrong length.
     TypeError
         `path`, `x_key`, `y_key` or `dtype` of the wrong type.
 
@@ -367,6 +373,13 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
     dt = _float_dtype(dtype)
     p = _check_path(path)
     source = str(p)
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    # Without this check numpy.load falls back to unpickling any non-zip, non-.npy file and
+    # then blames "pickled (object) data", which is misleading for a text or damaged file.
+    if magic != b"\x93NUMPY" and not zipfile.is_zipfile(p):
+        raise ValueError(f"path={source!r} is not a readable .npz archive: not a zip file, "
+                         "so not a valid .npz (write one with numpy.savez)")
     try:
         archive = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -415,6 +428,37 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
 
 # --------------------------------------------------------------------------- dispatcher
 
+#: most classes an ``.npz`` of integer labels may have (``max(y) + 1``); more is taken for a
+#: regression target stored as integers
+MAX_CLASSES = 1000
+
+
+def _check_labels(y, source, key):
+    """Number of classes ``max(y) + 1`` of integer labels `y`, after sanity checks.
+
+    Raises ValueError, naming `key` and `source`, for a negative label, a single class, more
+    than `MAX_CLASSES` classes, or labels of which fewer than half of 0..max occur (a
+    regression target stored as integers, or labels that need renumbering).
+    """
+    if y.min() < 0:
+        i = int(np.argmin(y))
+        raise ValueError(f"{source}: integer targets are read as class labels and must be "
+                         f">= 0, got {y[i]} at index {i}")
+    n_classes = int(y.max()) + 1
+    distinct = int(np.unique(y).size)
+    hint = ("if it is a regression target, store it as floats (y.astype(float)); if these "
+            "are class labels, renumber them 0..k-1")
+    if distinct < 2:
+        raise ValueError(f"{source}: array {key!r} holds integer class labels but only one "
+                         f"class ({int(y[0])}); expected at least 2 classes -- {hint}")
+    if n_classes > MAX_CLASSES or n_classes > 2 * distinct:
+        raise ValueError(f"{source}: array {key!r} is read as class labels 0..{n_classes - 1} "
+                         f"({n_classes} classes) but only {distinct} distinct labels occur; "
+                         f"expected at most {MAX_CLASSES} classes of which at least half are "
+                         f"used -- {hint}")
+    return n_classes
+
+
 def load(data, target=None):
     """Load a shipped data set by name, or the user's ``.csv`` / ``.npz`` file by path.
 
@@ -443,7 +487,10 @@ def load(data, target=None):
     ------
     ValueError
         `data` is none of the above (the accepted values are named); `target` given for
-        ``digits``; and everything `load_csv` / `load_npz` raise.
+        ``digits``; npz integer labels that are negative, a single class, more than
+        `MAX_CLASSES` classes, or ``max(y) + 1 > 2 * (number of distinct labels)`` (likely a
+        regression target or labels to renumber); and everything `load_csv` / `load_npz`
+        raise.
     FileNotFoundError
         A ``.csv`` / ``.npz`` path that does not exist.
     TypeError
@@ -479,11 +526,7 @@ def load(data, target=None):
     if suffix == ".npz":
         X, y, names = load_npz(path, y_key="y" if target is None else target)
         if y.ndim == 1 and y.dtype.kind == "i":
-            if y.min() < 0:
-                i = int(np.argmin(y))
-                raise ValueError(f"{path}: integer targets are read as class labels and must be "
-                                 f">= 0, got {y[i]} at index {i}")
-            task, n_classes = "classification", int(y.max()) + 1
+            task, n_classes = "classification", _check_labels(y, path, target or "y")
         else:
             task, n_classes = "regression", None
         return X, y, {"name": path.stem, "task": task, "n_classes": n_classes,

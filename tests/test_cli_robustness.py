@@ -1,0 +1,490 @@
+"""The command line under hostile input: one clear line on stderr, the right exit code, no
+traceback, nothing printed or written before the options are known to be good.
+
+Most tests call ``minscale.cli.main`` in-process on a 40-row CSV with a 4-unit hidden layer
+and 1..2 epochs; two subprocess tests cover what needs a real process (SIGTERM to a
+data-parallel run, a pipe closed early).
+"""
+import argparse
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minscale.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "4", "--epochs", "2", "--quiet"]
+
+
+def _csv(path, n=40, target=lambda i: 2 * i + 1, x0=lambda i: i):
+    path.write_text("a,b,c,t\n" + "\n".join(f"{x0(i)},{i % 3},{(i * 7) % 5},{target(i)}"
+                                            for i in range(n)) + "\n")
+    return path
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line(code, err, *words, expected_code=2):
+    assert code == expected_code, err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err and "[Errno" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A folder with tiny.csv, as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    _csv(tmp_path / "tiny.csv")
+    return tmp_path
+
+
+@pytest.fixture
+def saved(work, capsys):
+    """A model trained on tiny.csv, saved as m.npz (data recorded as an absolute path)."""
+    assert main(["train", "--data", "tiny.csv", *TINY, "--save", "m.npz"]) == 0
+    capsys.readouterr()
+    return work / "m.npz"
+
+
+# ----------------------------------------------------------------------------- 1. divergence,
+# huge values
+
+
+def test_divergence_is_one_line_exit_2(work, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning on the way either
+        code, out, err = _run(capsys, ["train", "--data", "tiny.csv", "--lr", "1e10",
+                                       "--optimizer", "sgd", "--epochs", "5", "--hidden", "4",
+                                       "--quiet"])
+    _one_line(code, err, "training diverged", "lower the learning rate")
+    assert out == ""
+
+
+@pytest.mark.parametrize("target, x0, what", [
+    (lambda i: 1e200 * (1 + i % 2), lambda i: i, "target (training split) column 0"),
+    (lambda i: i, lambda i: (-1) ** i * 1e308, "features (training split) column 0"),
+])
+def test_huge_values_are_one_line_without_warnings(work, capsys, target, x0, what):
+    _csv(work / "huge.csv", target=target, x0=x0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the overflow is reported, not warned about
+        code, out, err = _run(capsys, ["train", "--data", "huge.csv", *TINY])
+    _one_line(code, err, "--data 'huge.csv'", what, "overflows float64", "rescale")
+    assert out == ""
+
+
+def test_mean_and_scale_overflow_names_the_argument():
+    from minscale.data import Standardizer, mean_and_scale, standardize
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # var of [1e200, 2e200] is 2.5e399 > float64 max ~1.8e308: overflow, not "constant"
+        with pytest.raises(ValueError, match=r"^X_big column 1: its mean or standard "
+                                             r"deviation overflows float64 \(largest \|value\| "
+                                             r"2e\+200\)"):
+            mean_and_scale([[0.0, 1e200], [1.0, 2e200]], name="X_big")
+        # the sum 1e308 + 1e308 overflows: the mean is inf
+        with pytest.raises(ValueError, match="X_train column 0"):
+            standardize(np.array([[1e308], [1e308], [0.0]]))
+        # fitted on [0, 2]: mean 1, scale 1; (1.7e308 - 1) / 1 fits, but a scale of 0.5 does not
+        s = Standardizer().fit([[0.0], [1.0]])
+        with pytest.raises(ValueError, match=r"^X_test value 1\.7e\+308 at index \(0, 0\) "
+                                             r"overflows float64 when standardized"):
+            s.transform([[1.7e308]], name="X_test")
+    # a constant column of huge values is fine: variance 0, scale 1 (unchanged behaviour)
+    mean, scale = mean_and_scale([[1e200], [1e200]])
+    assert mean.tolist() == [1e200] and scale.tolist() == [1.0]
+
+
+# ----------------------------------------------------------------------------- 2., 3. prune
+
+
+def test_prune_of_a_quantized_model_is_one_line(saved, capsys):
+    assert main(["quantize", "m.npz", "--bits", "8", "--out", "q.npz"]) == 0
+    capsys.readouterr()
+    code, out, err = _run(capsys, ["prune", "q.npz", "--sparsity", "0.5"])
+    _one_line(code, err, "'q.npz' holds a QuantizedModel; prune needs a float Sequential "
+                         "model")
+    assert out == ""
+
+
+def test_prune_defaults_to_the_recorded_data_and_data_wins(saved, capsys):
+    code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5"])
+    assert code == 0, err
+    # 40 rows, test_size 0.2: ceil(8) = 8 test rows, 32 train rows (the recorded split)
+    assert "data tiny: 32 train / 8 test rows" in out and err == ""
+    _csv(saved.parent / "other.csv", n=50)
+    code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5", "--data",
+                                   "other.csv"])
+    assert code == 0, err
+    assert "data other: 40 train / 10 test rows" in out
+    assert "--data 'other.csv' (trained with" in err  # the split differs from training's
+
+
+# ----------------------------------------------------------------------------- 4. output paths
+
+
+BAD_OUTPUTS = [
+    (["train", "--data", "tiny.csv", *TINY, "--save", "no/such/m.npz"], "--save",
+     "does not exist"),
+    (["train", "--data", "tiny.csv", *TINY, "--save", "."], "--save", "is a directory"),
+    (["train", "--data", "tiny.csv", *TINY, "--save", "tiny.csv/m.npz"], "--save",
+     "is not a directory"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--out", "no/such/p.npz"], "--out",
+     "does not exist"),
+    (["quantize", "m.npz", "--out", "sub"], "--out", "is a directory"),
+    (["study", "--data", "tiny.csv", "--json", "no/such/s.json"], "--json", "does not exist"),
+    (["study", "--data", "tiny.csv", "--csv", "sub"], "--csv", "is a directory"),
+    (["study", "--data", "tiny.csv", "--plot", "p.jpg2"], "--plot",
+     "expected a name ending in .png, .pdf, .svg"),
+    (["study", "--data", "tiny.csv", "--plot", "p.pgf"], "--plot", "got extension '.pgf'"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, words", BAD_OUTPUTS,
+                         ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_OUTPUTS])
+def test_unusable_output_paths_are_rejected_before_any_work(saved, capsys, argv, flag, words):
+    (saved.parent / "sub").mkdir()
+    before = sorted(p.name for p in saved.parent.iterdir())
+    code, out, err = _run(capsys, argv)
+    _one_line(code, err, flag, words)
+    assert out == ""
+    assert sorted(p.name for p in saved.parent.iterdir()) == before  # nothing written
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_rejected_up_front(saved, capsys):
+    ro = saved.parent / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5", "--out",
+                                       "ro/p.npz"])
+    finally:
+        ro.chmod(0o700)
+    _one_line(code, err, "--out 'ro/p.npz'", "is not writable")
+    assert out == ""
+
+
+def test_a_failing_final_write_is_one_line(saved, capsys, monkeypatch):
+    # root passes the os.access check of a read-only folder; the write itself then fails
+    import minscale.io as msio
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(msio.tempfile, "mkstemp", refuse)
+        code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5", "--out",
+                                       "p.npz"])
+    _one_line(code, err, "cannot write 'p.npz'", "Permission denied")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(msio.os, "fsync", disk_full)
+        code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5", "--out",
+                                       "p.npz"])
+    # not a usage mistake: exit code 1, still one line
+    _one_line(code, err, "No space left on device", expected_code=1)
+    assert not (saved.parent / "p.npz").exists()
+    assert [p.name for p in saved.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_plot_without_extension_gets_png_and_prints_the_real_name(work, capsys, monkeypatch):
+    from minscale import report, study
+    from minscale.commands.study import check_outputs
+    args = argparse.Namespace(quick=True, epochs=None, batch_size=None, json=None, csv=None,
+                              plot="noext")
+    check_outputs(args)
+    assert args.plot == "noext.png"
+    # the whole command, with the study and the drawing replaced by stand-ins
+    monkeypatch.setattr(study, "run_study", lambda task, config, progress=None: {})
+    monkeypatch.setattr(report, "render_text", lambda result: "")
+    monkeypatch.setattr(report, "plot", lambda result, path: Path(path).write_bytes(b"x"))
+    code, out, err = _run(capsys, ["study", "--data", "tiny.csv", "--quick", "--plot",
+                                   "noext"])
+    assert code == 0, err
+    assert out == "wrote noext.png\n" and (work / "noext.png").exists()
+
+
+# ----------------------------------------------------------------------------- 5. broken pipe
+
+
+class _ClosedPipe:
+    def write(self, text):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+def test_broken_pipe_in_process_exits_141_quietly(saved, capsys, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", _ClosedPipe())
+        code = main(["info", "m.npz"])
+    assert code == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_broken_pipe_subprocess_exits_141_without_traceback(saved):
+    proc = subprocess.Popen([sys.executable, "-m", "minscale", "info", "m.npz"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=saved.parent,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc.stdout.close()  # like `| head -0`: no reader left when the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""
+
+
+# ----------------------------------------------------------------------------- 6. SIGTERM
+
+
+def test_sigterm_in_process_is_handled_like_ctrl_c_and_the_handler_restored(monkeypatch,
+                                                                            capsys):
+    import minscale.commands.info as info
+    seen = []
+
+    def run(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted by the handler long before this ends
+        seen.append("not interrupted")
+        return 0
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(info, "run", run)
+    code, out, err = _run(capsys, ["info", "whatever.npz"])
+    assert code == 143 and err == "minscale: terminated\n" and seen == []
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def _shm_names():
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /dev/shm")
+def test_sigterm_to_a_data_parallel_run_frees_shared_memory(work):
+    before = _shm_names()
+    # like `timeout`: the command in its own process group, SIGTERM to the whole group
+    proc = subprocess.Popen([sys.executable, "-m", "minscale", "train", "--data", "tiny.csv",
+                             "--hidden", "4", "--epochs", "100000", "--batch-size", "8",
+                             "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=work, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (_shm_names() - before):
+        time.sleep(0.1)  # until the parent has created the shared buffers
+    assert _shm_names() - before, "the workers never started"
+    time.sleep(3)  # let the spawned workers import and enter training
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.splitlines()[-1] == "minscale: terminated", err
+    leaked = {n for n in _shm_names() - before if n.startswith(("psm_", "sem.mp-"))}
+    assert leaked == set(), leaked
+
+
+# ----------------------------------------------------------------------------- 7. workers
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["--workers", "33"], "--workers must be at most the number of training rows (32), got 33"),
+    (["--mode", "async"], "--mode async needs --workers >= 2, got --workers 1"),
+    (["--mode", "async", "--comm", "mpi"], "--mode async runs on worker processes of one "
+                                           "machine (--workers N) and is not available with "
+                                           "--comm mpi"),
+])
+def test_worker_options_are_checked(work, capsys, extra, words):
+    code, out, err = _run(capsys, ["train", "--data", "tiny.csv", *TINY, *extra])
+    _one_line(code, err, words)
+    assert out == ""
+
+
+# ----------------------------------------------------------------------------- 8. ignored or
+# out-of-range options (checked before the model file is even opened)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--lr", "0.1"], "--lr applies to quantization-aware training only"),
+    (["--batch-size", "8"], "--batch-size applies to quantization-aware training only"),
+    (["--qat-epochs", "1", "--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["--qat-epochs", "1", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--qat-epochs", "1", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--calibration-rows", "5"], "--calibration-rows applies to calibrated activations"),
+    (["--requantize-rounding", "single"], "--requantize-rounding applies to calibrated"),
+    (["--bits", "8", "--frac-bits", "17"], "--frac-bits must be in [-8, 16]"),
+    (["--bits", "4", "--frac-bits", "-5"], "--frac-bits must be in [-4, 8]"),
+])
+def test_quantize_rejects_ignored_and_out_of_range_options(work, capsys, extra, words):
+    code, out, err = _run(capsys, ["quantize", "absent.npz", *extra])
+    _one_line(code, err, words)
+    assert out == ""
+
+
+def test_frac_bits_range_ends_are_accepted():
+    from minscale.commands.quantize import weight_spec_from_args
+    for bits, f in ((8, -8), (8, 16), (2, -2), (2, 4)):
+        args = argparse.Namespace(bits=bits, per_channel=False, affine=False, frac_bits=f)
+        assert weight_spec_from_args(args).frac_bits == f
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--method", "structured", "--norm", "0.5"], "--norm must be >= 1"),
+    (["--method", "structured", "--norm", "nan"], "--norm must be >= 1"),
+    (["--norm", "3"], "--norm applies to --method structured only"),
+    (["--finetune-epochs", "1", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--finetune-epochs", "1", "--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--finetune-epochs", "1", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--lr", "0.01"], "--lr applies to fine-tuning only"),
+    (["--batch-size", "4"], "--batch-size applies to fine-tuning only"),
+    (["--finetune-epochs", "-1"], "--finetune-epochs must be >= 0"),
+])
+def test_prune_validates_options_before_anything(work, capsys, extra, words):
+    code, out, err = _run(capsys, ["prune", "absent.npz", "--sparsity", "0.5", *extra])
+    _one_line(code, err, words)
+    assert out == ""
+
+
+def test_prune_structured_with_norm_and_finetuning_runs(saved, capsys):
+    code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5", "--method",
+                                   "structured", "--norm", "inf", "--finetune-epochs", "1",
+                                   "--lr", "0.01", "--batch-size", "8"])
+    assert code == 0, err
+    assert "finetuned (1 epochs):" in out
+    # structured at 0.5 of 4 hidden units removes 2 whole columns: half of W1 (3x4) is zero
+    assert "0      (3, 4)            0.5000" in out
+
+
+# ----------------------------------------------------------------------------- 9. recorded path
+
+
+def test_recorded_data_path_is_absolute_and_missing_data_says_so(saved, capsys, tmp_path,
+                                                                 monkeypatch):
+    from minscale.io import load
+    assert load(saved).state["data"]["data"] == str(saved.parent / "tiny.csv")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = _run(capsys, ["evaluate", str(saved)])
+    assert code == 0, err
+    assert "on tiny: 8 held-out rows" in out
+    (saved.parent / "tiny.csv").rename(saved.parent / "moved.csv")
+    for argv in (["evaluate", str(saved)], ["prune", str(saved), "--sparsity", "0.5"],
+                 ["quantize", str(saved)]):
+        code, out, err = _run(capsys, argv)
+        _one_line(code, err, f"the data file {str(saved.parent / 'tiny.csv')!r} recorded in "
+                             f"the model file {str(saved)!r} does not exist", "--data")
+        assert out == ""
+
+
+def test_shipped_names_are_recorded_as_names(work, capsys):
+    from minscale.io import load
+    assert main(["train", "--data", "diabetes", "--hidden", "2", "--epochs", "1", "--quiet",
+                 "--save", "d.npz"]) == 0
+    assert load(work / "d.npz").state["data"]["data"] == "diabetes"
+
+
+# ----------------------------------------------------------------------------- 10. messages
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["info", "none.npz"], "path 'none.npz': no such file"),
+    (["evaluate", "none.npz"], "path 'none.npz': no such file"),
+    (["prune", "none.npz", "--sparsity", "0.5"], "model 'none.npz': no such file"),
+    (["quantize", "none.npz"], "model 'none.npz': no such file"),
+    (["info", "."], "path '.' is not a regular file"),
+])
+def test_missing_model_file_names_the_argument(work, capsys, argv, words):
+    code, out, err = _run(capsys, argv)
+    _one_line(code, err, words)
+    assert out == ""
+
+
+def test_non_utf8_csv_and_non_zip_npz_name_the_file(work, capsys):
+    (work / "latin.csv").write_bytes("a,b\n\xe9,1\n".encode("latin-1"))
+    code, _, err = _run(capsys, ["train", "--data", "latin.csv", *TINY])
+    _one_line(code, err, "path='latin.csv' is not UTF-8 text (byte 0xe9")
+    (work / "text.npz").write_text("not an archive\n")
+    code, _, err = _run(capsys, ["train", "--data", "text.npz", *TINY])
+    _one_line(code, err, "path='text.npz' is not a readable .npz archive: not a zip file")
+    assert "pickle" not in err
+
+
+# ----------------------------------------------------------------------------- 11. atomic writes
+
+
+def test_write_json_and_csv_never_leave_a_truncated_file(tmp_path, monkeypatch):
+    from minscale import report
+    path_json, path_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    path_json.write_text("old json\n")
+    path_csv.write_text("old csv\n")
+    # a non-finite value: refused before the file is touched
+    with pytest.raises(ValueError):
+        report.write_json({"loss": float("nan")}, path_json)
+    assert path_json.read_text() == "old json\n"
+    # Ctrl-C during the write (here: at the fsync before the rename)
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    row = {k: None for k in report.CSV_COLUMNS}
+    with monkeypatch.context() as m:
+        m.setattr(report, "csv_rows", lambda result: [row, row])
+        m.setattr(os, "fsync", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            report.write_json({"loss": 1.0}, path_json)
+        with pytest.raises(KeyboardInterrupt):
+            report.write_csv({}, path_csv)
+    assert path_json.read_text() == "old json\n" and path_csv.read_text() == "old csv\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]  # no temp file
+    monkeypatch.setattr(report, "csv_rows", lambda result: [row])
+    report.write_json({"loss": 1.0}, path_json)
+    report.write_csv({}, path_csv)
+    assert json.loads(path_json.read_text()) == {"loss": 1.0}
+    # the csv module's row terminator, as before: \r\n
+    assert path_csv.read_bytes() == (",".join(report.CSV_COLUMNS) + "\r\n"
+                                     + "," * (len(report.CSV_COLUMNS) - 1) + "\r\n").encode()
+
+
+# ----------------------------------------------------------------------------- 12. class labels
+
+
+@pytest.mark.parametrize("y, words", [
+    ([3, 3, 3, 3], "only one class (3)"),
+    ([0, 10, 20, 10], "class labels 0..20 (21 classes) but only 3 distinct labels occur"),
+    ([0, 1, 1500, 2], "0..1500 (1501 classes) but only 4 distinct"),
+])
+def test_implausible_integer_labels_are_rejected(tmp_path, y, words):
+    from minscale.datasets import load
+    path = tmp_path / "labels.npz"
+    np.savez(path, X=np.ones((len(y), 2)), y=np.array(y))
+    with pytest.raises(ValueError, match="array 'y'") as info:
+        load(path)
+    assert words in str(info.value) and "store it as floats" in str(info.value)
+
+
+def test_labels_with_a_gap_under_half_are_accepted_and_the_cli_names_y(work, capsys):
+    from minscale.datasets import load
+    # labels 0, 1, 3: 4 classes, 3 distinct, 4 <= 2 * 3
+    np.savez(work / "gap.npz", X=np.ones((6, 2)), y=np.array([0, 1, 3, 0, 1, 3]))
+    assert load(work / "gap.npz")[2]["n_classes"] == 4
+    np.savez(work / "one.npz", X=np.ones((6, 2)), y=np.zeros(6, dtype=int))
+    code, out, err = _run(capsys, ["train", "--data", "one.npz", *TINY])
+    _one_line(code, err, "one.npz: array 'y' holds integer class labels but only one class")
