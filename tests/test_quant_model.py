@@ -599,3 +599,16 @@ def test_fused_packed_path_equals_the_general_integer_path(digits):
         xq = Q.requantize(acc, layer.multiplier, layer.shift, layer.output_qparams[1],
                           relu=layer.activation == "relu", bias=layer.bias_codes)
     assert fused.dtype == xq.dtype and np.array_equal(fused, xq)
+
+
+def test_info_total_bytes_equal_the_quantized_model_nbytes(digits, tmp_path, capsys):
+    # the per-layer rows leave out the input's scale and zero point; info adds them as a row
+    from minscale.cli import main
+
+    model, X_tr, *_ = digits
+    q = Q.quantize_model(model, "int8", "int8", calibration_data=X_tr)
+    path = tmp_path / "q.npz"
+    io.save(q, path)
+    assert main(["info", str(path)]) == 0
+    total = capsys.readouterr().out.strip().splitlines()[-1]
+    assert total.startswith("total") and total.split()[-1] == f"{q.nbytes:,}"

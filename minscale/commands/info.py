@@ -79,6 +79,12 @@ def format_info(path, model, manifest):
         lines.append(f"{r['index']:<6}{str(r['W_shape']):<14}{b_shape:<10}"
                      f"{r['activation']:<12}{r['n_params']:>10,}{r['sparsity']:>10.4f}"
                      f"{r['bits']:>6}{r['nbytes']:>12,}")
+    extra = getattr(model, "nbytes", total_bytes) - total_bytes \
+        if hasattr(model, "size_report") else 0
+    if extra:
+        # a quantized model also stores its input's scale and zero point, outside every layer
+        lines.append(f"{'input':<6}{'activation scale + zero point':<56}{'':>4}{extra:>12,}")
+        total_bytes += extra
     lines.append(f"{'total':<42}{n_params:>10,}{zero_w / total_w:>10.4f}{'':>6}"
                  f"{total_bytes:>12,}")
     return "\n".join(lines)
