@@ -368,7 +368,7 @@ def models(**architecture_kwargs):
 
 
 def data_sets(n_samples=(1, 12), n_features=(1, 4), n_outputs=(1, 3), *, dtype="float64",
-              max_magnitude=5.0):
+              max_magnitude=5.0, min_magnitude=2.0**-10):
     """Hypothesis strategy for small regression data sets ``(X, y)``.
 
     Parameters
@@ -378,6 +378,11 @@ def data_sets(n_samples=(1, 12), n_features=(1, 4), n_outputs=(1, 3), *, dtype="
     dtype : {"float64", "float32"}
     max_magnitude : float > 0, default 5
         Every entry lies in ``[-max_magnitude, max_magnitude]``.
+    min_magnitude : float >= 0, default 2**-10
+        Every entry is 0 or at least this large in magnitude. Tiny non-zero inputs make
+        gradients smaller than the rounding noise of central differences (about
+        ``u * |loss| / eps``, u the unit roundoff), where a gradient check cannot tell a right
+        gradient from a wrong one; 0 keeps exact zeros in play.
 
     Returns
     -------
@@ -395,21 +400,29 @@ def data_sets(n_samples=(1, 12), n_features=(1, 4), n_outputs=(1, 3), *, dtype="
     d_out = _int_range("n_outputs", n_outputs, 1)
     dt = _float_dtype(dtype)
     m = _positive_float("max_magnitude", max_magnitude)
+    if not (0 <= min_magnitude < m):
+        raise ValueError(f"min_magnitude must be in [0, max_magnitude={m}), got {min_magnitude!r}")
     return st.tuples(st.integers(*n), st.integers(*d_in), st.integers(*d_out)).flatmap(
-        lambda s: st.tuples(_finite(hnp, st, dt, (s[0], s[1]), m),
-                            _finite(hnp, st, dt, (s[0], s[2]), m)))
+        lambda s: st.tuples(_finite(hnp, st, dt, (s[0], s[1]), m, min_magnitude),
+                            _finite(hnp, st, dt, (s[0], s[2]), m, min_magnitude)))
 
 
-def _finite(hnp, st, dt, shape, m):
+def _finite(hnp, st, dt, shape, m, lo=0.0):
     width = 32 if dt == np.float32 else 64
     bound = float(np.float32(m)) if width == 32 and float(np.float32(m)) <= m else m
     if width == 32 and bound > m:
         bound = float(np.nextafter(np.float32(m), np.float32(0)))
-    return hnp.arrays(dt, shape, elements=st.floats(-bound, bound, allow_nan=False,
-                                                    allow_infinity=False, width=width))
+    if lo <= 0:
+        return hnp.arrays(dt, shape, elements=st.floats(-bound, bound, allow_nan=False,
+                                                        allow_infinity=False, width=width))
+    lo = float(np.float32(lo)) if width == 32 else float(lo)
+    size = st.floats(lo, bound, allow_nan=False, allow_infinity=False, width=width)
+    signed = st.tuples(st.booleans(), size).map(lambda t: -t[1] if t[0] else t[1])
+    return hnp.arrays(dt, shape, elements=st.one_of(st.just(0.0), signed))
 
 
-def models_and_data(n_samples=(1, 12), max_magnitude=5.0, **architecture_kwargs):
+def models_and_data(n_samples=(1, 12), max_magnitude=5.0, min_magnitude=2.0**-10,
+                    **architecture_kwargs):
     """Hypothesis strategy for a small model together with a data set that fits it.
 
     Parameters
@@ -417,6 +430,8 @@ def models_and_data(n_samples=(1, 12), max_magnitude=5.0, **architecture_kwargs)
     n_samples : int or (lo, hi), default (1, 12)
     max_magnitude : float > 0, default 5
         Bound on every entry of X and y.
+    min_magnitude : float >= 0, default 2**-10
+        Every entry of X and y is 0 or at least this large (see :func:`data_sets`).
     **architecture_kwargs
         Passed to :func:`architectures` (its `dtype` is also the data's).
 
@@ -429,13 +444,15 @@ def models_and_data(n_samples=(1, 12), max_magnitude=5.0, **architecture_kwargs)
     st, hnp = _hypothesis()
     n = _int_range("n_samples", n_samples, 1)
     m = _positive_float("max_magnitude", max_magnitude)
+    if not (0 <= min_magnitude < m):
+        raise ValueError(f"min_magnitude must be in [0, max_magnitude={m}), got {min_magnitude!r}")
 
     @st.composite
     def cases(draw):
         model = draw(models(**architecture_kwargs))
         rows = draw(st.integers(*n))
-        X = draw(_finite(hnp, st, model.dtype, (rows, model.input_dim), m))
-        y = draw(_finite(hnp, st, model.dtype, (rows, model.output_dim), m))
+        X = draw(_finite(hnp, st, model.dtype, (rows, model.input_dim), m, min_magnitude))
+        y = draw(_finite(hnp, st, model.dtype, (rows, model.output_dim), m, min_magnitude))
         return model, X, y
     return cases()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 import traceback
 
 from .base import check_buffer, check_op, check_root
@@ -49,6 +50,9 @@ def _abort(comm, errorcode):
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    # mpiexec forwards a rank's output through its proxy asynchronously; MPI_Abort right after
+    # the flush can kill the job before the error line reaches the user (seen under load)
+    time.sleep(0.2)
     comm.Abort(errorcode)
 
 
