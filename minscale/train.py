@@ -213,6 +213,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
                    validation_data=validation_data, verbose=verbose,
                    callbacks=list(callbacks or []), pruning=pruning,
                    pruning_method=pruning_method)
+    if comm is not None and mode == "async":
+        raise ValueError("mode='async' runs worker processes on one machine; training over "
+                         "comm= is synchronous (mode='sync')")
     if workers > 1 or mode == "async":
         if comm is not None:
             raise ValueError("give either workers (processes on this machine) or comm, not both")

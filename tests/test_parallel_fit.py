@@ -541,6 +541,8 @@ def test_fit_workers_rejects_bad_arguments():
         fit_workers(model, X, y, workers=2, callbacks=[_LocalCallback()])
     with pytest.raises(ValueError, match="give either workers"):
         model.fit(X, y, workers=2, comm=LocalComm())
+    with pytest.raises(ValueError, match="comm= is synchronous"):
+        model.fit(X, y, mode="async", comm=LocalComm())
 
 
 class _LocalCallback(Callback):
