@@ -106,6 +106,12 @@ def main(argv=None):
         return _fail(f"minscale: error: {_describe(exc)}", 2)
     except OSError as exc:
         return _fail(f"minscale: error: {_describe(exc)}", 1)
+    except RuntimeError as exc:
+        from .parallel.base import CommError, WorkerError
+        if not isinstance(exc, (CommError, WorkerError)):
+            raise
+        # a failed or timed-out worker group: one line, the cause first
+        return _fail(f"minscale: error: {str(exc).splitlines()[0]}", 1)
     except _Terminated:
         return _fail("minscale: terminated", 143)
     except KeyboardInterrupt:

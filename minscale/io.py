@@ -322,6 +322,9 @@ def atomic_write(path, writer):
         The folder does not exist.
     IsADirectoryError
         `path` is a folder.
+    ValueError
+        `path` exists and is not a regular file (a device, FIFO or symbolic link), which the
+        final rename would replace.
     PermissionError, OSError
         The folder is read-only or the write fails (disk full, ...); the message names the
         path. In every failure the temporary file is removed and an existing file at `path`
@@ -345,6 +348,10 @@ def atomic_write(path, writer):
                                 "does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, f"cannot write {path!r}: it is a folder")
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+        # os.replace would put a regular file in place of a device, FIFO or the link itself
+        raise ValueError(f"cannot write {path!r}: it exists and is not a regular file "
+                         "(a device, pipe or symbolic link); give a plain file name")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:

@@ -38,7 +38,7 @@ BAD = [
     (["train", "--batch-size", "0"], "batch_size"),
     (["train", "--lr", "-1"], "learning_rate"),
     (["train", "--decay-rate", "-1"], "decay_rate"),
-    (["train", "--decay-steps", "0"], "decay_steps"),
+    (["train", "--decay-rate", "0.5", "--decay-steps", "0"], "decay_steps"),
     (["train", "--hidden", "3,x"], "--hidden"),
     (["train", "--epochs", "many"], "--epochs"),
     (["train", "--nonsense"], "unrecognized"),

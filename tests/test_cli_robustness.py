@@ -311,7 +311,9 @@ def test_sigterm_to_a_data_parallel_run_frees_shared_memory(work):
                                            "machine (--workers N) and is not available with "
                                            "--comm mpi"),
 ])
-def test_worker_options_are_checked(work, capsys, extra, words):
+def test_worker_options_are_checked(work, capsys, monkeypatch, extra, words):
+    # a machine with many CPUs, so that the row limit, not the CPU limit, is the one hit
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
     code, out, err = _run(capsys, ["train", "--data", "tiny.csv", *TINY, *extra])
     _one_line(code, err, words)
     assert out == ""
@@ -488,3 +490,54 @@ def test_labels_with_a_gap_under_half_are_accepted_and_the_cli_names_y(work, cap
     np.savez(work / "one.npz", X=np.ones((6, 2)), y=np.zeros(6, dtype=int))
     code, out, err = _run(capsys, ["train", "--data", "one.npz", *TINY])
     _one_line(code, err, "one.npz: array 'y' holds integer class labels but only one class")
+
+
+def test_output_paths_that_are_not_regular_files_are_refused(tmp_path, capsys):
+    # os.replace would put a regular file in place of a FIFO, a device or the link itself
+    import os
+
+    from minscale.io import atomic_write
+
+    fifo = tmp_path / "f.json"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.npz"
+    link.symlink_to(tmp_path / "target.npz")
+    for path in (fifo, link):
+        with pytest.raises(ValueError, match="not a regular file"):
+            atomic_write(path, lambda fh: fh.write(b"x"))
+    assert main(["train", "--epochs", "1", "--save", str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert main(["study", "--quick", "--json", str(link)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert fifo.is_fifo() and link.is_symlink() and not (tmp_path / "target.npz").exists()
+
+
+def test_prune_refuses_a_sparsity_below_the_current_one(tmp_path, capsys):
+    model_path, pruned = tmp_path / "m.npz", tmp_path / "p.npz"
+    assert main(["train", "--epochs", "1", "--hidden", "4", "--quiet", "--save",
+                 str(model_path)]) == 0
+    assert main(["prune", str(model_path), "--sparsity", "0.8", "--out", str(pruned)]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(pruned), "--sparsity", "0.5"]) == 2
+    assert "below the model's current sparsity" in capsys.readouterr().err
+
+
+def test_workers_far_above_the_cpu_count_and_decay_options_without_a_rate(capsys):
+    assert main(["train", "--workers", "10000"]) == 2
+    assert "--workers must be at most" in capsys.readouterr().err
+    assert main(["train", "--staircase"]) == 2
+    assert "--decay-rate" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_worker_start_up_is_one_line(tmp_path):
+    # SIGINT to the whole process group (as a terminal's Ctrl-C) while workers are starting:
+    # workers start with SIGINT blocked, so only the parent reports, in one line
+    proc = subprocess.Popen([sys.executable, "-m", "minscale", "train", "--data", "digits",
+                             "--hidden", "64", "--epochs", "200", "--workers", "2", "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["minscale: interrupted"]

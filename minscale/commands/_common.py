@@ -52,7 +52,8 @@ def check_output_path(path, argument, suffixes=None):
     ------
     ValueError
         `path` is empty, its extension is not one of `suffixes`, its folder does not exist or
-        is not a folder, `path` is a folder, or the folder is not writable (``os.access``;
+        is not a folder, `path` is a folder or an existing non-regular file (device, FIFO,
+        symbolic link), or the folder is not writable (``os.access``;
         root passes this check whatever the permission bits, so the final write can still
         fail: :func:`minscale.cli.main` reports that OSError as one line too).
     """
@@ -71,6 +72,9 @@ def check_output_path(path, argument, suffixes=None):
         raise ValueError(f"{argument} {path!r}: {folder!r} is not a directory")
     if os.path.isdir(path):
         raise ValueError(f"{argument} {path!r} is a directory, expected a file name")
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+        raise ValueError(f"{argument} {path!r} exists and is not a regular file (a device, "
+                         "pipe or symbolic link); give a plain file name")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{argument} {path!r}: directory {folder!r} is not writable")
     return path

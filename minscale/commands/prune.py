@@ -124,6 +124,13 @@ def run(args):
     if not isinstance(model, Sequential):
         raise ValueError(f"{args.model!r} holds a {type(model).__name__}; prune needs a float "
                          "Sequential model (as written by minscale train --save)")
+    current = model.sparsity()["total"]
+    if args.method != "structured" and args.sparsity < current:
+        # prune() would bring the largest pruned weights back from the backup: that is
+        # restoring, not pruning, and must not happen under this command's name
+        raise ValueError(f"--sparsity {args.sparsity} is below the model's current sparsity "
+                         f"{current:.4f}; pruning only adds zeros (minscale.prune.restore "
+                         "brings pruned weights back)")
     options, differs = data_options(args, model.state.get("data"), args.model)
     task = load_task(options, model.dtype.name)
     if task["X_train"].shape[1] != model.input_dim:

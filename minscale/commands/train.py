@@ -54,11 +54,21 @@ def check_parallel_options(args):
     Raises
     ------
     ValueError
-        --workers < 1; --comm mpi with --mode async (async runs on the worker processes of
+        --workers < 1 or above 8 x the CPU count; --staircase / --decay-steps without
+        --decay-rate; --comm mpi with --mode async (async runs on the worker processes of
         one machine) or with --workers other than 1; --mode async with --workers 1.
     """
     if args.workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+    # far more processes than cores only queue behind each other at every allreduce, and
+    # hundreds of them cannot all start within the group's timeout
+    limit = 8 * (os.cpu_count() or 1)
+    if args.workers > limit:
+        raise ValueError(f"--workers must be at most 8 x the {os.cpu_count()} CPUs = {limit}, "
+                         f"got {args.workers}")
+    if args.decay_rate == 0 and (args.staircase or args.decay_steps != 1.0):
+        raise ValueError("--staircase and --decay-steps shape the decay: give --decay-rate > 0 "
+                         "with them")
     if args.comm == "mpi":
         if args.mode == "async":
             raise ValueError("--mode async runs on worker processes of one machine (--workers "

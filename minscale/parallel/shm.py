@@ -629,6 +629,9 @@ def _worker_main(spec, rank, fn, args, conn, blas_threads):
     # The parent coordinates shutdown on Ctrl-C; a worker dying of SIGINT on its own would
     # only race with that.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # started with SIGINT blocked (see _start_ignoring_sigint); now that it is ignored, a
+    # Ctrl-C that arrived during start-up is discarded instead of interrupting the imports
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     comm = None
     status = 0
     try:
@@ -730,7 +733,10 @@ class _Collector:
                             False,
                             WorkerError(
                                 f"worker rank {rank} (pid {proc.pid}) {_describe_exit(proc.exitcode)} "
-                                "before returning a result",
+                                "before returning a result (workers start with the spawn method "
+                                "and import the main module: a script that trains with "
+                                "workers must guard its entry point with "
+                                "`if __name__ == \"__main__\":`)",
                                 rank=rank,
                                 exitcode=proc.exitcode,
                             ),
@@ -773,6 +779,21 @@ class _Collector:
             if not is_comm_error:
                 return err
         return self.failures[0][2]
+
+
+def _start_ignoring_sigint(proc):
+    """Start `proc` with SIGINT blocked, so a Ctrl-C during its start-up cannot kill it midway.
+
+    The signal mask is inherited across fork and exec: the spawned interpreter imports with
+    SIGINT held pending, and :func:`_worker_main` ignores it before unblocking, so the parent
+    alone handles Ctrl-C. In the parent, a SIGINT that arrives while blocked is delivered as
+    soon as the mask is restored, so no Ctrl-C is lost.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_workers(
@@ -868,7 +889,7 @@ def run_workers(
                     daemon=True,
                 )
                 try:
-                    proc.start()
+                    _start_ignoring_sigint(proc)
                 finally:
                     # Only the worker may hold the write end, so its exit closes the pipe.
                     send_end.close()
