@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from .prune import _check_int
+
 __all__ = [
     "StudyConfig",
     "loss_target",
@@ -81,14 +83,6 @@ def _check_real(value, name, low=None, high=None, low_open=False):
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value!r}")
     return value
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _as_1d_float(values, name):

@@ -29,6 +29,28 @@ def add_data_arguments(parser, default="diabetes"):
     parser.add_argument("--seed", type=int, default=0, help="seed of split, init and shuffling")
 
 
+def add_recorded_data_arguments(parser, seed_use="the split"):
+    """--data, --target, --test-size, --seed for commands that read a saved model.
+
+    Every default is None: :func:`minscale.commands.evaluate.data_options` then takes the
+    values the model file recorded at training time, else diabetes, 0.2 and 0.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    seed_use : str
+        What the seed drives besides the split, for the help text.
+    """
+    parser.add_argument("--data", default=None,
+                        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
+                             "model file records, else diabetes)")
+    parser.add_argument("--target", default=None, help="target column of a CSV")
+    parser.add_argument("--test-size", type=float, default=None,
+                        help="held-out fraction (default: as recorded, else 0.2)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"seed of {seed_use} (default: as recorded, else 0)")
+
+
 def check_output_path(path, argument, suffixes=None):
     """Check, before any work, that a file can be written at `path`.
 

@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from ._common import add_recorded_data_arguments
+
 NAME = "evaluate"
 HELP = "evaluate a saved model on the held-out split of a data set"
 
@@ -16,14 +18,7 @@ DATA_DEFAULTS = {"data": "diabetes", "target": None, "test_size": 0.2, "seed": 0
 def add_arguments(parser):
     """Register the evaluate command's options on `parser`."""
     parser.add_argument("path", help="a model file written by minscale (.npz)")
-    parser.add_argument("--data", default=None,
-                        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
-                             "model file records, else diabetes)")
-    parser.add_argument("--target", default=None, help="target column of a CSV")
-    parser.add_argument("--test-size", type=float, default=None,
-                        help="held-out fraction (default: as recorded, else 0.2)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the split (default: as recorded, else 0)")
+    add_recorded_data_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per forward pass (default: all at once)")
     parser.add_argument("--integer", action="store_true",

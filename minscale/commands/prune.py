@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (check_at_least, check_input_path, check_output_path, check_positive,
-                      divergence_reported, load_task)
+from ._common import (add_recorded_data_arguments, check_at_least, check_input_path,
+                      check_output_path, check_positive, divergence_reported, load_task)
 
 NAME = "prune"
 HELP = "prune a saved model (magnitude, global, random or structured) and report the cost"
@@ -43,15 +43,7 @@ def add_arguments(parser):
     parser.add_argument("--bits", type=int, default=None,
                         help="bits per stored value in the size report (default: the model's "
                              "dtype, 64 or 32)")
-    parser.add_argument("--data", default=None,
-                        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
-                             "model file records, else diabetes)")
-    parser.add_argument("--target", default=None, help="target column of a CSV")
-    parser.add_argument("--test-size", type=float, default=None,
-                        help="held-out fraction (default: as recorded, else 0.2)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the split, of --method random and of fine-tuning "
-                             "(default: as recorded, else 0)")
+    add_recorded_data_arguments(parser, "the split, of --method random and of fine-tuning")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="where to save the pruned model (.npz); not saved without it")
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import sys
 
+from ._common import add_recorded_data_arguments
+
 #: QAT defaults and the integer path's default rounding, when the option is not given
 LEARNING_RATE, BATCH_SIZE, ROUNDING = 1e-3, 32, "double"
 
@@ -97,25 +99,7 @@ def add_arguments(parser):
         help="with --calibrate, the integer path: gemmlowp double rounding (default) or "
         "TFLite single rounding",
     )
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
-        "model file records, else diabetes)",
-    )
-    parser.add_argument("--target", default=None, help="target column of a CSV")
-    parser.add_argument(
-        "--test-size",
-        type=float,
-        default=None,
-        help="held-out fraction (default: as recorded, else 0.2)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the split and of QAT shuffling (default: as recorded, else 0)",
-    )
+    add_recorded_data_arguments(parser, "the split and of QAT shuffling")
     parser.add_argument(
         "--out",
         default=None,
