@@ -17,11 +17,38 @@ import numpy as np
 
 from .parallel.base import shard_bounds
 
-__all__ = ["History", "DivergenceError", "Callback", "fit", "shard_bounds"]
+__all__ = ["History", "DivergenceError", "BLOWUP_FACTOR", "divergence_limit", "Callback", "fit",
+           "shard_bounds"]
+
+
+#: A batch loss this many times the first batch loss of a fit call counts as divergence. Adam's
+#: step is bounded by the learning rate, so at an absurd rate the loss can climb to 1e36
+#: without ever overflowing; ordinary training never multiplies its loss by 1e10.
+BLOWUP_FACTOR = 1e10
+
+
+def divergence_limit(start_loss):
+    """The batch loss above which training counts as diverged.
+
+    Parameters
+    ----------
+    start_loss : float
+        Loss of the first batch of the fit call, before any update (the loss's unit).
+
+    Returns
+    -------
+    float
+        ``BLOWUP_FACTOR * start_loss`` when `start_loss` is positive and finite, else ``inf``
+        (a zero starting loss gives no scale to compare with; NaN and inf are caught apart).
+    """
+    if start_loss > 0 and math.isfinite(start_loss):
+        return BLOWUP_FACTOR * start_loss
+    return math.inf
 
 
 class DivergenceError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the model keeps its last finite parameters.
+    """Training produced a NaN or infinite loss, or a loss `BLOWUP_FACTOR` times the first
+    batch's; the model keeps its last finite parameters.
 
     Attributes
     ----------
@@ -177,8 +204,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     minscale.io.ModelFileError
         A damaged or foreign `resume` file.
     DivergenceError
-        The loss became NaN or inf; the message names epoch, step and learning rate, and the
-        model keeps its last finite parameters.
+        The loss became NaN or inf, or a batch loss exceeded `BLOWUP_FACTOR` (1e10) times the
+        first batch loss of this call; the message names epoch, step and learning rate, and
+        the model keeps its last finite parameters.
     """
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
@@ -297,6 +325,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     backup = model.params.copy()
     bar = _progress(verbose and rank == 0, epochs * n_batches)
     lr = optimizer.current_learning_rate()
+    loss_limit = None  # set from the first batch loss of this call
     for cb in callbacks:
         cb.on_train_begin(model)
     stack = contextlib.ExitStack()
@@ -328,8 +357,10 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 if size > 1:
                     comm.allreduce(model._gradbuf)
                 batch_loss = float(model._gradbuf[P])
-                if not math.isfinite(batch_loss):
-                    _diverged(model, backup, epoch, step, lr, batch_loss)
+                if loss_limit is None:
+                    loss_limit = divergence_limit(batch_loss)
+                if not math.isfinite(batch_loss) or batch_loss > loss_limit:
+                    _diverged(model, backup, epoch, step, lr, batch_loss, loss_limit)
                 np.copyto(backup, model.params)
                 mask = None if model.mask.all() else model.mask
                 lr = optimizer.apply(model.params, model.grads, mask)
@@ -367,12 +398,17 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     return history
 
 
-def _diverged(model, backup, epoch, step, lr, loss):
+def _diverged(model, backup, epoch, step, lr, loss, loss_limit=math.inf):
     # backup holds the parameters before the last update (or at the start of this run)
     if not np.isfinite(model.params).all():
         np.copyto(model.params, backup)
+    if math.isfinite(loss) and loss > loss_limit:
+        what = (f"loss {loss:.3g} is over {BLOWUP_FACTOR:.0e} times the first batch's "
+                f"({loss_limit / BLOWUP_FACTOR:.3g})")
+    else:
+        what = f"loss is {loss}"
     raise DivergenceError(
-        f"training diverged in epoch {epoch}, step {step}: loss is {loss} at learning rate "
+        f"training diverged in epoch {epoch}, step {step}: {what} at learning rate "
         f"{lr:g}; the model keeps its last finite parameters -- lower the learning rate or "
         "add decay", epoch, step, lr)
 

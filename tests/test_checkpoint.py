@@ -322,18 +322,21 @@ def one_weight_model(w0, lr):
 
 def test_divergence_step_and_message_match_the_hand_worked_recurrence():
     # x = 10, y = 0, one weight w, mean MSE: L = (10 w)^2, dL/dw = 200 w, so SGD with lr = 1
-    # gives w <- w - 200 w = -199 w. The loss overflows to inf once |10 w| > sqrt(max float):
-    # the first such step is found by running the recurrence in Python floats.
+    # gives w <- w - 200 w = -199 w, and L grows 199**2 = 39601-fold a step from L0 = 25.
+    # The run stops at the first batch whose loss exceeds BLOWUP_FACTOR * L0 = 2.5e11: found
+    # by running the recurrence in Python floats (step 3: L = 25 * 39601**3 = 1.55e15).
     w, step = 0.5, 0
-    while math.isfinite((10 * w) * (10 * w)):
+    while (10 * w) * (10 * w) <= 1e10 * 25:
         w, step = w - 1.0 * (2 * 10 * (10 * w)), step + 1
+    assert step == 3
     model = one_weight_model(0.5, 1.0)
     with pytest.raises(DivergenceError) as info:
         model.fit(np.array([[10.0]]), np.array([[0.0]]), epochs=500, batch_size=1, seed=0)
     err = info.value
     assert err.step == step and err.epoch == step and err.learning_rate == 1.0
-    assert f"epoch {step}, step {step}: loss is inf at learning rate 1;" in str(err)
-    # the parameters are finite: those the last update produced (only the loss overflowed)
+    assert (f"epoch {step}, step {step}: loss 1.55e+15 is over 1e+10 times the first batch's "
+            "(25) at learning rate 1;") in str(err)
+    # the parameters are those the last update produced (only the loss blew up)
     assert model.params[0] == w and np.isfinite(model.params).all()
 
 

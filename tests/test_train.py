@@ -1,4 +1,6 @@
 """The fit loop: the classic example, epoch loss weighting, float32, errors, divergence."""
+import math
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,32 @@ def test_divergence_stops_with_message_and_finite_parameters(backend):
     model.compile(optimizer=SGD(10.0))
     with pytest.raises(DivergenceError, match=r"epoch \d+, step \d+.*learning rate 10"):
         model.fit(X, y, epochs=50, batch_size=10, seed=0)
+    assert np.isfinite(model.params).all()
+
+
+def test_divergence_limit_is_the_blowup_factor_times_the_first_loss():
+    from minscale.train import BLOWUP_FACTOR, divergence_limit
+
+    assert BLOWUP_FACTOR == 1e10
+    assert divergence_limit(2.5) == 2.5e10
+    # no scale to compare with: only NaN and inf count then
+    assert divergence_limit(0.0) == math.inf
+    assert divergence_limit(float("nan")) == math.inf
+    assert divergence_limit(float("inf")) == math.inf
+
+
+def test_adam_at_an_absurd_rate_stops_instead_of_ending_with_a_huge_loss(backend):
+    # Adam's step is about lr whatever the gradient, so at lr = 1e15 the parameters grow
+    # ~1e15 a step and stay finite: the loss reaches ~1e30 without overflowing. The first
+    # batch loss is ~5 (y = 2x + 1 + noise, w = b = 0 at most), so the run stops at the first
+    # batch over 1e10 times it, with the rate in the message.
+    X, y = make_linear(100, seed=0)
+    model = ms.Sequential([ms.Dense(1)], input_dim=1, seed=0)
+    model.compile(optimizer=ms.optim.Adam(1e15))
+    with pytest.raises(DivergenceError, match=r"over 1e\+10 times the first batch's .* at "
+                                              r"learning rate 1e\+15") as info:
+        model.fit(X, y, epochs=100, batch_size=10, seed=0)
+    assert 1 <= info.value.step <= 3
     assert np.isfinite(model.params).all()
 
 
