@@ -22,6 +22,9 @@ from minscale.optim import SGD, Adam
 from minscale.schedules import InverseTimeDecay
 from minscale.train import Callback, DivergenceError
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 N, BATCH, EPOCHS = 23, 4, 3          # ceil(23 / 4) = 6 batches per epoch, 18 updates in all
 STEPS = EPOCHS * math.ceil(N / BATCH)
 

@@ -23,6 +23,9 @@ from minscale.kernels import _numpy as R
 nb = pytest.importorskip("numba")
 from minscale.kernels import _fastfit, _numba as N  # noqa: E402
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 SETTINGS = settings(deadline=None, max_examples=40,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,6 +12,9 @@ from minscale.layers import (ACTIVATIONS, Dense, activation_derivative, dense_ba
                              sigmoid, tanh)
 from minscale.testing import check_gradients
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 FORMULAS = {"identity": lambda z: z.copy(), "relu": relu, "leaky_relu": leaky_relu,
             "tanh": tanh, "sigmoid": sigmoid}
 

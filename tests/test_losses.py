@@ -8,6 +8,9 @@ from hypothesis.extra.numpy import arrays
 from minscale.losses import mse, mse_grad
 from minscale.testing import check_gradients
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 Y = np.array([[1.0, 2.0], [3.0, 4.0]])
 P = np.array([[0.0, 2.0], [3.0, 6.0]])   # squared errors 1, 0, 0, 4 -> sum 5
 

@@ -10,6 +10,9 @@ import minscale as ms
 from minscale.optim import SGD, Adam, adam_step, sgd_step
 from minscale.schedules import InverseTimeDecay
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 
 def one_unit(optimizer, w0=0.0):
     """y = w x, no bias, w = w0; data x = 1, y = 1; MSE mean: dL/dw = 2 (w - 1)."""

@@ -26,6 +26,9 @@ from minscale.prune import (
     structured_mask,
 )
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 # ----------------------------------------------------------------------------------------
 # strategies: bounded finite floats, with a tie-heavy variant drawn from a few values
 

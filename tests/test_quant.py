@@ -49,6 +49,9 @@ from minscale.quant import (
     saturating_rounding_doubling_high_mul,
 )
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 MODES = ["nearest_even", "half_away", "floor", "stochastic"]
 int32s = st.integers(INT32_MIN, INT32_MAX)
 

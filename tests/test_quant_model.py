@@ -14,6 +14,9 @@ from minscale.cli import main
 from minscale.data import one_hot, standardize, train_test_split
 from minscale.datasets import load_diabetes, load_digits
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 # ---------------------------------------------------------------------------------- fixtures
 
 

@@ -10,6 +10,9 @@ from minscale import schedules
 from minscale.schedules import (ExponentialDecay, InverseTimeDecay, PolynomialDecay,
                                 exponential_decay, inverse_time_decay, polynomial_decay)
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 # Reference: the worked textbook example eta0 = 0.1, alpha = 0.01, t = 1 -> 0.1 / 1.01.
 def test_inverse_time_decay_textbook_value():
     assert inverse_time_decay(1, 0.1, 0.01) == pytest.approx(0.1 / 1.01, rel=1e-15)

@@ -9,6 +9,9 @@ from minscale.datasets import make_linear
 from minscale.optim import SGD, Adam
 from minscale.train import DivergenceError, shard_bounds
 
+# compares computations for equality: run again by `make test-lane` with CPU vector code off
+pytestmark = pytest.mark.exactness
+
 
 def classic(shuffle=False, seed=42, **fit_kwargs):
     X, y = make_linear(100, seed=42)
