@@ -44,6 +44,7 @@ __all__ = [
     "FLOAT32_EPS",
     "INT32_MIN",
     "INT32_MAX",
+    "MULTIPLIER_LIMIT",
     "integer_range",
     "code_dtype",
     "QFormat",
@@ -99,6 +100,9 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+
+# quantize_multiplier's upper bound: M0 < 2**31 with a left shift of at most 30 bits.
+MULTIPLIER_LIMIT = 2.0**30
 
 
 # --------------------------------------------------------------------------------------------
@@ -1175,39 +1179,57 @@ def quantize_multiplier(real_multiplier):
 
     Parameters
     ----------
-    real_multiplier : float, finite, >= 0
-        Typically ``input_scale * weight_scale / output_scale``.
+    real_multiplier : float, finite, in [0, 2**30)
+        Typically ``input_scale * weight_scale / output_scale``. ``2**30`` is the largest
+        multiplier an int32 ``M0`` with a left shift of at most 30 bits can hold (see Notes).
 
     Returns
     -------
     (M0, shift) : (int, int)
-        ``M0`` fits int32 with ``M0 / 2**31`` in [0.5, 1) (0 for a zero or negligible multiplier);
-        ``shift`` is the power-of-two exponent: a left shift by ``shift`` bits when positive, a
-        right shift by ``-shift`` bits when negative (TFLite's sign convention). Multipliers below
-        2**-32 give ``(0, 0)``, as TFLite.
+        ``M0`` in ``[2**30, 2**31 - 1]`` (``M0 / 2**31`` in [0.5, 1)), or 0 for a zero or negligible
+        multiplier; ``shift`` in ``[-31, 30]``, the range :func:`multiply_by_quantized_multiplier`
+        and :func:`requantize` accept: a left shift by ``shift`` bits when positive, a right shift
+        by ``-shift`` bits when negative (TFLite's sign convention). Every pair returned is
+        accepted by those two functions.
 
     Raises
     ------
     TypeError
         If real_multiplier is not a real number.
     ValueError
-        If it is negative, NaN, infinite, or >= 2**31 (a shift beyond int32).
+        If it is negative, NaN, infinite, or >= 2**30 (it would need a left shift of 31 bits,
+        which no int32 accumulator survives).
 
     Notes
     -----
     ``q, e = frexp(real)`` (q in [0.5, 1)); ``M0 = round_half_away(q * 2**31)``; if rounding
-    reaches ``2**31`` then ``M0 = 2**30`` and ``e += 1``; ``shift = e``. Relative error of the
-    representation: at most ``2**-31``.
+    reaches ``2**31`` then ``M0 = 2**30`` and ``e += 1``; ``shift = e``. Then TFLite's two edge
+    rules, so that the shift stays in [-31, 30]:
+
+    * ``shift < -31`` (``real < 2**-32 - 2**-64``): ``(M0, shift) = (0, 0)``, the multiplier
+      flushed to zero, since a right shift of more than 31 bits leaves nothing of an int32;
+    * ``shift > 30`` (only ``real`` in ``[2**30 - 2**-2, 2**30)``, which rounds up to ``2**30``):
+      ``(M0, shift) = (2**31 - 1, 30)``, the largest representable multiplier ``2**30 - 2**-1``.
+
+    Relative error ``|M0 * 2**(shift - 31) - real| / real``: at most ``2**-31`` for every
+    accepted ``real >= 2**-32 - 2**-64`` (the saturated edge included: its error is below
+    ``2**-1 / 2**30``); the flushed multipliers give exactly 0. Larger multipliers are refused
+    rather than saturated: TFLite's ``shift > 30`` rule would silently turn any ``real`` up to
+    ``2**31`` into ``2**30 - 2**-1``, and its double-rounding kernel would overflow computing
+    ``x * 2**31``.
 
     References
     ----------
-    TFLite ``tflite::QuantizeMultiplier`` (tensorflow/lite/kernels/internal/quantization_util.cc);
-    Jacob et al. 2018, section 2.2 (M = 2**-n M0).
+    TFLite ``tflite::QuantizeMultiplier`` (tensorflow/lite/kernels/internal/quantization_util.cc:
+    the ``shift < -31`` flush to zero, and the ``shift > 30`` saturation of the
+    ``TFLITE_SINGLE_ROUNDING`` build); Jacob et al. 2018, section 2.2 (M = 2**-n M0).
 
     Examples
     --------
     >>> quantize_multiplier(0.5), quantize_multiplier(1.0), quantize_multiplier(0.1)
     ((1073741824, 0), (1073741824, 1), (1717986918, -3))
+    >>> quantize_multiplier(2.0**-33), quantize_multiplier(2.0**30 - 0.125)
+    ((0, 0), (2147483647, 30))
     """
     if isinstance(real_multiplier, (bool, np.bool_)) or not isinstance(
         real_multiplier, numbers.Real
@@ -1216,8 +1238,11 @@ def quantize_multiplier(real_multiplier):
     m = float(real_multiplier)
     if not math.isfinite(m) or m < 0:
         raise ValueError(f"real_multiplier must be finite and >= 0, got {real_multiplier!r}")
-    if m >= 2.0**31:
-        raise ValueError(f"real_multiplier must be < 2**31, got {real_multiplier!r}")
+    if m >= MULTIPLIER_LIMIT:
+        raise ValueError(
+            f"real_multiplier must be < 2**30, got {real_multiplier!r}: a larger multiplier "
+            "needs a left shift of 31 bits or more, which overflows any nonzero int32 accumulator"
+        )
     if m == 0.0:
         return 0, 0
     q, shift = math.frexp(m)
@@ -1229,6 +1254,8 @@ def quantize_multiplier(real_multiplier):
         shift += 1
     if shift < -31:
         return 0, 0
+    if shift > 30:
+        return INT32_MAX, 30
     return int(q_fixed), int(shift)
 
 

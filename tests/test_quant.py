@@ -43,6 +43,7 @@ from minscale.quant import (
     quantize_multiplier,
     quantize_weights,
     quantized_nbytes,
+    REQUANTIZE_ROUNDINGS,
     requantize,
     round_values,
     rounding_divide_by_pot,
@@ -710,12 +711,88 @@ def test_quantize_multiplier_reference_values():
 
 
 @settings(max_examples=200, deadline=None)
-@given(m=st.floats(2.0**-31, 2.0**31, exclude_max=True))
+@given(m=st.floats(2.0**-31, 2.0**30, exclude_max=True))
 def test_quantize_multiplier_normalized_and_accurate(m):
     M0, shift = quantize_multiplier(m)
     assert 2**30 <= M0 < 2**31  # M0 / 2**31 in [0.5, 1)
     approx = Fraction(M0) * Fraction(2) ** (shift - 31)
     assert abs(approx - Fraction(m)) <= Fraction(m) / 2**31
+
+
+# The documented input range [0, 2**30) with its edges: zero, the tiniest multipliers, both
+# sides of the flush-to-zero bound 2**-32 - 2**-64, values just below and at powers of two
+# (where rounding carries into the next exponent), and the largest accepted float below 2**30.
+MULTIPLIER_EDGES = [
+    0.0,
+    5e-324,
+    1e-300,
+    1e-12,
+    2.0**-33,
+    2.0**-32 - 2.0**-64 - 2.0**-85,  # the largest float that flushes to zero
+    2.0**-32 - 2.0**-64,  # rounds up to exactly 2**-32: (2**30, -31)
+    2.0**-32,
+    2.0**-31 * (1 - 2.0**-53),
+    0.5 * (1 - 2.0**-53),
+    1.0,
+    1.0 - 2.0**-33,
+    2.0**29 * (1 - 2.0**-53),
+    2.0**30 - 2.0**-2 - 2.0**-23,  # the largest that rounds normally: (2**31 - 1, 30)
+    2.0**30 - 2.0**-2,  # rounds up to 2**30: TFLite's saturation rule
+    2.0**30 - 2.0**-23,  # the largest accepted multiplier
+]
+
+
+def multiplier_inputs():
+    """Floats over the whole documented range [0, 2**30), edges weighted in."""
+    return st.one_of(
+        st.sampled_from(MULTIPLIER_EDGES),
+        st.floats(0.0, 2.0**30, exclude_max=True),
+        st.integers(-1074, 29).flatmap(
+            lambda e: st.floats(2.0**e, 2.0 ** (e + 1), exclude_max=True)
+        ),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=multiplier_inputs(), x=st.sampled_from([0, 1, -1]), data=st.data())
+def test_every_quantized_multiplier_is_accepted_by_the_integer_primitives(m, x, data, backend):
+    # Every (M0, shift) quantize_multiplier returns over its documented range must be accepted by
+    # multiply_by_quantized_multiplier and requantize, both roundings, and carry the documented
+    # relative error (exactly 0 where TFLite flushes a multiplier to zero).
+    M0, shift = quantize_multiplier(m)
+    assert 0 <= M0 <= INT32_MAX and -31 <= shift <= 30
+    realized = Fraction(M0) * Fraction(2) ** (shift - 31)
+    if m < 2.0**-32 - 2.0**-64:
+        assert (M0, shift) == (0, 0)
+    else:
+        assert 2**30 <= M0 <= INT32_MAX
+        assert abs(realized - Fraction(m)) <= Fraction(m) / 2**31
+    # x * 2**shift must fit int32 for the double rounding's left shift; beyond that the primitive
+    # rightly reports an overflow of these inputs, not a bad shift.
+    if shift >= 0:
+        x = data.draw(st.integers(-(2 ** (30 - shift)), 2 ** (30 - shift) - 1), label="x")
+    exact = Fraction(x) * realized
+    for rounding in REQUANTIZE_ROUNDINGS:
+        r = int(multiply_by_quantized_multiplier(x, M0, shift, rounding=rounding))
+        assert abs(Fraction(r) - exact) <= Fraction(1, 2) + Fraction(1, 2 ** (max(-shift, 0) + 1))
+        codes = requantize(np.array([x]), M0, shift, bits=32, rounding=rounding)
+        assert int(codes[0]) == r
+
+
+def test_quantize_multiplier_edges_follow_tflite():
+    # Rounding carries 2**30 - 2**-2 up to 2**30 (shift 31); TFLite saturates to (2**31 - 1, 30).
+    assert quantize_multiplier(2.0**30 - 2.0**-2) == (INT32_MAX, 30)
+    assert quantize_multiplier(2.0**30 - 2.0**-23) == (INT32_MAX, 30)
+    # Just below the carry: q * 2**31 = 2**31 - 1 - 2**-21 rounds to 2**31 - 1 with shift 30.
+    assert quantize_multiplier(2.0**30 - 2.0**-2 - 2.0**-23) == (INT32_MAX, 30)
+    assert multiply_by_quantized_multiplier(1, INT32_MAX, 30, rounding="single") == 2**30
+    # 2**-32 - 2**-64 rounds up to 2**-32 = 2**30 * 2**(-31 - 31); the next float down flushes.
+    assert quantize_multiplier(2.0**-32 - 2.0**-64) == (2**30, -31)
+    assert quantize_multiplier(2.0**-32 - 2.0**-64 - 2.0**-85) == (0, 0)
+    # 2**30 and above would need shift 31: refused, not saturated.
+    for m in (2.0**30, 2.0**31 - 1, 2.0**31 - 2.0**-22):
+        with pytest.raises(ValueError, match="real_multiplier must be < 2\\*\\*30"):
+            quantize_multiplier(m)
 
 
 @pytest.mark.parametrize(
