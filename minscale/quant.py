@@ -58,6 +58,7 @@ __all__ = [
     "dequantize_affine",
     "quantize_weights",
     "quantize_bias",
+    "bias_safe_weight_scale",
     "fake_quantize",
     "fake_quantize_grad_mask",
     "quantize_multiplier",
@@ -997,14 +998,17 @@ def quantize_bias(b, input_scale, weight_scale):
     Returns
     -------
     codes : int32 ndarray, shape (d_out,)
-        ``clip(round_half_even(b / (input_scale * weight_scale)), INT32_MIN, INT32_MAX)``.
+        ``round_half_even(b / (input_scale * weight_scale))``.
     scale : float64 ndarray, shape (d_out,)
         ``input_scale * weight_scale``, broadcast to (d_out,).
 
     Raises
     ------
     ValueError
-        If b has NaN, a scale is not finite positive, or shapes do not match.
+        If b has NaN, a scale (or their product) is not finite positive, shapes do not match,
+        or a code would leave int32: the bias cannot be represented at that scale, and is
+        refused rather than saturated (widen the weight scale first with
+        :func:`bias_safe_weight_scale`, as :func:`quantize_model` does).
 
     Notes
     -----
@@ -1034,8 +1038,89 @@ def quantize_bias(b, input_scale, weight_scale):
             f"got {np.asarray(weight_scale)!r}"
         )
     scale = np.broadcast_to(s_in * s_w, b.shape).astype(np.float64)
+    if not np.isfinite(scale).all() or (scale <= 0).any():
+        raise ValueError(
+            f"input_scale * weight_scale must be finite and positive, got {input_scale!r} * "
+            f"{np.asarray(weight_scale)!r}"
+        )
+    with np.errstate(over="ignore"):
+        ratio = np.rint(b / scale)
+    bad = (ratio < INT32_MIN) | (ratio > INT32_MAX) | np.isinf(b)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ValueError(
+            f"b[{j}] = {float(b[j])!r} is beyond the int32 range at scale input_scale * "
+            f"weight_scale = {float(scale[j])!r} (code {float(ratio[j]):.4g}); widen the weight "
+            "scale (bias_safe_weight_scale) rather than saturate the bias"
+        )
     codes = quantize_affine(b, scale, np.zeros(b.shape, np.int64), bits=32, axis=0)
     return codes, scale
+
+
+def bias_safe_weight_scale(b, input_scale, weight_scale, per_channel=True):
+    """Weight scales widened where needed so that the int32 bias holds the real bias.
+
+    Parameters
+    ----------
+    b : array_like of float, shape (d_out,)
+        The layer's float bias.
+    input_scale : float > 0
+        Scale of the layer's input activations.
+    weight_scale : float > 0, or float array of shape (d_out,)
+        The weight scales from the weights alone (e.g. :func:`quantize_weights`).
+    per_channel : bool, default True
+        One scale per output unit; False widens the one per-tensor scale for the largest |b|.
+
+    Returns
+    -------
+    scale : float64 ndarray, shape (d_out,)
+        ``weight_scale`` where the bias fits in half the int32 range, else the widened scale.
+
+    Raises
+    ------
+    ValueError
+        If b has NaN or inf, a scale is not finite positive, or the shapes do not match.
+
+    Notes
+    -----
+    The bias is stored as ``round(b / (input_scale * weight_scale))`` in int32 (TFLite's bias
+    scale). A weight scale that is tiny next to the bias -- an all-zero weight channel gets the
+    floor scale ``FLOAT32_EPS`` -- would saturate that code and silently lose the bias. So, per
+    channel: if ``|b_j| >= 0.5 * input_scale * s_j * INT32_MAX`` then
+    ``s_j = 2 * |b_j| / (INT32_MAX * input_scale)``, which puts the bias code at about
+    ``INT32_MAX / 2``, leaving the other half of int32 for the accumulator. Per tensor the same
+    with ``max_j |b_j|``. Weight codes must then be quantized with the widened scale; the weights
+    of such a channel contribute at most ``127 * 255 / 2**30`` of the bias per input, so nothing
+    measurable is lost.
+
+    References
+    ----------
+    TFLite ``AdjustWeightsForBiasScale`` (tensorflow/lite/tools/optimize/quantization_utils.cc),
+    which the TFLite post-training quantizer applies before quantizing weights and biases.
+
+    Examples
+    --------
+    >>> bias_safe_weight_scale([5.0, 0.5], 0.02, np.array([FLOAT32_EPS, 0.01])).tolist()
+    [2.3283064376228985e-07, 0.01]
+    """
+    b = _as_float64("b", b, allow_inf=False)
+    if b.ndim != 1:
+        raise ValueError(f"b must be 1-D (d_out,), got shape {b.shape}")
+    per_channel = _check_bool("per_channel", per_channel)
+    s_in = _as_float64("input_scale", input_scale, allow_inf=False)
+    s_w = _as_float64("weight_scale", weight_scale, allow_inf=False)
+    if s_in.ndim != 0 or s_in <= 0:
+        raise ValueError(f"input_scale must be a positive scalar, got {input_scale!r}")
+    if (s_w <= 0).any() or s_w.ndim > 1 or (s_w.ndim == 1 and s_w.shape != b.shape):
+        raise ValueError(
+            f"weight_scale must be positive, scalar or of shape {b.shape}, "
+            f"got {np.asarray(weight_scale)!r}"
+        )
+    scale = np.broadcast_to(s_w, b.shape).astype(np.float64)
+    need = np.abs(b) if per_channel else np.full(b.shape, np.abs(b).max(initial=0.0))
+    widen = need >= 0.5 * float(s_in) * scale * INT32_MAX
+    scale[widen] = 2.0 * need[widen] / (INT32_MAX * float(s_in))
+    return scale
 
 
 def fake_quantize(
@@ -2726,6 +2811,29 @@ def _json_ready(state):
     return out
 
 
+def _fit_bias(W, b, input_scale, spec, codes, w_scale, frac_bits):
+    """Weights requantized at :func:`bias_safe_weight_scale` when the int32 bias needs it.
+
+    Affine weights take the widened scales; automatic fixed point takes the finest format whose
+    step is at least the widened scale; a fixed point format the user gave is kept (an
+    unrepresentable bias then raises in :func:`quantize_bias`).
+    """
+    per_channel = spec.scheme == "affine" and spec.per_channel
+    safe = bias_safe_weight_scale(b, input_scale, w_scale, per_channel)
+    if np.array_equal(safe, w_scale):
+        return codes, w_scale, frac_bits
+    if spec.scheme == "affine":
+        zeros = np.zeros(safe.shape, np.int64)
+        codes = quantize_affine(W, safe, zeros, spec.bits, narrow_range=True, axis=1)
+        return codes, safe, frac_bits
+    if spec.frac_bits is not None:
+        return codes, w_scale, frac_bits
+    # step 2**-f >= safe: f = -e for safe = m * 2**e, m in [0.5, 1)
+    f = max(min(frac_bits, -math.frexp(float(safe.max()))[1]), -FRAC_BITS_LIMIT)
+    fmt = QFormat(spec.bits, f, spec.signed)
+    return quantize(W, fmt), np.full(safe.shape, fmt.step), f
+
+
 def _build_quantized(model, spec, activations, ranges):
     """QuantizedModel from a float model, a weight spec and activation ranges (or None)."""
     signed = activations != "uint8"
@@ -2739,6 +2847,9 @@ def _build_quantized(model, spec, activations, ranges):
         if layer.use_bias:
             b = layer.b.astype(np.float64)
             if qparams is not None:
+                codes, w_scale, frac_bits = _fit_bias(
+                    layer.W, b, qparams[i][0], spec, codes, w_scale, frac_bits
+                )
                 bias_codes, _ = quantize_bias(b, qparams[i][0], w_scale)
             else:
                 bias = b.copy()

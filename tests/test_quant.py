@@ -26,6 +26,7 @@ from minscale.quant import (
     MovingAverageMinMaxObserver,
     QFormat,
     affine_qparams,
+    bias_safe_weight_scale,
     channel_min_max,
     choose_frac_bits,
     code_dtype,
@@ -582,11 +583,53 @@ def test_quantize_bias_reference():
     codes, scale = quantize_bias([0.3, -1.0], 0.5, np.array([0.25, 0.125]))
     assert codes.dtype == np.int32 and codes.tolist() == [2, -16]
     assert scale.tolist() == [0.125, 0.0625]
-    assert quantize_bias([1e12], 1e-3, 1e-3)[0].tolist() == [INT32_MAX]
+    # 1e12 / 1e-6 = 1e18 codes cannot be held by int32: refused, not saturated to INT32_MAX.
+    with pytest.raises(ValueError, match=r"b\[0\] = 1000000000000.0 is beyond the int32 range"):
+        quantize_bias([1e12], 1e-3, 1e-3)
+    with pytest.raises(ValueError, match=r"b\[1\] = -inf"):
+        quantize_bias([0.0, -np.inf], 1e-3, 1e-3)
+    # the int32 ends themselves are representable
+    assert quantize_bias([INT32_MAX, INT32_MIN], 1.0, 1.0)[0].tolist() == [INT32_MAX, INT32_MIN]
     with pytest.raises(ValueError, match="weight_scale"):
         quantize_bias([1.0, 2.0], 0.5, np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="input_scale"):
         quantize_bias([1.0], -0.5, 0.1)
+
+
+def test_bias_safe_weight_scale_reference():
+    # TFLite's rule: widen s_j when |b_j| >= 0.5 * s_in * s_j * INT32_MAX, to
+    # 2 |b_j| / (INT32_MAX * s_in). Channel 0 is an all-zero weight column (floor scale 2**-23):
+    # 0.5 * 0.02 * 2**-23 * (2**31 - 1) = 2.56 <= 5, so s_0 = 10 / (0.02 * (2**31 - 1)).
+    # Channel 1: 0.5 * 0.02 * 0.01 * (2**31 - 1) = 2.1e5 > 0.5, kept.
+    s = bias_safe_weight_scale([5.0, 0.5], 0.02, np.array([FLOAT32_EPS, 0.01]))
+    assert s.tolist() == [10.0 / (INT32_MAX * 0.02), 0.01]
+    codes, _ = quantize_bias([5.0, 0.5], 0.02, s)
+    assert codes.tolist() == [2**30, 2500]  # 5 / (0.02 * s_0) = INT32_MAX / 2, rounded
+    # per tensor: one scale, widened for the largest |b|
+    s = bias_safe_weight_scale([5.0, -6.0], 0.02, FLOAT32_EPS, per_channel=False)
+    assert s.tolist() == [12.0 / (INT32_MAX * 0.02)] * 2
+    with pytest.raises(ValueError, match="input_scale"):
+        bias_safe_weight_scale([1.0], 0.0, 0.1)
+    with pytest.raises(ValueError, match="weight_scale"):
+        bias_safe_weight_scale([1.0, 2.0], 0.5, np.array([0.1, 0.2, 0.3]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    b=arrays(np.float64, st.integers(1, 6), elements=st.floats(-1e6, 1e6)),
+    s_in=st.floats(2.0**-23, 10.0),
+    log_s_w=st.floats(-23.0, 0.0),
+    per_channel=st.booleans(),
+)
+def test_bias_safe_weight_scale_makes_every_bias_representable(b, s_in, log_s_w, per_channel):
+    s_w = np.full(b.shape, 2.0**log_s_w)
+    safe = bias_safe_weight_scale(b, s_in, s_w, per_channel)
+    assert (safe >= s_w).all()
+    codes, scale = quantize_bias(b, s_in, safe)  # never raises: the bias fits
+    assert np.abs(codes.astype(np.int64)).max() <= INT32_MAX // 2 + 1
+    # each bias is held to within half a code step (exact arithmetic on the float64 values)
+    for c, sc, v in zip(codes.tolist(), scale.tolist(), b.tolist()):
+        assert abs(c * Fraction(sc) - Fraction(v)) <= Fraction(sc) / 2 + abs(Fraction(v)) / 2**50
 
 
 # ---------------------------------------------------------------------------------- fake quant

@@ -331,6 +331,63 @@ def test_integer_path_refuses_what_it_cannot_run():
         )
 
 
+ZERO_WEIGHT_SPECS = ["int8", Q.WeightSpec(8, per_channel=False), Q.WeightSpec(8, "fixed"), "int4"]
+
+
+@pytest.mark.parametrize("activations", ["int8", "uint8"])
+@pytest.mark.parametrize("weights", ZERO_WEIGHT_SPECS, ids=lambda w: Q.weight_spec(w).name)
+def test_all_zero_weights_keep_their_bias(weights, activations):
+    # Layer 0 has all-zero weights (as after structured pruning), so its output is its bias: 5.0
+    # through unit 0 and the identity layer 1. Its weight scale is the floor 2**-23, and the int32
+    # bias at input_scale * 2**-23 used to saturate: 5.0 came out as 4.35 (2.2 with other data).
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    m = ms.Sequential([ms.Dense(3, activation="relu"), ms.Dense(1)], input_dim=2, seed=0)
+    m.layers[0].W[...] = 0.0
+    m.layers[0].b[...] = [5.0, 0.0, 0.0]
+    m.layers[1].W[...] = [[1.0], [0.0], [0.0]]
+    m.layers[1].b[...] = 0.0
+    assert np.all(m.predict(X) == 5.0)
+    q = Q.quantize_model(m, weights, activations, calibration_data=X)
+    # quantization steps of the two layer outputs (hidden [0, 5], output [0, 5]: 5 / 255 each)
+    tol = q.layers[0].output_qparams[0] + q.layers[1].output_qparams[0]
+    assert np.abs(q.predict(X) - 5.0).max() <= tol
+    assert np.abs(q.predict(X, integer=True) - 5.0).max() <= tol
+    assert np.abs(q.predict(X, integer=True, requantize_rounding="single") - 5.0).max() <= tol
+    assert np.all(q.layers[0].codes == 0)
+
+
+def test_structured_prune_to_one_unit_then_quantize_keeps_predictions():
+    # prune(sparsity=1, method="structured") + shrink leaves one hidden unit with all-zero
+    # weights and a bias of 5; the quantized model must keep what that unit carries.
+    from minscale import prune as P
+
+    X = np.random.default_rng(0).normal(size=(64, 3))
+    m = ms.Sequential([ms.Dense(4, activation="relu"), ms.Dense(2)], input_dim=3, seed=1)
+    m.layers[0].b[...] = [5.0, 1.0, 2.0, 3.0]
+    m.layers[1].b[...] = [0.5, -5.0]
+    P.prune(m, 1.0, method="structured")
+    s = P.shrink(m)
+    assert s.layers[0].W.shape == (3, 1) and np.all(s.layers[0].W == 0)
+    expected = s.predict(X[:4])
+    for weights in ZERO_WEIGHT_SPECS:
+        q = Q.quantize_model(s, weights, "int8", calibration_data=X)
+        tol = q.layers[-1].output_qparams[0] + abs(s.layers[1].W).max() * (
+            q.layers[0].output_qparams[0]
+        )
+        assert np.abs(q.predict(X[:4], integer=True) - expected).max() <= tol, weights
+        assert np.abs(q.predict(X[:4]) - expected).max() <= tol, weights
+
+
+def test_a_bias_no_int32_holds_under_a_given_fixed_format_is_refused():
+    # A user-given fixed-point format keeps its step 2**-8; 1e9 / (s_in * 2**-8) is far beyond
+    # int32, and the bias is refused instead of saturated.
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    m = ms.Sequential([ms.Dense(1)], input_dim=2, seed=0)
+    m.layers[0].b[...] = 1e9
+    with pytest.raises(ValueError, match=r"b\[0\] = 1000000000.0 is beyond the int32 range"):
+        Q.quantize_model(m, Q.QFormat(8, 8), "int8", calibration_data=X)
+
+
 def test_quantize_model_bad_input():
     model, X = _tiny()
     with pytest.raises(ValueError, match="calibration_data is required"):
