@@ -3007,6 +3007,17 @@ def qat_config(quantization):
     return QATConfig(weights=quantization)
 
 
+def _diverged_weights(W, spec):
+    """True if no format of `spec` can hold W: NaN or inf, or beyond the coarsest fixed point."""
+    W = np.asarray(W)
+    if not np.isfinite(W).all():
+        return True
+    if spec.scheme == "fixed" and spec.frac_bits is None and W.size:
+        coarsest = QFormat(spec.bits, -FRAC_BITS_LIMIT, spec.signed)
+        return bool(W.max() > coarsest.max_value or (spec.signed and W.min() < coarsest.min_value))
+    return False
+
+
 class WeightFakeQuantizer:
     """Kernel hook of QAT: ``W -> (fake-quantized W, pass mask)`` under a :class:`WeightSpec`.
 
@@ -3014,6 +3025,11 @@ class WeightFakeQuantizer:
     pass uses exactly the weights :func:`convert` will store. When the range is W's own (affine,
     or fixed point with automatic frac_bits) nothing is clipped and every gradient passes (mask
     None); a fixed format with given frac_bits passes gradients only inside its range.
+
+    In training, weights that no format can hold -- NaN or inf, or (automatic fixed point)
+    beyond the coarsest format -- come out as NaN instead of raising: only a diverging update
+    produces them, and the NaN loss then makes ``fit`` report the divergence with its epoch,
+    step and learning rate, as it does without QAT. Outside training they raise ValueError.
 
     Parameters
     ----------
@@ -3025,6 +3041,8 @@ class WeightFakeQuantizer:
 
     def __call__(self, W, training=False):
         spec = self.spec
+        if training and _diverged_weights(W, spec):
+            return np.full_like(W, np.nan), None
         if spec.scheme == "affine":
             axis = 1 if spec.per_channel else None
             lo, hi = channel_min_max(W, axis)
@@ -3061,15 +3079,20 @@ class ActivationFakeQuantizer:
         self.observer = MovingAverageMinMaxObserver(averaging_constant, signed=self.signed)
 
     def __call__(self, a, training=False):
+        finite = True
         if training:
-            self.observer.observe(a)
+            finite = bool(np.isfinite(a).all())
+            # a non-finite batch (a diverging step) is not folded into the range; observing an
+            # empty batch instead keeps a synchronized observer's allreduce in step on all ranks
+            self.observer.observe(a if finite else a[:0])
+            if not finite:
+                return a, None  # NaN/inf go on to the loss, where fit reports the divergence
         if self.observer.min_val is None:
             return a, None  # nothing observed yet: no range to quantize to
         scale, zp = self.observer.calculate_qparams()
+        if training and not math.isfinite(scale):
+            return np.full_like(a, np.nan), None  # a range too wide for float64: diverged
         return _fake_quant(a, scale, zp, 8, self.signed, want_mask=training)
-        return _fake_quant(
-            a, scale, zp, 8, self.signed, False, None, "nearest_even", None, training
-        )
 
     def __repr__(self):
         obs = self.observer

@@ -638,6 +638,51 @@ def test_cli_bad_input_is_one_line(saved_digits_model, extra, words, capsys):
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
 
 
+QAT_DIVERGING = [[], ["--affine", "--calibrate"], ["--affine", "--per-channel", "--calibrate"],
+                 ["--bits", "4", "--calibrate"]]
+
+
+@pytest.mark.parametrize("extra", QAT_DIVERGING, ids=lambda e: " ".join(e) or "auto-frac")
+def test_cli_qat_with_an_absurd_rate_blames_the_rate(saved_digits_model, extra, capsys):
+    # lr 1e300 sends the weights to ~1e300 in one step: the error is the divergence at that rate,
+    # not "too large for any 8-bit format" nor "NaN cannot be quantized"
+    args = ["quantize", str(saved_digits_model), "--data", "digits", "--qat-epochs", "3",
+            "--lr", "1e300"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "training diverged in epoch 0" in err and "at learning rate 1e+300" in err
+    assert "format" not in err and "cannot be quantized" not in err
+
+
+@pytest.mark.parametrize("weights", ["int8", Q.WeightSpec(8, "fixed")], ids=["int8", "fixed"])
+def test_qat_divergence_is_a_divergence_error(weights):
+    from minscale.train import DivergenceError
+
+    X = np.random.default_rng(0).normal(size=(64, 4))
+    y = X @ np.ones((4, 1))
+    m = _mlp(4, [8], 1, seed=0, lr=1e300)
+    with np.errstate(over="ignore", invalid="ignore"):
+        with pytest.raises(DivergenceError, match="learning rate 1e\\+300") as info:
+            m.fit(X, y, epochs=2, batch_size=16, quantization=Q.QATConfig(weights, "int8"))
+    assert info.value.learning_rate == 1e300
+    # a non-finite batch was not folded into any activation range
+    for layer in m.layers:
+        obs = layer.output_quantizer.observer
+        assert obs.min_val is None or (np.isfinite(obs.min_val) and np.isfinite(obs.max_val))
+
+
+def test_qat_hooks_outside_training_still_refuse_what_they_cannot_quantize():
+    hook = Q.WeightFakeQuantizer(Q.WeightSpec(8, "fixed"))
+    with pytest.raises(ValueError, match="too large for any 8-bit format"):
+        hook(np.full((2, 2), 1e300))
+    assert np.isnan(hook(np.full((2, 2), 1e300), training=True)[0]).all()
+    assert np.isnan(Q.WeightFakeQuantizer("int8")(np.full((2, 2), np.inf), True)[0]).all()
+    act = Q.ActivationFakeQuantizer("int8")
+    out, mask = act(np.array([[np.nan, 1.0]]), training=True)
+    assert np.isnan(out[0, 0]) and mask is None and act.observer.min_val is None
+
+
 def test_cli_missing_model_file(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "none.npz"), "--data", "digits"]) == 2
     assert "none.npz" in capsys.readouterr().err
