@@ -2893,8 +2893,10 @@ def quantize_model(
         fixed point in that format.
     activations : {"int8", "uint8"} or None, default "int8"
         Quantize the input and every layer output with asymmetric per-tensor 8-bit affine
-        parameters from the calibration ranges; biases become int32 at ``s_in * s_w``. None
-        quantizes the weights only (biases and activations stay float).
+        parameters from the calibration ranges; biases become int32 at ``s_in * s_w``, after
+        :func:`bias_safe_weight_scale` widens any weight scale the bias would not fit (an
+        all-zero weight channel, say). None quantizes the weights only (biases and activations
+        stay float).
     calibration_data : array_like, shape (n, d_in)
         Required when activations are quantized: rows whose float activations set the ranges
         (:func:`calibration_ranges`).
@@ -2910,7 +2912,8 @@ def quantize_model(
     TypeError
         If model is not a Sequential or weights is of an unknown kind.
     ValueError
-        If activations is unknown, calibration_data is missing when needed, or data is bad.
+        If activations is unknown, calibration_data is missing when needed, data is bad, or a
+        bias cannot be held in int32 under a fixed-point format given with its frac_bits.
 
     References
     ----------
