@@ -2274,7 +2274,11 @@ class QuantizedDense:
         ``weight_scale * codes``.
     multiplier, shift : int64 ndarrays, shape (d_out,), or None
         Fixed-point requantization multiplier of ``s_in * s_w[j] / s_out`` per output unit, when
-        activations are quantized.
+        activations are quantized and every such multiplier is below 2**30
+        (:func:`quantize_multiplier`).
+    multiplier_problem : str or None
+        Why multiplier is None although activations are quantized (the integer path then
+        refuses the model; the simulation runs).
     """
 
     def __init__(
@@ -2299,11 +2303,23 @@ class QuantizedDense:
         self.weight_spec, self.frac_bits = weight_spec, frac_bits
         self.W_dequantized = self.weight_scale * codes.astype(np.float64)
         self.multiplier = self.shift = None
+        self.multiplier_problem = None
         if input_qparams is not None:
             s_in, s_out = input_qparams[0], output_qparams[0]
-            pairs = [quantize_multiplier(s_in * s_w / s_out) for s_w in self.weight_scale]
-            self.multiplier = np.array([m for m, _ in pairs], dtype=np.int64)
-            self.shift = np.array([s for _, s in pairs], dtype=np.int64)
+            with np.errstate(over="ignore"):
+                reals = s_in * self.weight_scale / s_out
+            big = ~np.isfinite(reals) | (reals >= MULTIPLIER_LIMIT)
+            if big.any():
+                # the float simulation still runs; only the integer path cannot
+                j = int(np.argmax(big))
+                self.multiplier_problem = (
+                    f"its requantization multiplier s_in * s_w / s_out of unit {j} is "
+                    f"{float(reals[j]):.4g}, not below 2**30 (output scale {s_out!r})"
+                )
+            else:
+                pairs = [quantize_multiplier(float(r)) for r in reals]
+                self.multiplier = np.array([m for m, _ in pairs], dtype=np.int64)
+                self.shift = np.array([s for _, s in pairs], dtype=np.int64)
 
     @property
     def shape(self):
@@ -2447,6 +2463,8 @@ class QuantizedModel:
                     f"layer {i} has {layer.weight_spec.bits}-bit weights; the integer path "
                     "needs <= 8 bits"
                 )
+            if layer.multiplier_problem is not None:
+                return f"layer {i}: {layer.multiplier_problem}"
         return None
 
     @property

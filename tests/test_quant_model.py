@@ -388,6 +388,23 @@ def test_a_bias_no_int32_holds_under_a_given_fixed_format_is_refused():
         Q.quantize_model(m, Q.QFormat(8, 8), "int8", calibration_data=X)
 
 
+def test_a_multiplier_beyond_2_30_disables_the_integer_path_with_its_reason():
+    # A dead ReLU layer has output range [0, 0] and the floor scale 2**-23; with inputs and
+    # weights of magnitude ~1000, M = s_in * s_w / 2**-23 ~ 1.1e9 >= 2**30 needs a 31-bit left
+    # shift. The simulation runs; the integer path says why it cannot (it used to accept the
+    # model and then fail on "shift must lie in [-31, 30]").
+    X = np.random.default_rng(0).normal(size=(50, 2)) * 1000
+    m = ms.Sequential([ms.Dense(1, activation="relu")], input_dim=2, seed=0)
+    m.layers[0].W[...] = -1000.0
+    m.layers[0].b[...] = -1e9
+    q = Q.quantize_model(m, "int8", "int8", calibration_data=X)
+    assert np.all(q.predict(X) == 0.0)
+    assert not q.integer_supported and q.layers[0].multiplier is None
+    with pytest.raises(ValueError, match=r"layer 0: its requantization multiplier .* not below "
+                                         r"2\*\*30"):
+        q.predict(X, integer=True)
+
+
 def test_quantize_model_bad_input():
     model, X = _tiny()
     with pytest.raises(ValueError, match="calibration_data is required"):
