@@ -44,6 +44,7 @@ __all__ = [
     "FLOAT32_EPS",
     "INT32_MIN",
     "INT32_MAX",
+    "MULTIPLIER_LIMIT",
     "integer_range",
     "code_dtype",
     "QFormat",
@@ -57,6 +58,7 @@ __all__ = [
     "dequantize_affine",
     "quantize_weights",
     "quantize_bias",
+    "bias_safe_weight_scale",
     "fake_quantize",
     "fake_quantize_grad_mask",
     "quantize_multiplier",
@@ -99,6 +101,9 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+
+# quantize_multiplier's upper bound: M0 < 2**31 with a left shift of at most 30 bits.
+MULTIPLIER_LIMIT = 2.0**30
 
 
 # --------------------------------------------------------------------------------------------
@@ -993,14 +998,17 @@ def quantize_bias(b, input_scale, weight_scale):
     Returns
     -------
     codes : int32 ndarray, shape (d_out,)
-        ``clip(round_half_even(b / (input_scale * weight_scale)), INT32_MIN, INT32_MAX)``.
+        ``round_half_even(b / (input_scale * weight_scale))``.
     scale : float64 ndarray, shape (d_out,)
         ``input_scale * weight_scale``, broadcast to (d_out,).
 
     Raises
     ------
     ValueError
-        If b has NaN, a scale is not finite positive, or shapes do not match.
+        If b has NaN, a scale (or their product) is not finite positive, shapes do not match,
+        or a code would leave int32: the bias cannot be represented at that scale, and is
+        refused rather than saturated (widen the weight scale first with
+        :func:`bias_safe_weight_scale`, as :func:`quantize_model` does).
 
     Notes
     -----
@@ -1030,8 +1038,89 @@ def quantize_bias(b, input_scale, weight_scale):
             f"got {np.asarray(weight_scale)!r}"
         )
     scale = np.broadcast_to(s_in * s_w, b.shape).astype(np.float64)
+    if not np.isfinite(scale).all() or (scale <= 0).any():
+        raise ValueError(
+            f"input_scale * weight_scale must be finite and positive, got {input_scale!r} * "
+            f"{np.asarray(weight_scale)!r}"
+        )
+    with np.errstate(over="ignore"):
+        ratio = np.rint(b / scale)
+    bad = (ratio < INT32_MIN) | (ratio > INT32_MAX) | np.isinf(b)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ValueError(
+            f"b[{j}] = {float(b[j])!r} is beyond the int32 range at scale input_scale * "
+            f"weight_scale = {float(scale[j])!r} (code {float(ratio[j]):.4g}); widen the weight "
+            "scale (bias_safe_weight_scale) rather than saturate the bias"
+        )
     codes = quantize_affine(b, scale, np.zeros(b.shape, np.int64), bits=32, axis=0)
     return codes, scale
+
+
+def bias_safe_weight_scale(b, input_scale, weight_scale, per_channel=True):
+    """Weight scales widened where needed so that the int32 bias holds the real bias.
+
+    Parameters
+    ----------
+    b : array_like of float, shape (d_out,)
+        The layer's float bias.
+    input_scale : float > 0
+        Scale of the layer's input activations.
+    weight_scale : float > 0, or float array of shape (d_out,)
+        The weight scales from the weights alone (e.g. :func:`quantize_weights`).
+    per_channel : bool, default True
+        One scale per output unit; False widens the one per-tensor scale for the largest |b|.
+
+    Returns
+    -------
+    scale : float64 ndarray, shape (d_out,)
+        ``weight_scale`` where the bias fits in half the int32 range, else the widened scale.
+
+    Raises
+    ------
+    ValueError
+        If b has NaN or inf, a scale is not finite positive, or the shapes do not match.
+
+    Notes
+    -----
+    The bias is stored as ``round(b / (input_scale * weight_scale))`` in int32 (TFLite's bias
+    scale). A weight scale that is tiny next to the bias -- an all-zero weight channel gets the
+    floor scale ``FLOAT32_EPS`` -- would saturate that code and silently lose the bias. So, per
+    channel: if ``|b_j| >= 0.5 * input_scale * s_j * INT32_MAX`` then
+    ``s_j = 2 * |b_j| / (INT32_MAX * input_scale)``, which puts the bias code at about
+    ``INT32_MAX / 2``, leaving the other half of int32 for the accumulator. Per tensor the same
+    with ``max_j |b_j|``. Weight codes must then be quantized with the widened scale; the weights
+    of such a channel contribute at most ``127 * 255 / 2**30`` of the bias per input, so nothing
+    measurable is lost.
+
+    References
+    ----------
+    TFLite ``AdjustWeightsForBiasScale`` (tensorflow/lite/tools/optimize/quantization_utils.cc),
+    which the TFLite post-training quantizer applies before quantizing weights and biases.
+
+    Examples
+    --------
+    >>> bias_safe_weight_scale([5.0, 0.5], 0.02, np.array([FLOAT32_EPS, 0.01])).tolist()
+    [2.3283064376228985e-07, 0.01]
+    """
+    b = _as_float64("b", b, allow_inf=False)
+    if b.ndim != 1:
+        raise ValueError(f"b must be 1-D (d_out,), got shape {b.shape}")
+    per_channel = _check_bool("per_channel", per_channel)
+    s_in = _as_float64("input_scale", input_scale, allow_inf=False)
+    s_w = _as_float64("weight_scale", weight_scale, allow_inf=False)
+    if s_in.ndim != 0 or s_in <= 0:
+        raise ValueError(f"input_scale must be a positive scalar, got {input_scale!r}")
+    if (s_w <= 0).any() or s_w.ndim > 1 or (s_w.ndim == 1 and s_w.shape != b.shape):
+        raise ValueError(
+            f"weight_scale must be positive, scalar or of shape {b.shape}, "
+            f"got {np.asarray(weight_scale)!r}"
+        )
+    scale = np.broadcast_to(s_w, b.shape).astype(np.float64)
+    need = np.abs(b) if per_channel else np.full(b.shape, np.abs(b).max(initial=0.0))
+    widen = need >= 0.5 * float(s_in) * scale * INT32_MAX
+    scale[widen] = 2.0 * need[widen] / (INT32_MAX * float(s_in))
+    return scale
 
 
 def fake_quantize(
@@ -1175,39 +1264,57 @@ def quantize_multiplier(real_multiplier):
 
     Parameters
     ----------
-    real_multiplier : float, finite, >= 0
-        Typically ``input_scale * weight_scale / output_scale``.
+    real_multiplier : float, finite, in [0, 2**30)
+        Typically ``input_scale * weight_scale / output_scale``. ``2**30`` is the largest
+        multiplier an int32 ``M0`` with a left shift of at most 30 bits can hold (see Notes).
 
     Returns
     -------
     (M0, shift) : (int, int)
-        ``M0`` fits int32 with ``M0 / 2**31`` in [0.5, 1) (0 for a zero or negligible multiplier);
-        ``shift`` is the power-of-two exponent: a left shift by ``shift`` bits when positive, a
-        right shift by ``-shift`` bits when negative (TFLite's sign convention). Multipliers below
-        2**-32 give ``(0, 0)``, as TFLite.
+        ``M0`` in ``[2**30, 2**31 - 1]`` (``M0 / 2**31`` in [0.5, 1)), or 0 for a zero or negligible
+        multiplier; ``shift`` in ``[-31, 30]``, the range :func:`multiply_by_quantized_multiplier`
+        and :func:`requantize` accept: a left shift by ``shift`` bits when positive, a right shift
+        by ``-shift`` bits when negative (TFLite's sign convention). Every pair returned is
+        accepted by those two functions.
 
     Raises
     ------
     TypeError
         If real_multiplier is not a real number.
     ValueError
-        If it is negative, NaN, infinite, or >= 2**31 (a shift beyond int32).
+        If it is negative, NaN, infinite, or >= 2**30 (it would need a left shift of 31 bits,
+        which no int32 accumulator survives).
 
     Notes
     -----
     ``q, e = frexp(real)`` (q in [0.5, 1)); ``M0 = round_half_away(q * 2**31)``; if rounding
-    reaches ``2**31`` then ``M0 = 2**30`` and ``e += 1``; ``shift = e``. Relative error of the
-    representation: at most ``2**-31``.
+    reaches ``2**31`` then ``M0 = 2**30`` and ``e += 1``; ``shift = e``. Then TFLite's two edge
+    rules, so that the shift stays in [-31, 30]:
+
+    * ``shift < -31`` (``real < 2**-32 - 2**-64``): ``(M0, shift) = (0, 0)``, the multiplier
+      flushed to zero, since a right shift of more than 31 bits leaves nothing of an int32;
+    * ``shift > 30`` (only ``real`` in ``[2**30 - 2**-2, 2**30)``, which rounds up to ``2**30``):
+      ``(M0, shift) = (2**31 - 1, 30)``, the largest representable multiplier ``2**30 - 2**-1``.
+
+    Relative error ``|M0 * 2**(shift - 31) - real| / real``: at most ``2**-31`` for every
+    accepted ``real >= 2**-32 - 2**-64`` (the saturated edge included: its error is below
+    ``2**-1 / 2**30``); the flushed multipliers give exactly 0. Larger multipliers are refused
+    rather than saturated: TFLite's ``shift > 30`` rule would silently turn any ``real`` up to
+    ``2**31`` into ``2**30 - 2**-1``, and its double-rounding kernel would overflow computing
+    ``x * 2**31``.
 
     References
     ----------
-    TFLite ``tflite::QuantizeMultiplier`` (tensorflow/lite/kernels/internal/quantization_util.cc);
-    Jacob et al. 2018, section 2.2 (M = 2**-n M0).
+    TFLite ``tflite::QuantizeMultiplier`` (tensorflow/lite/kernels/internal/quantization_util.cc:
+    the ``shift < -31`` flush to zero, and the ``shift > 30`` saturation of the
+    ``TFLITE_SINGLE_ROUNDING`` build); Jacob et al. 2018, section 2.2 (M = 2**-n M0).
 
     Examples
     --------
     >>> quantize_multiplier(0.5), quantize_multiplier(1.0), quantize_multiplier(0.1)
     ((1073741824, 0), (1073741824, 1), (1717986918, -3))
+    >>> quantize_multiplier(2.0**-33), quantize_multiplier(2.0**30 - 0.125)
+    ((0, 0), (2147483647, 30))
     """
     if isinstance(real_multiplier, (bool, np.bool_)) or not isinstance(
         real_multiplier, numbers.Real
@@ -1216,8 +1323,11 @@ def quantize_multiplier(real_multiplier):
     m = float(real_multiplier)
     if not math.isfinite(m) or m < 0:
         raise ValueError(f"real_multiplier must be finite and >= 0, got {real_multiplier!r}")
-    if m >= 2.0**31:
-        raise ValueError(f"real_multiplier must be < 2**31, got {real_multiplier!r}")
+    if m >= MULTIPLIER_LIMIT:
+        raise ValueError(
+            f"real_multiplier must be < 2**30, got {real_multiplier!r}: a larger multiplier "
+            "needs a left shift of 31 bits or more, which overflows any nonzero int32 accumulator"
+        )
     if m == 0.0:
         return 0, 0
     q, shift = math.frexp(m)
@@ -1229,6 +1339,8 @@ def quantize_multiplier(real_multiplier):
         shift += 1
     if shift < -31:
         return 0, 0
+    if shift > 30:
+        return INT32_MAX, 30
     return int(q_fixed), int(shift)
 
 
@@ -2162,7 +2274,11 @@ class QuantizedDense:
         ``weight_scale * codes``.
     multiplier, shift : int64 ndarrays, shape (d_out,), or None
         Fixed-point requantization multiplier of ``s_in * s_w[j] / s_out`` per output unit, when
-        activations are quantized.
+        activations are quantized and every such multiplier is below 2**30
+        (:func:`quantize_multiplier`).
+    multiplier_problem : str or None
+        Why multiplier is None although activations are quantized (the integer path then
+        refuses the model; the simulation runs).
     """
 
     def __init__(
@@ -2187,11 +2303,23 @@ class QuantizedDense:
         self.weight_spec, self.frac_bits = weight_spec, frac_bits
         self.W_dequantized = self.weight_scale * codes.astype(np.float64)
         self.multiplier = self.shift = None
+        self.multiplier_problem = None
         if input_qparams is not None:
             s_in, s_out = input_qparams[0], output_qparams[0]
-            pairs = [quantize_multiplier(s_in * s_w / s_out) for s_w in self.weight_scale]
-            self.multiplier = np.array([m for m, _ in pairs], dtype=np.int64)
-            self.shift = np.array([s for _, s in pairs], dtype=np.int64)
+            with np.errstate(over="ignore"):
+                reals = s_in * self.weight_scale / s_out
+            big = ~np.isfinite(reals) | (reals >= MULTIPLIER_LIMIT)
+            if big.any():
+                # the float simulation still runs; only the integer path cannot
+                j = int(np.argmax(big))
+                self.multiplier_problem = (
+                    f"its requantization multiplier s_in * s_w / s_out of unit {j} is "
+                    f"{float(reals[j]):.4g}, not below 2**30 (output scale {s_out!r})"
+                )
+            else:
+                pairs = [quantize_multiplier(float(r)) for r in reals]
+                self.multiplier = np.array([m for m, _ in pairs], dtype=np.int64)
+                self.shift = np.array([s for _, s in pairs], dtype=np.int64)
 
     @property
     def shape(self):
@@ -2335,6 +2463,8 @@ class QuantizedModel:
                     f"layer {i} has {layer.weight_spec.bits}-bit weights; the integer path "
                     "needs <= 8 bits"
                 )
+            if layer.multiplier_problem is not None:
+                return f"layer {i}: {layer.multiplier_problem}"
         return None
 
     @property
@@ -2699,6 +2829,29 @@ def _json_ready(state):
     return out
 
 
+def _fit_bias(W, b, input_scale, spec, codes, w_scale, frac_bits):
+    """Weights requantized at :func:`bias_safe_weight_scale` when the int32 bias needs it.
+
+    Affine weights take the widened scales; automatic fixed point takes the finest format whose
+    step is at least the widened scale; a fixed point format the user gave is kept (an
+    unrepresentable bias then raises in :func:`quantize_bias`).
+    """
+    per_channel = spec.scheme == "affine" and spec.per_channel
+    safe = bias_safe_weight_scale(b, input_scale, w_scale, per_channel)
+    if np.array_equal(safe, w_scale):
+        return codes, w_scale, frac_bits
+    if spec.scheme == "affine":
+        zeros = np.zeros(safe.shape, np.int64)
+        codes = quantize_affine(W, safe, zeros, spec.bits, narrow_range=True, axis=1)
+        return codes, safe, frac_bits
+    if spec.frac_bits is not None:
+        return codes, w_scale, frac_bits
+    # step 2**-f >= safe: f = -e for safe = m * 2**e, m in [0.5, 1)
+    f = max(min(frac_bits, -math.frexp(float(safe.max()))[1]), -FRAC_BITS_LIMIT)
+    fmt = QFormat(spec.bits, f, spec.signed)
+    return quantize(W, fmt), np.full(safe.shape, fmt.step), f
+
+
 def _build_quantized(model, spec, activations, ranges):
     """QuantizedModel from a float model, a weight spec and activation ranges (or None)."""
     signed = activations != "uint8"
@@ -2712,6 +2865,9 @@ def _build_quantized(model, spec, activations, ranges):
         if layer.use_bias:
             b = layer.b.astype(np.float64)
             if qparams is not None:
+                codes, w_scale, frac_bits = _fit_bias(
+                    layer.W, b, qparams[i][0], spec, codes, w_scale, frac_bits
+                )
                 bias_codes, _ = quantize_bias(b, qparams[i][0], w_scale)
             else:
                 bias = b.copy()
@@ -2755,8 +2911,10 @@ def quantize_model(
         fixed point in that format.
     activations : {"int8", "uint8"} or None, default "int8"
         Quantize the input and every layer output with asymmetric per-tensor 8-bit affine
-        parameters from the calibration ranges; biases become int32 at ``s_in * s_w``. None
-        quantizes the weights only (biases and activations stay float).
+        parameters from the calibration ranges; biases become int32 at ``s_in * s_w``, after
+        :func:`bias_safe_weight_scale` widens any weight scale the bias would not fit (an
+        all-zero weight channel, say). None quantizes the weights only (biases and activations
+        stay float).
     calibration_data : array_like, shape (n, d_in)
         Required when activations are quantized: rows whose float activations set the ranges
         (:func:`calibration_ranges`).
@@ -2772,7 +2930,8 @@ def quantize_model(
     TypeError
         If model is not a Sequential or weights is of an unknown kind.
     ValueError
-        If activations is unknown, calibration_data is missing when needed, or data is bad.
+        If activations is unknown, calibration_data is missing when needed, data is bad, or a
+        bias cannot be held in int32 under a fixed-point format given with its frac_bits.
 
     References
     ----------
@@ -2869,6 +3028,17 @@ def qat_config(quantization):
     return QATConfig(weights=quantization)
 
 
+def _diverged_weights(W, spec):
+    """True if no format of `spec` can hold W: NaN or inf, or beyond the coarsest fixed point."""
+    W = np.asarray(W)
+    if not np.isfinite(W).all():
+        return True
+    if spec.scheme == "fixed" and spec.frac_bits is None and W.size:
+        coarsest = QFormat(spec.bits, -FRAC_BITS_LIMIT, spec.signed)
+        return bool(W.max() > coarsest.max_value or (spec.signed and W.min() < coarsest.min_value))
+    return False
+
+
 class WeightFakeQuantizer:
     """Kernel hook of QAT: ``W -> (fake-quantized W, pass mask)`` under a :class:`WeightSpec`.
 
@@ -2876,6 +3046,11 @@ class WeightFakeQuantizer:
     pass uses exactly the weights :func:`convert` will store. When the range is W's own (affine,
     or fixed point with automatic frac_bits) nothing is clipped and every gradient passes (mask
     None); a fixed format with given frac_bits passes gradients only inside its range.
+
+    In training, weights that no format can hold -- NaN or inf, or (automatic fixed point)
+    beyond the coarsest format -- come out as NaN instead of raising: only a diverging update
+    produces them, and the NaN loss then makes ``fit`` report the divergence with its epoch,
+    step and learning rate, as it does without QAT. Outside training they raise ValueError.
 
     Parameters
     ----------
@@ -2887,6 +3062,8 @@ class WeightFakeQuantizer:
 
     def __call__(self, W, training=False):
         spec = self.spec
+        if training and _diverged_weights(W, spec):
+            return np.full_like(W, np.nan), None
         if spec.scheme == "affine":
             axis = 1 if spec.per_channel else None
             lo, hi = channel_min_max(W, axis)
@@ -2923,15 +3100,20 @@ class ActivationFakeQuantizer:
         self.observer = MovingAverageMinMaxObserver(averaging_constant, signed=self.signed)
 
     def __call__(self, a, training=False):
+        finite = True
         if training:
-            self.observer.observe(a)
+            finite = bool(np.isfinite(a).all())
+            # a non-finite batch (a diverging step) is not folded into the range; observing an
+            # empty batch instead keeps a synchronized observer's allreduce in step on all ranks
+            self.observer.observe(a if finite else a[:0])
+            if not finite:
+                return a, None  # NaN/inf go on to the loss, where fit reports the divergence
         if self.observer.min_val is None:
             return a, None  # nothing observed yet: no range to quantize to
         scale, zp = self.observer.calculate_qparams()
+        if training and not math.isfinite(scale):
+            return np.full_like(a, np.nan), None  # a range too wide for float64: diverged
         return _fake_quant(a, scale, zp, 8, self.signed, want_mask=training)
-        return _fake_quant(
-            a, scale, zp, 8, self.signed, False, None, "nearest_even", None, training
-        )
 
     def __repr__(self):
         obs = self.observer

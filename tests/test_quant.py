@@ -26,6 +26,7 @@ from minscale.quant import (
     MovingAverageMinMaxObserver,
     QFormat,
     affine_qparams,
+    bias_safe_weight_scale,
     channel_min_max,
     choose_frac_bits,
     code_dtype,
@@ -43,6 +44,7 @@ from minscale.quant import (
     quantize_multiplier,
     quantize_weights,
     quantized_nbytes,
+    REQUANTIZE_ROUNDINGS,
     requantize,
     round_values,
     rounding_divide_by_pot,
@@ -584,11 +586,53 @@ def test_quantize_bias_reference():
     codes, scale = quantize_bias([0.3, -1.0], 0.5, np.array([0.25, 0.125]))
     assert codes.dtype == np.int32 and codes.tolist() == [2, -16]
     assert scale.tolist() == [0.125, 0.0625]
-    assert quantize_bias([1e12], 1e-3, 1e-3)[0].tolist() == [INT32_MAX]
+    # 1e12 / 1e-6 = 1e18 codes cannot be held by int32: refused, not saturated to INT32_MAX.
+    with pytest.raises(ValueError, match=r"b\[0\] = 1000000000000.0 is beyond the int32 range"):
+        quantize_bias([1e12], 1e-3, 1e-3)
+    with pytest.raises(ValueError, match=r"b\[1\] = -inf"):
+        quantize_bias([0.0, -np.inf], 1e-3, 1e-3)
+    # the int32 ends themselves are representable
+    assert quantize_bias([INT32_MAX, INT32_MIN], 1.0, 1.0)[0].tolist() == [INT32_MAX, INT32_MIN]
     with pytest.raises(ValueError, match="weight_scale"):
         quantize_bias([1.0, 2.0], 0.5, np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="input_scale"):
         quantize_bias([1.0], -0.5, 0.1)
+
+
+def test_bias_safe_weight_scale_reference():
+    # TFLite's rule: widen s_j when |b_j| >= 0.5 * s_in * s_j * INT32_MAX, to
+    # 2 |b_j| / (INT32_MAX * s_in). Channel 0 is an all-zero weight column (floor scale 2**-23):
+    # 0.5 * 0.02 * 2**-23 * (2**31 - 1) = 2.56 <= 5, so s_0 = 10 / (0.02 * (2**31 - 1)).
+    # Channel 1: 0.5 * 0.02 * 0.01 * (2**31 - 1) = 2.1e5 > 0.5, kept.
+    s = bias_safe_weight_scale([5.0, 0.5], 0.02, np.array([FLOAT32_EPS, 0.01]))
+    assert s.tolist() == [10.0 / (INT32_MAX * 0.02), 0.01]
+    codes, _ = quantize_bias([5.0, 0.5], 0.02, s)
+    assert codes.tolist() == [2**30, 2500]  # 5 / (0.02 * s_0) = INT32_MAX / 2, rounded
+    # per tensor: one scale, widened for the largest |b|
+    s = bias_safe_weight_scale([5.0, -6.0], 0.02, FLOAT32_EPS, per_channel=False)
+    assert s.tolist() == [12.0 / (INT32_MAX * 0.02)] * 2
+    with pytest.raises(ValueError, match="input_scale"):
+        bias_safe_weight_scale([1.0], 0.0, 0.1)
+    with pytest.raises(ValueError, match="weight_scale"):
+        bias_safe_weight_scale([1.0, 2.0], 0.5, np.array([0.1, 0.2, 0.3]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    b=arrays(np.float64, st.integers(1, 6), elements=st.floats(-1e6, 1e6)),
+    s_in=st.floats(2.0**-23, 10.0),
+    log_s_w=st.floats(-23.0, 0.0),
+    per_channel=st.booleans(),
+)
+def test_bias_safe_weight_scale_makes_every_bias_representable(b, s_in, log_s_w, per_channel):
+    s_w = np.full(b.shape, 2.0**log_s_w)
+    safe = bias_safe_weight_scale(b, s_in, s_w, per_channel)
+    assert (safe >= s_w).all()
+    codes, scale = quantize_bias(b, s_in, safe)  # never raises: the bias fits
+    assert np.abs(codes.astype(np.int64)).max() <= INT32_MAX // 2 + 1
+    # each bias is held to within half a code step (exact arithmetic on the float64 values)
+    for c, sc, v in zip(codes.tolist(), scale.tolist(), b.tolist()):
+        assert abs(c * Fraction(sc) - Fraction(v)) <= Fraction(sc) / 2 + abs(Fraction(v)) / 2**50
 
 
 # ---------------------------------------------------------------------------------- fake quant
@@ -713,12 +757,88 @@ def test_quantize_multiplier_reference_values():
 
 
 @settings(max_examples=200, deadline=None)
-@given(m=st.floats(2.0**-31, 2.0**31, exclude_max=True))
+@given(m=st.floats(2.0**-31, 2.0**30, exclude_max=True))
 def test_quantize_multiplier_normalized_and_accurate(m):
     M0, shift = quantize_multiplier(m)
     assert 2**30 <= M0 < 2**31  # M0 / 2**31 in [0.5, 1)
     approx = Fraction(M0) * Fraction(2) ** (shift - 31)
     assert abs(approx - Fraction(m)) <= Fraction(m) / 2**31
+
+
+# The documented input range [0, 2**30) with its edges: zero, the tiniest multipliers, both
+# sides of the flush-to-zero bound 2**-32 - 2**-64, values just below and at powers of two
+# (where rounding carries into the next exponent), and the largest accepted float below 2**30.
+MULTIPLIER_EDGES = [
+    0.0,
+    5e-324,
+    1e-300,
+    1e-12,
+    2.0**-33,
+    2.0**-32 - 2.0**-64 - 2.0**-85,  # the largest float that flushes to zero
+    2.0**-32 - 2.0**-64,  # rounds up to exactly 2**-32: (2**30, -31)
+    2.0**-32,
+    2.0**-31 * (1 - 2.0**-53),
+    0.5 * (1 - 2.0**-53),
+    1.0,
+    1.0 - 2.0**-33,
+    2.0**29 * (1 - 2.0**-53),
+    2.0**30 - 2.0**-2 - 2.0**-23,  # the largest that rounds normally: (2**31 - 1, 30)
+    2.0**30 - 2.0**-2,  # rounds up to 2**30: TFLite's saturation rule
+    2.0**30 - 2.0**-23,  # the largest accepted multiplier
+]
+
+
+def multiplier_inputs():
+    """Floats over the whole documented range [0, 2**30), edges weighted in."""
+    return st.one_of(
+        st.sampled_from(MULTIPLIER_EDGES),
+        st.floats(0.0, 2.0**30, exclude_max=True),
+        st.integers(-1074, 29).flatmap(
+            lambda e: st.floats(2.0**e, 2.0 ** (e + 1), exclude_max=True)
+        ),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=multiplier_inputs(), x=st.sampled_from([0, 1, -1]), data=st.data())
+def test_every_quantized_multiplier_is_accepted_by_the_integer_primitives(m, x, data, backend):
+    # Every (M0, shift) quantize_multiplier returns over its documented range must be accepted by
+    # multiply_by_quantized_multiplier and requantize, both roundings, and carry the documented
+    # relative error (exactly 0 where TFLite flushes a multiplier to zero).
+    M0, shift = quantize_multiplier(m)
+    assert 0 <= M0 <= INT32_MAX and -31 <= shift <= 30
+    realized = Fraction(M0) * Fraction(2) ** (shift - 31)
+    if m < 2.0**-32 - 2.0**-64:
+        assert (M0, shift) == (0, 0)
+    else:
+        assert 2**30 <= M0 <= INT32_MAX
+        assert abs(realized - Fraction(m)) <= Fraction(m) / 2**31
+    # x * 2**shift must fit int32 for the double rounding's left shift; beyond that the primitive
+    # rightly reports an overflow of these inputs, not a bad shift.
+    if shift >= 0:
+        x = data.draw(st.integers(-(2 ** (30 - shift)), 2 ** (30 - shift) - 1), label="x")
+    exact = Fraction(x) * realized
+    for rounding in REQUANTIZE_ROUNDINGS:
+        r = int(multiply_by_quantized_multiplier(x, M0, shift, rounding=rounding))
+        assert abs(Fraction(r) - exact) <= Fraction(1, 2) + Fraction(1, 2 ** (max(-shift, 0) + 1))
+        codes = requantize(np.array([x]), M0, shift, bits=32, rounding=rounding)
+        assert int(codes[0]) == r
+
+
+def test_quantize_multiplier_edges_follow_tflite():
+    # Rounding carries 2**30 - 2**-2 up to 2**30 (shift 31); TFLite saturates to (2**31 - 1, 30).
+    assert quantize_multiplier(2.0**30 - 2.0**-2) == (INT32_MAX, 30)
+    assert quantize_multiplier(2.0**30 - 2.0**-23) == (INT32_MAX, 30)
+    # Just below the carry: q * 2**31 = 2**31 - 1 - 2**-21 rounds to 2**31 - 1 with shift 30.
+    assert quantize_multiplier(2.0**30 - 2.0**-2 - 2.0**-23) == (INT32_MAX, 30)
+    assert multiply_by_quantized_multiplier(1, INT32_MAX, 30, rounding="single") == 2**30
+    # 2**-32 - 2**-64 rounds up to 2**-32 = 2**30 * 2**(-31 - 31); the next float down flushes.
+    assert quantize_multiplier(2.0**-32 - 2.0**-64) == (2**30, -31)
+    assert quantize_multiplier(2.0**-32 - 2.0**-64 - 2.0**-85) == (0, 0)
+    # 2**30 and above would need shift 31: refused, not saturated.
+    for m in (2.0**30, 2.0**31 - 1, 2.0**31 - 2.0**-22):
+        with pytest.raises(ValueError, match="real_multiplier must be < 2\\*\\*30"):
+            quantize_multiplier(m)
 
 
 @pytest.mark.parametrize(

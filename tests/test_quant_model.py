@@ -334,6 +334,80 @@ def test_integer_path_refuses_what_it_cannot_run():
         )
 
 
+ZERO_WEIGHT_SPECS = ["int8", Q.WeightSpec(8, per_channel=False), Q.WeightSpec(8, "fixed"), "int4"]
+
+
+@pytest.mark.parametrize("activations", ["int8", "uint8"])
+@pytest.mark.parametrize("weights", ZERO_WEIGHT_SPECS, ids=lambda w: Q.weight_spec(w).name)
+def test_all_zero_weights_keep_their_bias(weights, activations):
+    # Layer 0 has all-zero weights (as after structured pruning), so its output is its bias: 5.0
+    # through unit 0 and the identity layer 1. Its weight scale is the floor 2**-23, and the int32
+    # bias at input_scale * 2**-23 used to saturate: 5.0 came out as 4.35 (2.2 with other data).
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    m = ms.Sequential([ms.Dense(3, activation="relu"), ms.Dense(1)], input_dim=2, seed=0)
+    m.layers[0].W[...] = 0.0
+    m.layers[0].b[...] = [5.0, 0.0, 0.0]
+    m.layers[1].W[...] = [[1.0], [0.0], [0.0]]
+    m.layers[1].b[...] = 0.0
+    assert np.all(m.predict(X) == 5.0)
+    q = Q.quantize_model(m, weights, activations, calibration_data=X)
+    # quantization steps of the two layer outputs (hidden [0, 5], output [0, 5]: 5 / 255 each)
+    tol = q.layers[0].output_qparams[0] + q.layers[1].output_qparams[0]
+    assert np.abs(q.predict(X) - 5.0).max() <= tol
+    assert np.abs(q.predict(X, integer=True) - 5.0).max() <= tol
+    assert np.abs(q.predict(X, integer=True, requantize_rounding="single") - 5.0).max() <= tol
+    assert np.all(q.layers[0].codes == 0)
+
+
+def test_structured_prune_to_one_unit_then_quantize_keeps_predictions():
+    # prune(sparsity=1, method="structured") + shrink leaves one hidden unit with all-zero
+    # weights and a bias of 5; the quantized model must keep what that unit carries.
+    from minscale import prune as P
+
+    X = np.random.default_rng(0).normal(size=(64, 3))
+    m = ms.Sequential([ms.Dense(4, activation="relu"), ms.Dense(2)], input_dim=3, seed=1)
+    m.layers[0].b[...] = [5.0, 1.0, 2.0, 3.0]
+    m.layers[1].b[...] = [0.5, -5.0]
+    P.prune(m, 1.0, method="structured")
+    s = P.shrink(m)
+    assert s.layers[0].W.shape == (3, 1) and np.all(s.layers[0].W == 0)
+    expected = s.predict(X[:4])
+    for weights in ZERO_WEIGHT_SPECS:
+        q = Q.quantize_model(s, weights, "int8", calibration_data=X)
+        tol = q.layers[-1].output_qparams[0] + abs(s.layers[1].W).max() * (
+            q.layers[0].output_qparams[0]
+        )
+        assert np.abs(q.predict(X[:4], integer=True) - expected).max() <= tol, weights
+        assert np.abs(q.predict(X[:4]) - expected).max() <= tol, weights
+
+
+def test_a_bias_no_int32_holds_under_a_given_fixed_format_is_refused():
+    # A user-given fixed-point format keeps its step 2**-8; 1e9 / (s_in * 2**-8) is far beyond
+    # int32, and the bias is refused instead of saturated.
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    m = ms.Sequential([ms.Dense(1)], input_dim=2, seed=0)
+    m.layers[0].b[...] = 1e9
+    with pytest.raises(ValueError, match=r"b\[0\] = 1000000000.0 is beyond the int32 range"):
+        Q.quantize_model(m, Q.QFormat(8, 8), "int8", calibration_data=X)
+
+
+def test_a_multiplier_beyond_2_30_disables_the_integer_path_with_its_reason():
+    # A dead ReLU layer has output range [0, 0] and the floor scale 2**-23; with inputs and
+    # weights of magnitude ~1000, M = s_in * s_w / 2**-23 ~ 1.1e9 >= 2**30 needs a 31-bit left
+    # shift. The simulation runs; the integer path says why it cannot (it used to accept the
+    # model and then fail on "shift must lie in [-31, 30]").
+    X = np.random.default_rng(0).normal(size=(50, 2)) * 1000
+    m = ms.Sequential([ms.Dense(1, activation="relu")], input_dim=2, seed=0)
+    m.layers[0].W[...] = -1000.0
+    m.layers[0].b[...] = -1e9
+    q = Q.quantize_model(m, "int8", "int8", calibration_data=X)
+    assert np.all(q.predict(X) == 0.0)
+    assert not q.integer_supported and q.layers[0].multiplier is None
+    with pytest.raises(ValueError, match=r"layer 0: its requantization multiplier .* not below "
+                                         r"2\*\*30"):
+        q.predict(X, integer=True)
+
+
 def test_quantize_model_bad_input():
     model, X = _tiny()
     with pytest.raises(ValueError, match="calibration_data is required"):
@@ -582,6 +656,51 @@ def test_cli_bad_input_is_one_line(saved_digits_model, extra, words, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
+
+
+QAT_DIVERGING = [[], ["--affine", "--calibrate"], ["--affine", "--per-channel", "--calibrate"],
+                 ["--bits", "4", "--calibrate"]]
+
+
+@pytest.mark.parametrize("extra", QAT_DIVERGING, ids=lambda e: " ".join(e) or "auto-frac")
+def test_cli_qat_with_an_absurd_rate_blames_the_rate(saved_digits_model, extra, capsys):
+    # lr 1e300 sends the weights to ~1e300 in one step: the error is the divergence at that rate,
+    # not "too large for any 8-bit format" nor "NaN cannot be quantized"
+    args = ["quantize", str(saved_digits_model), "--data", "digits", "--qat-epochs", "3",
+            "--lr", "1e300"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "training diverged in epoch 0" in err and "at learning rate 1e+300" in err
+    assert "format" not in err and "cannot be quantized" not in err
+
+
+@pytest.mark.parametrize("weights", ["int8", Q.WeightSpec(8, "fixed")], ids=["int8", "fixed"])
+def test_qat_divergence_is_a_divergence_error(weights):
+    from minscale.train import DivergenceError
+
+    X = np.random.default_rng(0).normal(size=(64, 4))
+    y = X @ np.ones((4, 1))
+    m = _mlp(4, [8], 1, seed=0, lr=1e300)
+    with np.errstate(over="ignore", invalid="ignore"):
+        with pytest.raises(DivergenceError, match="learning rate 1e\\+300") as info:
+            m.fit(X, y, epochs=2, batch_size=16, quantization=Q.QATConfig(weights, "int8"))
+    assert info.value.learning_rate == 1e300
+    # a non-finite batch was not folded into any activation range
+    for layer in m.layers:
+        obs = layer.output_quantizer.observer
+        assert obs.min_val is None or (np.isfinite(obs.min_val) and np.isfinite(obs.max_val))
+
+
+def test_qat_hooks_outside_training_still_refuse_what_they_cannot_quantize():
+    hook = Q.WeightFakeQuantizer(Q.WeightSpec(8, "fixed"))
+    with pytest.raises(ValueError, match="too large for any 8-bit format"):
+        hook(np.full((2, 2), 1e300))
+    assert np.isnan(hook(np.full((2, 2), 1e300), training=True)[0]).all()
+    assert np.isnan(Q.WeightFakeQuantizer("int8")(np.full((2, 2), np.inf), True)[0]).all()
+    act = Q.ActivationFakeQuantizer("int8")
+    out, mask = act(np.array([[np.nan, 1.0]]), training=True)
+    assert np.isnan(out[0, 0]) and mask is None and act.observer.min_val is None
 
 
 def test_cli_missing_model_file(tmp_path, capsys):
