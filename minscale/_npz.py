@@ -55,7 +55,7 @@ class ArchiveError(ValueError):
     """
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # an archive may list 100k members
 class Member:
     """Where one zip member's bytes are, as the directory declares and the layout confirms.
 

@@ -22,12 +22,17 @@ A :class:`minscale.prune.SparseModel` file holds ``layers/<i>/data``, ``indices`
 
 Loading never unpickles: every member is parsed with :mod:`numpy.lib.format` header readers,
 object dtypes are refused before any byte of data is read, every array is checked against
-the manifest's shape and dtype, and the digest is verified before a model is built.
-Anything wrong with the file's content raises :class:`ModelFileError`.
+the manifest's shape and dtype, and the digest is verified before a model is built. Before
+any member is read, the zip directory is checked against the file (no overlapping members,
+none beyond the file: :func:`minscale._npz.zip_members`), so what is read adds up to at most
+the file's size. Parameters that are NaN or infinite are refused when a model is built.
+Anything wrong with the file's content raises :class:`ModelFileError`, naming the file.
 
 Writes are atomic (:func:`atomic_write`): a temporary file in the target folder, flushed and
 fsynced, then ``os.replace``; the folder is fsynced after the rename. A failure at any point
-removes the temporary file and leaves a previous file at the path untouched.
+removes the temporary file and leaves a previous file at the path untouched; the temporary
+files of killed writers are removed by a later write in the folder
+(:func:`remove_stale_temporaries`).
 
 References
 ----------
@@ -97,9 +102,11 @@ class ModelFileError(ValueError):
     :func:`restore_checkpoint` for every problem with a file's *content*: not a zip archive,
     truncated, a flipped bit (zip CRC or SHA-256 mismatch), a manifest that is not JSON or
     misses fields, shapes or dtypes that disagree with the manifest or the architecture, an
-    unknown format name or version, a pickled object array, a compressed or encrypted member.
-    Problems with the *path* (missing, a folder, unreadable) raise the usual ``OSError``
-    subclasses instead. Subclass of ``ValueError``, so the CLI reports it in one line.
+    unknown format name or version, a pickled object array, a compressed or encrypted member,
+    members that overlap or lie beyond the file, NaN or infinite parameters. The message
+    names the file. Problems with the *path* (missing, a folder, unreadable) raise the usual
+    ``OSError`` subclasses instead. Subclass of ``ValueError``, so the CLI reports it in one
+    line.
     """
 
 
@@ -975,8 +982,10 @@ def load(path):
     ------
     ModelFileError
         The file is not an .npz, is truncated, has a flipped bit (zip CRC or SHA-256), holds
-        a pickled object array, a manifest of an unknown format or version, or shapes and
-        dtypes that disagree with the manifest or the architecture. Never unpickles.
+        a pickled object array, a manifest of an unknown format or version, shapes and
+        dtypes that disagree with the manifest or the architecture, zip members that overlap
+        or lie beyond the file (refused before any is read), or parameters that are NaN or
+        infinite. Never unpickles.
     FileNotFoundError, IsADirectoryError, PermissionError
         Problems with the path.
     """

@@ -370,6 +370,13 @@ def test_load_npz_refuses_overlapping_and_duplicated_members(tmp_path, no_data_r
         load_npz(tmp_path / "d.npz")
 
 
+def test_load_npz_lists_at_most_20_keys(tmp_path):
+    np.savez(tmp_path / "many.npz", **{f"k{i:02d}": np.ones(1) for i in range(30)})
+    with pytest.raises(ValueError, match=r"x_key='X' is not an array in .*many.npz; available "
+                                         r"keys: \['k00', .*'k19'\] and 10 more$"):
+        load_npz(tmp_path / "many.npz")
+
+
 def test_load_npz_refuses_arrays_beyond_half_the_memory(tmp_path, monkeypatch):
     np.savez(tmp_path / "m.npz", X=np.ones((40, 2), dtype=np.int8), y=np.ones(40))
     # X: 80 bytes as int8 + 640 as float64; y: 320 + 320 (its float64 copy is not made, but

@@ -423,6 +423,8 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
                              "so not a valid .npz (write one with numpy.savez)")
         members = _npz_members(fh, source)
         keys = sorted(members)
+        if len(keys) > 20:  # a forged directory may list thousands: the message stays a line
+            keys = f"{keys[:20]} and {len(keys) - 20} more"
         for value, name in ((x_key, "x_key"), (y_key, "y_key")):
             if value not in members:
                 raise ValueError(f"{name}={value!r} is not an array in {source}; available keys: "
