@@ -38,8 +38,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["ArchiveError", "Member", "DEFLATE_MAX_RATIO", "zip_members", "MemberReader",
-           "read_npy_header", "read_npy_data", "npy_nbytes"]
+__all__ = ["ArchiveError", "ObjectArrayError", "Member", "DEFLATE_MAX_RATIO", "zip_members",
+           "MemberReader", "read_npy_header", "read_npy_data", "npy_nbytes"]
 
 #: most bytes a deflate stream can inflate to per compressed byte (zlib FAQ: 1032:1)
 DEFLATE_MAX_RATIO = 1032
@@ -53,6 +53,10 @@ class ArchiveError(ValueError):
 
     The message starts with the archive's name as the caller gave it (``source``).
     """
+
+
+class ObjectArrayError(ArchiveError):
+    """A ``.npy`` header declares an object dtype: its data would be a pickle."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)  # an archive may list 100k members
@@ -302,9 +306,10 @@ def read_npy_header(reader, key, source):
 
     Raises
     ------
+    ObjectArrayError
+        An object dtype (it would need pickle; refused before reading anything of it).
     ArchiveError
-        Not a ``.npy`` 1.0 or 2.0 header (NumPy's readers refuse headers over 10000 bytes);
-        an object dtype (it would need pickle; refused before reading anything of it); a
+        Not a ``.npy`` 1.0 or 2.0 header (NumPy's readers refuse headers over 10000 bytes); a
         zero-size dtype; a shape whose bytes plus the header differ from the member's
         declared size.
     """
@@ -319,10 +324,11 @@ def read_npy_header(reader, key, source):
             raise ArchiveError(f"{where} has .npy version {version}; expected 1.0 or 2.0")
     except ArchiveError:
         raise
-    except (ValueError, TypeError, SyntaxError) as exc:
-        raise ArchiveError(f"{where} has no valid .npy header ({exc})") from None
+    except Exception as exc:  # NumPy's header parser also raises tokenize.TokenError
+        raise ArchiveError(f"{where} has no valid .npy header ({type(exc).__name__}: "
+                           f"{exc})") from None
     if dtype.hasobject:
-        raise ArchiveError(f"{where} is an object array; object arrays are refused (they "
+        raise ObjectArrayError(f"{where} is an object array; object arrays are refused (they "
                            "need pickle); store a numeric array")
     if dtype.itemsize == 0:
         raise ArchiveError(f"{where} has the zero-size dtype {dtype}")

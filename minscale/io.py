@@ -1028,8 +1028,8 @@ def _check_finite_parameters(arrays, path):
             value = float(arr.reshape(-1)[i])
             raise ModelFileError(f"{path!r}: array {name!r} holds {value!r} at index {i} "
                                  f"({arr.size - int(finite.sum())} non-finite values): "
-                                 "a model with non-finite parameters predicts only NaN; the "
-                                 "training that wrote it diverged")
+                                 "a model with non-finite parameters predicts only NaN (did "
+                                 "the training that wrote it diverge?)")
 
 
 def _decode_model(manifest, arrays, path):

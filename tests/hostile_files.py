@@ -68,19 +68,15 @@ def zip_bytes(members):
 
 
 def deflate_zeros(nbytes, chunk=2**20):
-    """(raw deflate stream, CRC-32) of `nbytes` zero bytes, without holding them in memory.
+    """A raw deflate stream of `nbytes` zero bytes, built without holding them in memory.
 
     A full flush ends a block on a byte boundary and resets the history, so one compressed
     chunk can be repeated; two bytes of an empty final block end the stream.
     """
     assert nbytes % chunk == 0
-    zeros = bytes(chunk)
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    piece = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
-    crc = 0
-    for _ in range(nbytes // chunk):
-        crc = zlib.crc32(zeros, crc)
-    return piece * (nbytes // chunk) + b"\x03\x00", crc
+    piece = c.compress(bytes(chunk)) + c.flush(zlib.Z_FULL_FLUSH)
+    return piece * (nbytes // chunk) + b"\x03\x00"
 
 
 def deflated_member(name, header, n_zero_bytes, usize=None):
@@ -90,7 +86,7 @@ def deflated_member(name, header, n_zero_bytes, usize=None):
     """
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
     head = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH)
-    tail, _ = deflate_zeros(n_zero_bytes)
+    tail = deflate_zeros(n_zero_bytes)
     crc = zlib.crc32(header)
     zeros = bytes(2**20)
     for _ in range(n_zero_bytes // len(zeros)):

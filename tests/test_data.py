@@ -370,6 +370,33 @@ def test_load_npz_refuses_overlapping_and_duplicated_members(tmp_path, no_data_r
         load_npz(tmp_path / "d.npz")
 
 
+@pytest.fixture(scope="module")
+def npz_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("npz")
+    X, y = np.arange(60.0).reshape(20, 3), np.arange(20) % 3
+    np.savez(folder / "stored.npz", X=X, y=y, feature_names=np.array(["a", "b", "c"]))
+    np.savez_compressed(folder / "deflated.npz", X=X, y=y)
+    return {name: (folder / f"{name}.npz").read_bytes() for name in ("stored", "deflated")}
+
+
+@settings(deadline=None, max_examples=150)
+@given(which=st.sampled_from(["stored", "deflated"]), data=st.data())
+def test_load_npz_fuzz_damaged_files_raise_only_value_error(tmp_path_factory, npz_files,
+                                                            which, data):
+    raw = bytearray(npz_files[which])
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(0, len(raw) - 1), label="at")
+        raw[at] = data.draw(st.integers(0, 255), label="byte")
+    cut = data.draw(st.integers(len(raw) // 2, len(raw)), label="cut")
+    path = tmp_path_factory.mktemp("fuzz") / "f.npz"
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        X, y, names = load_npz(path)
+    except ValueError:
+        return
+    assert X.shape[0] == y.shape[0] and X.shape[1] == len(names)
+
+
 def test_load_npz_lists_at_most_20_keys(tmp_path):
     np.savez(tmp_path / "many.npz", **{f"k{i:02d}": np.ones(1) for i in range(30)})
     with pytest.raises(ValueError, match=r"x_key='X' is not an array in .*many.npz; available "

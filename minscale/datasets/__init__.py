@@ -448,9 +448,7 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
             try:
                 names_head = _npz_header(fh, members["feature_names"], "feature_names", source,
                                          numeric=False)
-            except _npz.ArchiveError as exc:
-                if "object array" not in str(exc):
-                    raise
+            except _npz.ObjectArrayError:
                 raise ValueError(f"{source}: feature_names must be a string array, got an "
                                  f"object array") from None
             if names_head[2].kind not in "US" or names_head[1] != (d,):
