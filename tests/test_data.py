@@ -404,6 +404,18 @@ def test_load_npz_lists_at_most_20_keys(tmp_path):
         load_npz(tmp_path / "many.npz")
 
 
+def test_load_npz_refuses_a_member_claiming_more_than_the_file(tmp_path, no_data_read):
+    from hostile_files import stored_npy, zip_bytes
+    data = bytearray(zip_bytes([stored_npy("X.npy", np.ones((2, 2))),
+                                stored_npy("y.npy", np.ones(2))]))
+    at = data.index(b"PK\x01\x02")  # X's central entry: compressed and uncompressed size
+    data[at + 20:at + 28] = (10**9).to_bytes(4, "little") * 2
+    (tmp_path / "long.npz").write_bytes(data)
+    with pytest.raises(ValueError, match=r"long.npz: member 'X.npy' claims 1000000000 bytes "
+                                         r"from offset 35, beyond the \d+ bytes"):
+        load_npz(tmp_path / "long.npz")
+
+
 def test_load_npz_refuses_arrays_beyond_half_the_memory(tmp_path, monkeypatch):
     np.savez(tmp_path / "m.npz", X=np.ones((40, 2), dtype=np.int8), y=np.ones(40))
     # X: 80 bytes as int8 + 640 as float64; y: 320 + 320 (its float64 copy is not made, but

@@ -537,7 +537,7 @@ def test_path_problems_raise_the_usual_os_errors(tmp_path):
 def test_fuzz_random_bytes_only_raise_model_file_error(tmp_path, data, prefix):
     path = tmp_path / "fuzz.npz"
     path.write_bytes(prefix + data)
-    with pytest.raises(ModelFileError):
+    with pytest.raises(ModelFileError, match="fuzz.npz"):
         ms.load(path)
 
 
@@ -578,8 +578,8 @@ def _load_all_ways(path):
     for reader in (ms.load, msio.read_checkpoint, msio.read_manifest):
         try:
             reader(path)
-        except ModelFileError:
-            pass
+        except ModelFileError as exc:
+            assert str(path) in str(exc), exc  # every message names the file
 
 
 @FUZZ
