@@ -22,12 +22,17 @@ A :class:`minscale.prune.SparseModel` file holds ``layers/<i>/data``, ``indices`
 
 Loading never unpickles: every member is parsed with :mod:`numpy.lib.format` header readers,
 object dtypes are refused before any byte of data is read, every array is checked against
-the manifest's shape and dtype, and the digest is verified before a model is built.
-Anything wrong with the file's content raises :class:`ModelFileError`.
+the manifest's shape and dtype, and the digest is verified before a model is built. Before
+any member is read, the zip directory is checked against the file (no overlapping members,
+none beyond the file: :func:`minscale._npz.zip_members`), so what is read adds up to at most
+the file's size. Parameters that are NaN or infinite are refused when a model is built.
+Anything wrong with the file's content raises :class:`ModelFileError`, naming the file.
 
 Writes are atomic (:func:`atomic_write`): a temporary file in the target folder, flushed and
 fsynced, then ``os.replace``; the folder is fsynced after the rename. A failure at any point
-removes the temporary file and leaves a previous file at the path untouched.
+removes the temporary file and leaves a previous file at the path untouched; the temporary
+files of killed writers are removed by a later write in the folder
+(:func:`remove_stale_temporaries`).
 
 References
 ----------
@@ -47,13 +52,17 @@ import os
 import re
 import stat
 import tempfile
+import time
 import zipfile
 
 import numpy as np
 
+from . import _npz
+
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "TrainingProgress",
     "save", "load", "load_with_manifest", "read_manifest", "atomic_write", "buffers_digest",
+    "remove_stale_temporaries", "STALE_TEMP_SECONDS",
     "data_digest",
     "encode_state", "decode_state", "expected_param_count", "layer_table",
     "write_checkpoint", "read_checkpoint", "restore_checkpoint",
@@ -76,6 +85,14 @@ _CHUNK_BYTES = 16 * 2**20
 #: keys that mark encoded values in the JSON form of model.state
 _MARKERS = ("__array__", "__tuple__", "__float__")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+#: the temporary file of atomic_write: "." target "." writer pid "." mkstemp's 8 characters ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>[0-9]{1,10})\.[a-z0-9_]{8}\.tmp$")
+#: the same without a pid, as minscale wrote it before (recognised for the same target only)
+_OLD_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+#: a temporary file whose writer is not running is removed once unchanged for this long (s)
+STALE_TEMP_SECONDS = 600
+#: an old-style temporary file (no pid to ask) is removed once unchanged for this long (s)
+_OLD_TEMP_SECONDS = 86400
 
 
 class ModelFileError(ValueError):
@@ -85,9 +102,11 @@ class ModelFileError(ValueError):
     :func:`restore_checkpoint` for every problem with a file's *content*: not a zip archive,
     truncated, a flipped bit (zip CRC or SHA-256 mismatch), a manifest that is not JSON or
     misses fields, shapes or dtypes that disagree with the manifest or the architecture, an
-    unknown format name or version, a pickled object array, a compressed or encrypted member.
-    Problems with the *path* (missing, a folder, unreadable) raise the usual ``OSError``
-    subclasses instead. Subclass of ``ValueError``, so the CLI reports it in one line.
+    unknown format name or version, a pickled object array, a compressed or encrypted member,
+    members that overlap or lie beyond the file, NaN or infinite parameters. The message
+    names the file. Problems with the *path* (missing, a folder, unreadable) raise the usual
+    ``OSError`` subclasses instead. Subclass of ``ValueError``, so the CLI reports it in one
+    line.
     """
 
 
@@ -304,6 +323,81 @@ def expected_param_count(config):
 # atomic writes and the container
 
 
+def _pid_running(pid):
+    """Whether a process `pid` exists on this machine (signal 0 asks without sending)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True  # elsewhere os.kill would not just ask
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (OverflowError, ValueError, OSError):
+        return False  # not a possible pid
+    return True
+
+
+def remove_stale_temporaries(folder, target=None, now=None):
+    """Delete the temporary files that killed writers of :func:`atomic_write` left in `folder`.
+
+    A save killed between creating its temporary file and the rename (SIGKILL, power loss)
+    leaves ``.NAME.PID.XXXXXXXX.tmp`` behind. Such a file is removed when it is a regular
+    file of this user, its writer ``PID`` is not running on this machine, and it has not
+    changed for ``STALE_TEMP_SECONDS`` (10 minutes; a writer that is still writing keeps
+    touching it). A temporary file of a running writer is never removed. Files named as
+    minscale named them before (``.NAME.XXXXXXXX.tmp``, no pid) are removed for `target`'s
+    NAME only, once unchanged for a day.
+
+    Parameters
+    ----------
+    folder : str
+    target : str, optional
+        Base name of the file about to be written (for the old-style names).
+    now : float, optional
+        The current time (``time.time()``), for tests.
+
+    Returns
+    -------
+    list of str
+        The names removed. Errors (a file gone meanwhile, no permission) are ignored: the
+        cleanup never fails a save.
+
+    Notes
+    -----
+    A folder shared between machines: a pid is only asked on this machine, so a writer
+    elsewhere that has not written for 10 minutes could lose its temporary file; its
+    rename then fails loudly and its target stays untouched.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is not None:
+            stale = STALE_TEMP_SECONDS
+            if _pid_running(int(match["pid"])):
+                continue
+        else:
+            match = _OLD_TEMP_NAME.match(entry.name)
+            if match is None or match["target"] != target:
+                continue
+            stale = _OLD_TEMP_SECONDS
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < stale \
+                    or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
 def atomic_write(path, writer):
     """Write a file so that readers see either the old file or the complete new one.
 
@@ -332,9 +426,11 @@ def atomic_write(path, writer):
 
     Notes
     -----
-    mkstemp in the target folder (same file system, so the rename is atomic) -> write ->
-    flush -> fsync -> os.replace -> fsync of the folder. A new file gets mode 0o644; a
-    replaced file keeps its mode.
+    mkstemp in the target folder (same file system, so the rename is atomic), named
+    ``.NAME.PID.XXXXXXXX.tmp`` -> write -> flush -> fsync -> os.replace -> fsync of the
+    folder. A new file gets mode 0o644; a replaced file keeps its mode. Before writing, the
+    temporary files that killed writers left in the folder are removed
+    (:func:`remove_stale_temporaries`).
     """
     try:
         path = os.fspath(path)
@@ -356,9 +452,12 @@ def atomic_write(path, writer):
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         mode = 0o644
+    remove_stale_temporaries(folder, os.path.basename(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                   dir=folder)
+        # the pid in the name lets a later save tell a killed writer's leftover (see
+        # remove_stale_temporaries) from a file another process is still writing
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.",
+                                   suffix=".tmp", dir=folder)
     except OSError as exc:
         # OSError(errno, msg) builds the matching subclass (PermissionError for EACCES)
         raise OSError(exc.errno, f"cannot write {path!r}: cannot create a file in {folder!r} "
@@ -527,8 +626,8 @@ def _read_container(path):
         f.seek(0)
         try:
             return _parse(f, path, file_size)
-        except ModelFileError:
-            raise
+        except ModelFileError as exc:
+            raise _naming(exc, path) from exc.__cause__
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
             raise ModelFileError(f"{path!r} is truncated or damaged: {exc}") from exc
         except Exception as exc:
@@ -537,7 +636,25 @@ def _read_container(path):
                                  f"{type(exc).__name__}: {exc}") from exc
 
 
+def _naming(exc, path):
+    """`exc` if its message names the file `path`, else a ModelFileError that starts with it.
+
+    Errors raised deep in the parsing (a member, a manifest field) know only their part of
+    the file; the user needs to know which file.
+    """
+    text = str(exc)
+    if repr(path) in text or str(path) in text:
+        return exc
+    return ModelFileError(f"{path!r}: {text}")
+
+
 def _parse(f, path, file_size):
+    try:
+        # the directory is checked before any member is read: members that overlap or lie
+        # beyond the file could otherwise claim the same bytes many times over
+        _npz.zip_members(f, file_size, repr(path))
+    except _npz.ArchiveError as exc:
+        raise ModelFileError(str(exc)) from None
     with zipfile.ZipFile(f) as zf:
         names = zf.namelist()
         if len(names) != len(set(names)):
@@ -865,8 +982,10 @@ def load(path):
     ------
     ModelFileError
         The file is not an .npz, is truncated, has a flipped bit (zip CRC or SHA-256), holds
-        a pickled object array, a manifest of an unknown format or version, or shapes and
-        dtypes that disagree with the manifest or the architecture. Never unpickles.
+        a pickled object array, a manifest of an unknown format or version, shapes and
+        dtypes that disagree with the manifest or the architecture, zip members that overlap
+        or lie beyond the file (refused before any is read), or parameters that are NaN or
+        infinite. Never unpickles.
     FileNotFoundError, IsADirectoryError, PermissionError
         Problems with the path.
     """
@@ -894,7 +1013,27 @@ def load_with_manifest(path):
     return _decode_model(manifest, arrays, os.fspath(path)), manifest
 
 
+def _check_finite_parameters(arrays, path):
+    """Refuse NaN or infinite values in a model's parameters (``params``, ``layers/...``,
+    ``qparams/...``): such a model predicts NaN, and evaluating it would report ``loss nan``
+    as if it were a result. Optimizer buffers, state and history are not checked."""
+    for name in sorted(arrays):
+        arr = arrays[name]
+        if arr.dtype.kind != "f" or not (name == "params" or name.startswith(("layers/",
+                                                                               "qparams/"))):
+            continue
+        finite = np.isfinite(arr.reshape(-1))
+        if not finite.all():
+            i = int(np.argmin(finite))
+            value = float(arr.reshape(-1)[i])
+            raise ModelFileError(f"{path!r}: array {name!r} holds {value!r} at index {i} "
+                                 f"({arr.size - int(finite.sum())} non-finite values): "
+                                 "a model with non-finite parameters predicts only NaN (did "
+                                 "the training that wrote it diverge?)")
+
+
 def _decode_model(manifest, arrays, path):
+    _check_finite_parameters(arrays, path)
     try:
         kind = manifest.get("kind")
         if kind == "Sequential":
@@ -908,8 +1047,8 @@ def _decode_model(manifest, arrays, path):
             return _decode_quantized(manifest, arrays, path)
         raise ModelFileError(f"{path!r}: unknown model kind {kind!r}; expected 'Sequential', "
                              "'SparseModel' or 'QuantizedModel'")
-    except ModelFileError:
-        raise
+    except ModelFileError as exc:
+        raise _naming(exc, path) from exc.__cause__
     except Exception as exc:
         raise ModelFileError(f"{path!r}: the manifest does not describe a valid model: "
                              f"{type(exc).__name__}: {exc}") from exc
@@ -1261,14 +1400,15 @@ def read_checkpoint(path):
     if manifest.get("checkpoint") is None:
         raise ModelFileError(f"{path!r} is a model file without a checkpoint section: nothing "
                              "to resume (save it from fit(..., checkpoint=...))")
+    _check_finite_parameters(arrays, path)
     try:
         if manifest.get("kind") != "Sequential":
             raise ModelFileError(f"{path!r}: checkpoints hold Sequential models, got "
                                  f"{manifest.get('kind')!r}")
         model, opt_state = _decode_sequential(manifest, arrays, path)
         progress = _decode_progress(manifest, arrays, path)
-    except ModelFileError:
-        raise
+    except ModelFileError as exc:
+        raise _naming(exc, path) from exc.__cause__
     except Exception as exc:
         raise ModelFileError(f"{path!r}: the manifest does not describe a valid checkpoint: "
                              f"{type(exc).__name__}: {exc}") from exc

@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+import hostile_files
 import numpy as np
 import pytest
 
@@ -541,3 +542,24 @@ def test_ctrl_c_during_worker_start_up_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["minscale: interrupted"]
+
+
+@pytest.mark.parametrize("make, words", [
+    # X claims 256 MiB in 266 kB of deflated zeros; y has 10 rows
+    (lambda p: hostile_files.deflate_bomb_npz(p, x_rows=2**17, d=256, y_rows=10),
+     "'X' has 131072 rows but 'y' has 10"),
+    (lambda p: hostile_files.huge_shape_npz(p), "declares shape (1000000000000,)"),
+    (lambda p: hostile_files.inflates_past_npz(p, extra_bytes=2**28),
+     "inflates past its declared size"),
+    (lambda p: hostile_files.oversized_member_npz(p, zero_bytes=2**28),
+     "declares shape (8, 1) of float64 (64 bytes) but its member holds 268,435,456 bytes"),
+    (lambda p: hostile_files.beyond_deflate_npz(p), "more than deflate's limit"),
+], ids=["rows", "shape", "inflates-past", "oversized-member", "beyond-deflate"])
+def test_hostile_data_files_are_one_line_within_200_mb(tmp_path, make, words):
+    path = make(tmp_path / "hostile.npz")
+    assert path.stat().st_size < 2**20
+    code, err, peak_mb = hostile_files.peak_rss_mb(
+        ["train", "--data", path, "--epochs", "1", "--hidden", "2", "--quiet"], cwd=tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert words in err and "hostile.npz" in err, err
+    assert peak_mb < 200, peak_mb

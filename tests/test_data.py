@@ -293,6 +293,152 @@ def test_load_npz_not_an_archive(tmp_path):
         load_npz(single, x_key=0)
 
 
+def test_load_npz_reads_compressed_fortran_and_big_endian_arrays(tmp_path):
+    X = np.asfortranarray(np.arange(12, dtype=">f4").reshape(4, 3))
+    y = np.array([1, 0, 1, 0], dtype=">i2")
+    np.savez_compressed(tmp_path / "c.npz", X=X, y=y, feature_names=np.array(["a", "b", "c"]))
+    X2, y2, names = load_npz(tmp_path / "c.npz")
+    np.testing.assert_array_equal(X2, np.arange(12).reshape(4, 3))
+    np.testing.assert_array_equal(y2, [1, 0, 1, 0])
+    assert X2.dtype == np.float64 and y2.dtype == np.int64 and names == ["a", "b", "c"]
+
+
+@pytest.fixture
+def no_data_read(monkeypatch):
+    """Fail the test if any array data is read: the refusal must come from the headers."""
+    from minscale import _npz
+
+    def refuse(*args):
+        raise AssertionError("array data was read before the headers were checked")
+    monkeypatch.setattr(_npz, "read_npy_data", refuse)
+
+
+def test_load_npz_refuses_disagreeing_rows_before_inflating(tmp_path, no_data_read):
+    from hostile_files import deflate_bomb_npz
+    path = deflate_bomb_npz(tmp_path / "bomb.npz", x_rows=2**14, d=64, y_rows=10)  # 8 MiB in X
+    with pytest.raises(ValueError, match=r"bomb.npz: 'X' has 16384 rows but 'y' has 10"):
+        load_npz(path)
+
+
+@pytest.mark.parametrize("key", ["X", "y"])
+def test_load_npz_refuses_a_huge_declared_shape_in_one_line(tmp_path, no_data_read, key):
+    from hostile_files import huge_shape_npz
+    path = huge_shape_npz(tmp_path / "huge.npz", key=key)
+    with pytest.raises(ValueError, match=rf"huge.npz: array '{key}' declares shape "
+                                         r"\(1000000000000,\) of float64 \(8,000,000,000,000 "
+                                         r"bytes\) but its member holds 16 bytes"):
+        load_npz(path)
+
+
+def test_load_npz_refuses_a_member_that_inflates_past_its_declared_size(tmp_path):
+    from hostile_files import inflates_past_npz
+    path = inflates_past_npz(tmp_path / "past.npz", extra_bytes=2**24)
+    with pytest.raises(ValueError, match=r"past.npz: member 'X.npy' inflates past its declared "
+                                         r"size of 192 bytes"):
+        load_npz(path)
+
+
+def test_load_npz_refuses_a_member_larger_than_its_array(tmp_path, no_data_read):
+    from hostile_files import oversized_member_npz
+    path = oversized_member_npz(tmp_path / "big.npz", zero_bytes=2**24)
+    with pytest.raises(ValueError, match=r"big.npz: array 'X' declares shape \(8, 1\) of "
+                                         r"float64 \(64 bytes\) but its member holds 16,777,216"):
+        load_npz(path)
+
+
+def test_load_npz_refuses_a_size_deflate_cannot_produce(tmp_path, no_data_read):
+    from hostile_files import beyond_deflate_npz
+    path = beyond_deflate_npz(tmp_path / "beyond.npz")
+    with pytest.raises(ValueError, match=r"beyond.npz: member 'X.npy' declares 2147483776 bytes "
+                                         r"inflated from \d+: more than deflate's limit"):
+        load_npz(path)
+
+
+def test_load_npz_refuses_overlapping_and_duplicated_members(tmp_path, no_data_read):
+    import zipfile
+
+    from hostile_files import overlapping_npz, stored_npy, zip_bytes
+    path = overlapping_npz(tmp_path / "o.npz")
+    with zipfile.ZipFile(path) as zf:  # each member alone reads fine
+        assert zf.read("y.npy") in zf.read("X.npy")
+    with pytest.raises(ValueError, match=r"o.npz: members 'X.npy' and 'y.npy' overlap"):
+        load_npz(path)
+    (tmp_path / "d.npz").write_bytes(zip_bytes([stored_npy("X.npy", np.ones((2, 2))),
+                                                stored_npy("y.npy", np.ones(2)),
+                                                stored_npy("y.npy", np.ones(2))]))
+    with pytest.raises(ValueError, match=r"d.npz: the archive holds the array 'y' twice"):
+        load_npz(tmp_path / "d.npz")
+
+
+@pytest.fixture(scope="module")
+def npz_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("npz")
+    X, y = np.arange(60.0).reshape(20, 3), np.arange(20) % 3
+    np.savez(folder / "stored.npz", X=X, y=y, feature_names=np.array(["a", "b", "c"]))
+    np.savez_compressed(folder / "deflated.npz", X=X, y=y)
+    return {name: (folder / f"{name}.npz").read_bytes() for name in ("stored", "deflated")}
+
+
+@settings(deadline=None, max_examples=150)
+@given(which=st.sampled_from(["stored", "deflated"]), data=st.data())
+def test_load_npz_fuzz_damaged_files_raise_only_value_error(tmp_path_factory, npz_files,
+                                                            which, data):
+    raw = bytearray(npz_files[which])
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(0, len(raw) - 1), label="at")
+        raw[at] = data.draw(st.integers(0, 255), label="byte")
+    cut = data.draw(st.integers(len(raw) // 2, len(raw)), label="cut")
+    path = tmp_path_factory.mktemp("fuzz") / "f.npz"
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        X, y, names = load_npz(path)
+    except ValueError:
+        return
+    assert X.shape[0] == y.shape[0] and X.shape[1] == len(names)
+
+
+def test_load_npz_lists_at_most_20_keys(tmp_path):
+    np.savez(tmp_path / "many.npz", **{f"k{i:02d}": np.ones(1) for i in range(30)})
+    with pytest.raises(ValueError, match=r"x_key='X' is not an array in .*many.npz; available "
+                                         r"keys: \['k00', .*'k19'\] and 10 more$"):
+        load_npz(tmp_path / "many.npz")
+
+
+def test_load_npz_refuses_a_member_claiming_more_than_the_file(tmp_path, no_data_read):
+    from hostile_files import stored_npy, zip_bytes
+    data = bytearray(zip_bytes([stored_npy("X.npy", np.ones((2, 2))),
+                                stored_npy("y.npy", np.ones(2))]))
+    at = data.index(b"PK\x01\x02")  # X's central entry: compressed and uncompressed size
+    data[at + 20:at + 28] = (10**9).to_bytes(4, "little") * 2
+    (tmp_path / "long.npz").write_bytes(data)
+    with pytest.raises(ValueError, match=r"long.npz: member 'X.npy' claims 1000000000 bytes "
+                                         r"from offset 35, beyond the \d+ bytes"):
+        load_npz(tmp_path / "long.npz")
+
+
+def test_load_npz_refuses_arrays_beyond_half_the_memory(tmp_path, monkeypatch):
+    np.savez(tmp_path / "m.npz", X=np.ones((40, 2), dtype=np.int8), y=np.ones(40))
+    # X: 80 bytes as int8 + 640 as float64; y: 320 + 320 (its float64 copy is not made, but
+    # counted): 1360 bytes
+    monkeypatch.setattr(datasets, "_memory_cap", lambda: 1359)
+    with pytest.raises(ValueError, match=r"m.npz: 'X' \(40, 2\) and 'y' \(40,\) need 0.0 GiB "
+                                         r"to load, more than half of this machine's memory"):
+        load_npz(tmp_path / "m.npz")
+    monkeypatch.setattr(datasets, "_memory_cap", lambda: 1360)
+    assert load_npz(tmp_path / "m.npz")[0].shape == (40, 2)
+
+
+def test_load_npz_refuses_a_damaged_member_after_reading_it(tmp_path):
+    np.savez_compressed(tmp_path / "c.npz", X=np.arange(400.0).reshape(200, 2), y=np.ones(200))
+    data = bytearray((tmp_path / "c.npz").read_bytes())
+    data[100] ^= 0x01  # inside X's deflate stream
+    (tmp_path / "bad.npz").write_bytes(data)
+    with pytest.raises(ValueError, match=r"bad.npz: member 'X.npy' (fails its CRC-32 check|"
+                                         r"is not a valid deflate stream|inflates past|"
+                                         r"is truncated)|bad.npz: array 'X'"):
+        load_npz(tmp_path / "bad.npz")
+
+
 # =========================================================================== load dispatcher
 
 def test_load_builtin_info():

@@ -537,7 +537,7 @@ def test_path_problems_raise_the_usual_os_errors(tmp_path):
 def test_fuzz_random_bytes_only_raise_model_file_error(tmp_path, data, prefix):
     path = tmp_path / "fuzz.npz"
     path.write_bytes(prefix + data)
-    with pytest.raises(ModelFileError):
+    with pytest.raises(ModelFileError, match="fuzz.npz"):
         ms.load(path)
 
 
@@ -578,8 +578,8 @@ def _load_all_ways(path):
     for reader in (ms.load, msio.read_checkpoint, msio.read_manifest):
         try:
             reader(path)
-        except ModelFileError:
-            pass
+        except ModelFileError as exc:
+            assert str(path) in str(exc), exc  # every message names the file
 
 
 @FUZZ
@@ -862,3 +862,204 @@ def test_evaluate_on_data_of_the_wrong_width(tmp_path, capsys):
     ms.save(make_model(), tmp_path / "m.npz")
     assert main(["evaluate", str(tmp_path / "m.npz"), "--data", "diabetes"]) == 2
     assert "expects 3 features but 'diabetes' has 10" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# hostile files: the zip directory is checked before any member is read
+
+
+def test_overlapping_members_are_refused_before_any_is_read(tmp_path, monkeypatch):
+    from hostile_files import overlapping_model
+    path = overlapping_model(tmp_path / "overlap.npz", n_members=5, blob_bytes=4096)
+    with zipfile.ZipFile(path) as zf:  # every member is a valid stored array on its own...
+        claimed = sum(len(zf.read(name)) for name in zf.namelist())
+    assert claimed > 4 * path.stat().st_size  # ...and together they claim the blob 5 times
+
+    def no_reading(*args):
+        raise AssertionError("a member was read before the directory was checked")
+    monkeypatch.setattr(msio, "_read_member", no_reading)
+    with pytest.raises(ModelFileError, match=r"overlap.npz'?: members 'a0.npy' and 'a1.npy' "
+                                             r"overlap"):
+        ms.load(path)
+
+
+def test_directory_that_contradicts_the_local_headers_is_refused(saved, tmp_path):
+    _, path, _, _ = saved
+    data = bytearray(path.read_bytes())
+    at = data.index(b"PK\x01\x02")  # the first central entry: manifest.npy
+    second = data.index(b"PK\x03\x04", 4)  # the second member's local header
+    data[at + 42:at + 46] = second.to_bytes(4, "little")
+    (tmp_path / "moved.npz").write_bytes(data)
+    with pytest.raises(ModelFileError, match=r"moved.npz'?: member 'manifest.npy': its local "
+                                             r"header names"):
+        ms.load(tmp_path / "moved.npz")
+
+
+def test_peak_memory_of_info_on_overlapping_members(tmp_path):
+    # 100 members share 3 MiB: read one by one they would claim 300 MiB
+    from hostile_files import overlapping_model, peak_rss_mb
+    path = overlapping_model(tmp_path / "overlap.npz", n_members=100, blob_bytes=3 * 2**20)
+    assert path.stat().st_size < 4 * 2**20
+    code, err, peak_mb = peak_rss_mb(["info", path])
+    assert code == 2 and err.count("\n") == 1 and "overlap" in err, err
+    assert peak_mb < 200, peak_mb
+
+
+# ------------------------------------------------------------------------------------------
+# every ModelFileError names the file
+
+
+def _compressed(path, out):
+    manifest, arrays = msio._read_container(path)
+    write_raw(out, manifest, arrays, compression=zipfile.ZIP_DEFLATED)
+
+
+def _fortran(path, out):
+    manifest, arrays = msio._read_container(path)
+    arrays["params"] = np.asfortranarray(arrays["params"].reshape(5, -1))
+    manifest["arrays"]["params"]["shape"] = list(arrays["params"].shape)
+    write_raw(out, manifest, arrays)
+
+
+def _edit(edit):
+    def rewrite_with(path, out):
+        rewrite(path, out, edit_manifest=edit)
+    return rewrite_with
+
+
+@pytest.mark.parametrize("damage, words", [
+    (_compressed, "is compressed"),
+    (_fortran, "Fortran order"),
+    (_edit(lambda m: m["arrays"]["params"].update(shape=[-1])), "the shape [-1]"),
+    (_edit(lambda m: m.pop("compile")), "misses the field 'compile'"),
+    (_edit(lambda m: m["compile"].pop("loss")), "misses the field 'loss'"),
+    (_edit(lambda m: m.update(state={"x": {"__array__": "state/9"}})), "refers to array"),
+])
+def test_every_model_file_error_names_the_file(saved, tmp_path, damage, words):
+    _, path, _, _ = saved
+    out = tmp_path / "named-damaged.npz"
+    damage(path, out)
+    with pytest.raises(ModelFileError) as info:
+        ms.load(out)
+    assert words in str(info.value) and "named-damaged.npz" in str(info.value), info.value
+    for read in (msio.read_manifest, msio.read_checkpoint):  # fail at the same or a later step
+        try:
+            read(out)
+        except ModelFileError as exc:
+            assert "named-damaged.npz" in str(exc), exc
+
+
+# ------------------------------------------------------------------------------------------
+# non-finite parameters
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_parameters_are_refused_at_load(tmp_path, value):
+    model, _, _ = trained()
+    model.params[7] = value
+    ms.save(model, tmp_path / "bad.npz")
+    with pytest.raises(ModelFileError, match=rf"bad.npz'?: array 'params' holds {value!r} at "
+                                             r"index 7 \(1 non-finite values\)"):
+        ms.load(tmp_path / "bad.npz")
+    model.params[7] = 0.0
+    model.params[-1] = value
+    ms.save(model, tmp_path / "ck.npz")
+    with pytest.raises(ModelFileError, match="non-finite"):
+        msio.load_with_manifest(tmp_path / "ck.npz")
+
+
+def test_non_finite_sparse_and_quantized_parameters_are_refused(tmp_path):
+    from minscale import quant
+    model, X, _ = trained()
+    sparse = prune.to_sparse(model)
+    sparse.layers[1].W.data[2] = np.nan
+    ms.save(sparse, tmp_path / "sparse.npz")
+    with pytest.raises(ModelFileError, match=r"sparse.npz'?: array 'layers/1/data' holds nan "
+                                             r"at index 2"):
+        ms.load(tmp_path / "sparse.npz")
+    ms.save(quant.quantize_model(model, weights="int8", activations=None), tmp_path / "q.npz")
+
+    def infinite_scale(arrays):
+        arrays["layers/0/weight_scale"][1] = np.inf
+    rewrite(tmp_path / "q.npz", tmp_path / "qbad.npz", edit_arrays=infinite_scale)
+    with pytest.raises(ModelFileError, match=r"'layers/0/weight_scale' holds inf at index 1"):
+        ms.load(tmp_path / "qbad.npz")
+
+
+@pytest.mark.parametrize("command", ["info", "evaluate"])
+def test_cli_on_a_model_with_nan_weights_is_one_line_and_exit_2(tmp_path, capsys, command):
+    model = ms.Sequential([ms.Dense(1)], input_dim=10, seed=0)
+    model.compile()
+    model.params[:] = np.nan
+    ms.save(model, tmp_path / "nan.npz")
+    assert main([command, str(tmp_path / "nan.npz")]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "non-finite" in err and "nan.npz" in err, err
+    assert "loss" not in out
+
+
+# ------------------------------------------------------------------------------------------
+# temporary files left by a killed save
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_save_leaves_a_temporary_that_a_later_save_removes(tmp_path):
+    import subprocess
+    import sys
+    script = ("import os, signal, sys\n"
+              "import minscale.io as msio\n"
+              "def writer(f):\n"
+              "    f.write(b'half a file')\n"
+              "    f.flush()\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "msio.atomic_write(sys.argv[1], writer)\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ms.__file__)))
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.npz")], env=env)
+    assert proc.returncode == -9
+    left = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(left) == 1 and left[0].startswith(f".m.npz.{_pid_of(left[0])}."), left
+    ms.save(make_model(), tmp_path / "m.npz")  # too fresh: its writer might still be writing
+    assert left[0] in os.listdir(tmp_path)
+    old = os.stat(tmp_path / left[0]).st_mtime - msio.STALE_TEMP_SECONDS - 1
+    os.utime(tmp_path / left[0], (old, old))
+    ms.save(make_model(), tmp_path / "other.npz")  # any save in the folder cleans up
+    assert sorted(os.listdir(tmp_path)) == ["m.npz", "other.npz"]
+
+
+def _pid_of(name):
+    return name.split(".")[-3]
+
+
+def test_only_stale_temporaries_of_our_own_pattern_are_removed(tmp_path):
+    now = 1_000_000_000.0
+    dead, alive = _dead_pid(), os.getppid()
+    old, fresh, ancient = now - 601, now - 10, now - 86401
+    files = {
+        f".m.npz.{dead}.abcd_123.tmp": old,           # killed writer, unchanged 10 min: gone
+        f".x.csv.{dead}.zzzzzzzz.tmp": old,           # any target in the folder: gone
+        f".m.npz.{dead}.abcd1234.tmp": fresh,         # too fresh: kept
+        f".m.npz.{alive}.abcd1234.tmp": ancient,      # its writer runs: kept, however old
+        f".m.npz.{os.getpid()}.abcd1234.tmp": old,    # ours: kept
+        ".m.npz.abcdefgh.tmp": ancient,               # old-style name of the target: gone
+        ".m.npz.abcdefgh.tmp.keep": ancient,          # not our pattern
+        ".q.npz.abcdefgh.tmp": ancient,               # old-style name of another file: kept
+        f".m.npz.{dead}.ABCDEFGH.tmp": old,           # not mkstemp's characters: kept
+        ".m.npz.oldstyle.tmp": now - 3600,            # old-style, younger than a day: kept
+    }
+    for name, mtime in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    os.symlink(tmp_path / ".m.npz.abcdefgh.tmp.keep", tmp_path / f".l.npz.{dead}.abcdefgh.tmp")
+    os.utime(tmp_path / f".l.npz.{dead}.abcdefgh.tmp", (old, old), follow_symlinks=False)
+    removed = msio.remove_stale_temporaries(str(tmp_path), "m.npz", now=now)
+    assert sorted(removed) == sorted([f".m.npz.{dead}.abcd_123.tmp",
+                                      f".x.csv.{dead}.zzzzzzzz.tmp", ".m.npz.abcdefgh.tmp"])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        set(files) - set(removed) | {f".l.npz.{dead}.abcdefgh.tmp"})

@@ -15,6 +15,7 @@ that edits the arrays it got cannot change what the next caller gets.
 from __future__ import annotations
 
 import csv
+import math
 import numbers
 import os
 import zipfile
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _npz
 from ..data import _float_dtype
 
 __all__ = [
@@ -306,26 +308,55 @@ def load_digits():
 
 # --------------------------------------------------------------------------- NPZ
 
-def _npz_array(archive, key, source):
+def _memory_cap():
+    """Bytes a data file's arrays may need: half of the machine's physical memory (or None)."""
     try:
-        arr = archive[key]
-    except ValueError:
-        # NumPy refuses object arrays under allow_pickle=False; say so in our own words.
-        raise ValueError(f"{source}: array {key!r} is an object array; object arrays are refused "
-                         f"(they need pickle); store a numeric array") from None
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{source}: array {key!r} must be numeric (bool, int or float), got "
-                         f"dtype {arr.dtype}")
-    if arr.size == 0 or arr.ndim == 0 or arr.shape[0] == 0:
-        raise ValueError(f"{source}: array {key!r} must hold at least one sample, got shape "
-                         f"{arr.shape}")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _npz_members(fh, source):
+    """The .npy members of an open archive by key, after the layout checks of `_npz`."""
+    file_size = os.fstat(fh.fileno()).st_size
+    try:
+        members = _npz.zip_members(fh, file_size, source)
+    except _npz.ArchiveError:
+        raise
+    except Exception as exc:  # untrusted bytes upset zipfile in many ways; all mean unreadable
+        raise ValueError(f"path={source!r} is not a readable .npz archive "
+                         f"({type(exc).__name__}: {exc})") from None
+    by_key = {}
+    for member in members:
+        if member.name.endswith(".npy"):
+            key = member.name[:-4]
+            if key in by_key:
+                raise ValueError(f"{source}: the archive holds the array {key!r} twice")
+            by_key[key] = member
+    return by_key
+
+
+def _npz_header(fh, member, key, source, numeric=True):
+    """(reader, shape, dtype, fortran_order) of one member; checks what the header shows."""
+    reader = _npz.MemberReader(fh, member, source)
+    shape, dtype, fortran = _npz.read_npy_header(reader, key, source)
+    if numeric:
+        if dtype.kind not in "biuf":
+            raise ValueError(f"{source}: array {key!r} must be numeric (bool, int or float), "
+                             f"got dtype {dtype}")
+        if len(shape) == 0 or shape[0] == 0 or math.prod(shape) == 0:
+            raise ValueError(f"{source}: array {key!r} must hold at least one sample, got "
+                             f"shape {shape}")
+    return reader, shape, dtype, fortran
+
+
+def _check_npz_finite(arr, key, source):
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
             idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
             raise ValueError(f"{source}: array {key!r} must be finite, got {float(arr[idx])!r} "
                              f"at index {idx if len(idx) > 1 else idx[0]}")
-    return arr
 
 
 def load_npz(path, x_key="X", y_key="y", dtype="float64"):
@@ -334,6 +365,7 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
     Parameters
     ----------
     path : str or os.PathLike
+        Written by ``numpy.savez`` or ``numpy.savez_compressed``.
     x_key : str, default "X"
         Name of the feature array, shape (n, d).
     y_key : str, default "y"
@@ -359,13 +391,21 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
         missing (the available keys are listed); an object array (refused: it would need
         pickle); a non-numeric array; X not 2-D or y not 1-D/2-D; no samples; NaN/inf
         (naming the key and index); a float32 overflow; row counts that differ; a
-        ``feature_names`` entry of the wrong length.
+        ``feature_names`` entry of the wrong length. And, before any array data is read: zip
+        members that overlap or lie beyond the file, a deflated member declaring more than
+        deflate can produce (1032:1) or inflating past its declared size, a ``.npy`` header
+        whose shape needs other than the member's declared bytes, arrays that would need
+        more than half of the machine's physical memory; a CRC-32 mismatch after reading.
     TypeError
         `path`, `x_key`, `y_key` or `dtype` of the wrong type.
 
     Notes
     -----
-    ``numpy.load(path, allow_pickle=False)``: loading never runs code from the file.
+    Never ``numpy.load``: the zip directory and the ``.npy`` headers of X, y and
+    feature_names are read and checked first (shapes, dtypes, row counts, sizes), then
+    each array is read in chunks into its buffer (``minscale._npz``), so peak memory is the
+    arrays the headers declare, and those agree with the file. Loading never runs code
+    from the file.
     """
     for value, name in ((x_key, "x_key"), (y_key, "y_key")):
         if not isinstance(value, str):
@@ -375,53 +415,69 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
     source = str(p)
     with open(p, "rb") as fh:
         magic = fh.read(6)
-    # Without this check numpy.load falls back to unpickling any non-zip, non-.npy file and
-    # then blames "pickled (object) data", which is misleading for a text or damaged file.
-    if magic != b"\x93NUMPY" and not zipfile.is_zipfile(p):
-        raise ValueError(f"path={source!r} is not a readable .npz archive: not a zip file, "
-                         "so not a valid .npz (write one with numpy.savez)")
-    try:
-        archive = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"path={source!r} is not a readable .npz archive ({exc})") from None
-    if not hasattr(archive, "files"):
-        raise ValueError(f"path={source!r} holds a single .npy array, expected an .npz archive "
-                         f"with arrays {x_key!r} and {y_key!r}")
-    with archive:
-        keys = sorted(archive.files)
+        if magic == b"\x93NUMPY":
+            raise ValueError(f"path={source!r} holds a single .npy array, expected an .npz "
+                             f"archive with arrays {x_key!r} and {y_key!r}")
+        if not zipfile.is_zipfile(fh):
+            raise ValueError(f"path={source!r} is not a readable .npz archive: not a zip file, "
+                             "so not a valid .npz (write one with numpy.savez)")
+        members = _npz_members(fh, source)
+        keys = sorted(members)
+        if len(keys) > 20:  # a forged directory may list thousands: the message stays a line
+            keys = f"{keys[:20]} and {len(keys) - 20} more"
         for value, name in ((x_key, "x_key"), (y_key, "y_key")):
-            if value not in keys:
+            if value not in members:
                 raise ValueError(f"{name}={value!r} is not an array in {source}; available keys: "
                                  f"{keys}")
-        X = _npz_array(archive, x_key, source)
-        y = _npz_array(archive, y_key, source)
-        names = None
-        if "feature_names" in keys and "feature_names" not in (x_key, y_key):
+        # every header first: nothing is read or allocated for data until all agree
+        x_head = _npz_header(fh, members[x_key], x_key, source)
+        y_head = _npz_header(fh, members[y_key], y_key, source)
+        X_shape, y_shape = x_head[1], y_head[1]
+        if len(X_shape) != 2:
+            raise ValueError(f"{source}: array {x_key!r} must be 2-D (n, d), got shape "
+                             f"{X_shape}")
+        if len(y_shape) not in (1, 2):
+            raise ValueError(f"{source}: array {y_key!r} must be (n,) or (n, k), got shape "
+                             f"{y_shape}")
+        if X_shape[0] != y_shape[0]:
+            raise ValueError(f"{source}: {x_key!r} has {X_shape[0]} rows but {y_key!r} has "
+                             f"{y_shape[0]}; expected the same number")
+        d = X_shape[1]
+        names_head = None
+        if "feature_names" in members and "feature_names" not in (x_key, y_key):
             try:
-                names = archive["feature_names"]
-            except ValueError:
-                raise ValueError(f"{source}: feature_names must be a string array, got an object "
-                                 f"array") from None
-    if X.ndim != 2:
-        raise ValueError(f"{source}: array {x_key!r} must be 2-D (n, d), got shape {X.shape}")
-    if y.ndim not in (1, 2):
-        raise ValueError(f"{source}: array {y_key!r} must be (n,) or (n, k), got shape {y.shape}")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"{source}: {x_key!r} has {X.shape[0]} rows but {y_key!r} has "
-                         f"{y.shape[0]}; expected the same number")
+                names_head = _npz_header(fh, members["feature_names"], "feature_names", source,
+                                         numeric=False)
+            except _npz.ObjectArrayError:
+                raise ValueError(f"{source}: feature_names must be a string array, got an "
+                                 f"object array") from None
+            if names_head[2].kind not in "US" or names_head[1] != (d,):
+                raise ValueError(f"{source}: feature_names must be {d} strings (one per column "
+                                 f"of {x_key!r}), got dtype {names_head[2]} and shape "
+                                 f"{names_head[1]}")
+        # the arrays as read plus their converted copies (an int8 X becomes 8 times larger)
+        y_out = dt if y_head[2].kind == "f" else np.dtype(np.int64)
+        need = math.prod(X_shape) * (x_head[2].itemsize + dt.itemsize) \
+            + math.prod(y_shape) * (y_head[2].itemsize + y_out.itemsize)
+        cap = _memory_cap()
+        if cap is not None and need > cap:
+            raise ValueError(f"{source}: {x_key!r} {X_shape} and {y_key!r} {y_shape} need "
+                             f"{need / 2**30:.1f} GiB to load, more than half of this "
+                             f"machine's memory ({cap / 2**30:.1f} GiB); use a subset")
+        X, y = (_npz.read_npy_data(reader, shape, kind, fortran)
+                for reader, shape, kind, fortran in (x_head, y_head))
+        names = None if names_head is None else _npz.read_npy_data(*names_head)
+    _check_npz_finite(X, x_key, source)
+    _check_npz_finite(y, y_key, source)
     with np.errstate(over="ignore"):  # a float32 overflow is reported just below
-        X = X.astype(dt)
-        y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dt)
+        X = X.astype(dt, copy=False)
+        y = y.astype(np.int64, copy=False) if y.dtype.kind in "biu" else y.astype(dt, copy=False)
     for arr, key in ((X, x_key), (y, y_key)):
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ValueError(f"{source}: array {key!r} has values beyond the range of {dt.name}")
-    d = X.shape[1]
     if names is None:
         feature_names = [f"x{j}" for j in range(d)]
     else:
-        if names.dtype.kind not in "US" or names.shape != (d,):
-            raise ValueError(f"{source}: feature_names must be {d} strings (one per column of "
-                             f"{x_key!r}), got dtype {names.dtype} and shape {names.shape}")
         feature_names = [str(s) for s in names.tolist()]
     return X, y, feature_names
 
