@@ -18,8 +18,7 @@ import numpy as np
 from .data import COUNT_MAX, check_int, check_nbytes, check_output_path
 from .parallel.base import shard_bounds
 
-__all__ = ["History", "DivergenceError", "Callback", "fit", "check_updates", "shard_bounds",
-           "BYTES_PER_UPDATE"]
+__all__ = ["History", "DivergenceError", "Callback", "fit", "shard_bounds"]
 
 
 class DivergenceError(FloatingPointError):

@@ -427,12 +427,12 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     history = _train.History()
     rng = np.random.default_rng(seed)
     P = model.params.size
-    # whole epochs per call, but never more than _ORDER_ENTRIES shuffled row indices at once:
-    # a long run must not allocate an (epochs, n) order array up front
-    per_call = 1 if (validation_data is not None or verbose) else \
-        max(1, min(epochs, _ORDER_ENTRIES // max(n, 1)))
+    per_call = 1 if (validation_data is not None or verbose) else max(1, epochs)
     bar = _train._progress(verbose, total)
     done = 0  # updates applied in this run
+    # never more than _ORDER_ENTRIES shuffled row indices per call: a long run must not
+    # allocate an (epochs, n) order array up front
+    per_call = min(per_call, max(1, _ORDER_ENTRIES // max(n, 1)))
     try:
         for e0 in range(0, epochs, per_call):
             e1 = min(epochs, e0 + per_call)
