@@ -658,4 +658,3 @@ def test_ctrl_c_during_worker_start_up_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["minscale: interrupted"]
-
