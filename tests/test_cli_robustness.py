@@ -384,13 +384,14 @@ def test_the_count_limit_itself_is_accepted_on_the_command_line(work, capsys):
     assert "final train loss" in out
 
 
+@pytest.mark.parametrize("command", [["train", "--epochs", "1", "--quiet"],
+                                     ["study", "--quick", "--no-progress"]])
 def test_a_hidden_model_too_large_for_memory_is_one_line_before_training(work, capsys,
-                                                                         monkeypatch):
+                                                                         monkeypatch, command):
     from minscale import data
     monkeypatch.setattr(data, "memory_limit", lambda: 2**30)
     # 3 features -> 10000 -> 10000 -> 1: 100,060,001 parameters of 18 bytes: 1.7 GiB
-    code, out, err = _run(capsys, ["train", "--data", "tiny.csv", "--hidden", "10000,10000",
-                                   "--epochs", "1", "--quiet"])
+    code, out, err = _run(capsys, [*command, "--data", "tiny.csv", "--hidden", "10000,10000"])
     _one_line(code, err, "--hidden 10000,10000: 100,060,001 parameters (input_dim 3, units "
                          "[10000, 10000, 1], float64): their parameter, gradient and mask "
                          "buffers need 1.7 GiB (1,801,080,026 bytes), more than the 1.0 GiB "

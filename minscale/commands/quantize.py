@@ -217,11 +217,6 @@ def run(args):
             "Sequential model (as written by minscale train --save)"
         )
     options, differs = data_options(args, model.state.get("data"), args.model)
-    for text in differs:
-        print(
-            f"minscale: note: {text}; the split and standardization differ from training",
-            file=sys.stderr,
-        )
     task = load_task(options, model.dtype.name)
     X_tr, X_te, y_te = task["X_train"], task["X_test"], task["y_test"]
     if X_tr.shape[1] != model.input_dim:
@@ -233,6 +228,11 @@ def run(args):
         check_updates(args.qat_epochs, X_tr.shape[0],
                       BATCH_SIZE if args.batch_size is None else args.batch_size,
                       "--qat-epochs", "--batch-size")
+    for text in differs:
+        print(
+            f"minscale: note: {text}; the split and standardization differ from training",
+            file=sys.stderr,
+        )
     classification = task["info"]["task"] == "classification"
     activations = "int8" if args.calibrate else None
     calibration = X_tr if args.calibration_rows is None else X_tr[: args.calibration_rows]

@@ -81,12 +81,18 @@ def check_outputs(args):
 def run(args):
     """Run the study, print its tables and write the asked-for files."""
     from .. import report
-    from ..study import StudyConfig, run_study
+    from ..study import StudyConfig, _new_model, run_study
     check_outputs(args)
     config = StudyConfig.preset(quick=args.quick, epochs=args.epochs,
                                 batch_size=args.batch_size, seed=args.seed,
                                 hidden=None if args.hidden is None else tuple(args.hidden))
     task = load_task(args)
+    try:
+        # the study's model, built once here: one too large for the memory is refused now,
+        # under the option's name, not in the middle of the study
+        _new_model(task, config)
+    except ValueError as exc:
+        raise ValueError(f"--hidden {','.join(map(str, config.hidden))}: {exc}") from None
     result = run_study(task, config, progress=False if args.no_progress else None)
     sys.stdout.write(report.render_text(result))
     if args.json:
