@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -24,16 +25,267 @@ __all__ = [
     "one_hot",
     "accuracy",
 ]
+# Argument checks shared by the package (not in __all__: internal helpers, to move into one
+# checks module): plain, check_int, COUNT_MAX, SEED_MAX, memory_limit, check_nbytes,
+# format_nbytes, check_output_path.
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # --------------------------------------------------------------------------- helpers
 
+def plain(value):
+    """`value` for an error message: a NumPy scalar as the Python number it holds.
+
+    ``repr(np.int64(0))`` is ``'np.int64(0)'`` on NumPy >= 2; messages show ``0``.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    object
+        ``value.item()`` for a NumPy scalar (``numpy.generic``); a tuple or list with its
+        items converted so (recursively); else `value` unchanged.
+    """
+    if isinstance(value, (tuple, list)):
+        return type(value)(plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _describe(value):
     """Short repr for error messages, so a huge array does not flood the message."""
-    text = repr(value)
+    text = repr(plain(value))
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: Largest value of a count argument (epochs, batch size, units, input features, workers,
+#: rows, ...): 2**31 - 1. A product of two counts (epochs x batches, rows x units) then stays
+#: below 2**62, inside the int64 range the compiled kernels compute indices in.
+COUNT_MAX = 2**31 - 1
+#: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME +
+#: ".XXXXXXXX.tmp"`` (:func:`minscale.io.atomic_write`); output names are checked with room
+#: for them.
+TEMP_NAME_EXTRA = 14
+#: Largest seed: 2**63 - 1, the int64 range (numpy itself accepts any size of integer).
+SEED_MAX = 2**63 - 1
+
+
+def check_int(name, value, low=None, high=COUNT_MAX):
+    """Check that `value` is an integer in ``[low, high]``; return it as a Python int.
+
+    Parameters
+    ----------
+    name : str
+        How the caller names the argument (``"batch_size"``, ``"--epochs"``); every message
+        starts with it.
+    value : int or numpy integer
+        bool is refused.
+    low : int, optional
+        Smallest accepted value (None: no lower bound).
+    high : int, optional, default COUNT_MAX
+        Largest accepted value (None: no upper bound).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        `value` is not an integer, or lies outside ``[low, high]``; the message names `name`,
+        the value (a plain number, also for NumPy integers) and the accepted range.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer{_range_text(low, high)}, got "
+                         f"{_describe(value)}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be an integer{_range_text(low, None)}, got "
+                         f"{_digits(value)}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be an integer{_range_text(None, high)}, got "
+                         f"{_digits(value)}")
+    return value
+
+
+def _range_text(low, high):
+    def bound(v):
+        return {COUNT_MAX: f"2**31 - 1 = {COUNT_MAX}", SEED_MAX: f"2**63 - 1 = {SEED_MAX}"}.get(
+            v, str(v))
+
+    if low is not None and high is not None:
+        return f" in [{bound(low)}, {bound(high)}]"
+    if low is not None:
+        return f" >= {bound(low)}"
+    return "" if high is None else f" <= {bound(high)}"
+
+
+def _digits(value):
+    """An integer for a message: in full up to 30 digits, else its length."""
+    text = str(value)
+    n = len(text.lstrip("-"))
+    return text if n <= 30 else f"{text[:12]}... ({n} digits)"
+
+
+def memory_limit():
+    """The largest allocation minscale attempts: the machine's physical memory, in bytes.
+
+    ``os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")`` (POSIX). A model or a run
+    whose buffers need more would be swapped to death or killed by the OOM killer, so it is
+    refused up front instead. Where the value is not available (Windows), 2**40 bytes (1 TiB).
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 2**40
+    if pages <= 0 or size <= 0:
+        return 2**40
+    return int(pages) * int(size)
+
+
+def format_nbytes(n):
+    """``"186.3 GiB (200,026,000,040 bytes)"``: binary units, then the exact count."""
+    value, unit = float(n), "bytes"
+    for name in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    head = f"{value:.1f} {unit}" if unit != "bytes" else f"{int(n)} bytes"
+    return head if unit == "bytes" else f"{head} ({int(n):,} bytes)"
+
+
+def check_nbytes(nbytes, what, advice=""):
+    """Refuse an allocation of `nbytes` bytes above :func:`memory_limit`, before it is made.
+
+    Parameters
+    ----------
+    nbytes : int
+        Bytes the caller is about to allocate (a Python int: no overflow).
+    what : str
+        What needs them, e.g. ``"the parameter, gradient and mask buffers of 10,001,300,002
+        parameters"``; the message starts with it.
+    advice : str, optional
+        Appended after a semicolon: what to change.
+
+    Returns
+    -------
+    int
+        `nbytes`.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes > memory_limit()``; the message names both sizes.
+    """
+    limit = memory_limit()
+    if nbytes > limit:
+        raise ValueError(f"{what} need {format_nbytes(nbytes)}, more than the "
+                         f"{format_nbytes(limit)} of physical memory of this machine"
+                         + (f"; {advice}" if advice else ""))
+    return nbytes
+
+
+def check_output_path(path, name, suffixes=None):
+    """Check, before any work, that a file can be written at `path`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file the caller will write (atomically: a temporary file in the same folder,
+        then a rename, so only the folder needs to be writable).
+    name : str
+        The argument that named it, e.g. ``"--out"`` or ``"checkpoint"``; every message
+        starts with it.
+    suffixes : sequence of str, optional
+        Accepted extensions, lower case with the dot (``(".png", ".pdf")``); compared case
+        insensitively. None accepts any name.
+
+    Returns
+    -------
+    path
+        Unchanged.
+
+    Raises
+    ------
+    ValueError
+        `path` is empty or not a path; it ends in a path separator (a folder's name); its
+        file name is longer than the file system accepts (``os.pathconf(folder,
+        "PC_NAME_MAX")`` bytes in the file-system encoding, 255 on most, less
+        :data:`TEMP_NAME_EXTRA` for the temporary file) or the absolute path longer than
+        ``PC_PATH_MAX`` (4096 on Linux, with the same allowance); its extension is not one of
+        `suffixes`; its folder does not exist or is not a folder; `path` is a folder or an
+        existing non-regular file (device, FIFO, symbolic link); or the folder is not
+        writable (``os.access``; root passes this check whatever the permission bits, so
+        the final write can still fail -- :func:`minscale.cli.main` reports that OSError as
+        one line too).
+    """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or path == "":
+        raise ValueError(f"{name} must be a file name, got {_describe(path)}")
+    seps = (os.sep,) + ((os.altsep,) if os.altsep else ())
+    if path.endswith(seps):
+        raise ValueError(f"{name} {path!r} ends in {path[-1]!r}, which names a folder; "
+                         "expected a file name")
+    if suffixes is not None:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in suffixes:
+            got = f"extension {ext!r}" if ext else "no extension"
+            raise ValueError(f"{name} {path!r}: expected a name ending in "
+                             f"{', '.join(suffixes)}, got {got}")
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    if base in (".", ".."):
+        raise ValueError(f"{name} {path!r} is a directory, expected a file name")
+    encoded = os.fsencode(base)
+    # the atomic write goes through a temporary ".NAME.XXXXXXXX.tmp" beside the file
+    limit = _pathconf(folder, "PC_NAME_MAX", 255) - TEMP_NAME_EXTRA
+    if len(encoded) > limit:
+        raise ValueError(f"{name} {base[:24]!r}...: the file name is {len(encoded)} bytes long, "
+                         f"more than the {limit} this file system allows (NAME_MAX less "
+                         f"{TEMP_NAME_EXTRA} for the temporary file of the atomic write); "
+                         "give a shorter name")
+    full = os.fsencode(os.path.abspath(path))
+    limit = _pathconf(folder, "PC_PATH_MAX", 4096) - 1 - TEMP_NAME_EXTRA
+    if len(full) > limit:
+        raise ValueError(f"{name} {path[:24]!r}...: the absolute path is {len(full)} bytes "
+                         f"long, more than the {limit} the system allows (PATH_MAX less the "
+                         "terminating byte and the temporary file's extra characters); give a "
+                         "shorter path")
+    if not os.path.exists(folder):
+        raise ValueError(f"{name} {path!r}: directory {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name} {path!r}: {folder!r} is not a directory")
+    if os.path.isdir(path):
+        raise ValueError(f"{name} {path!r} is a directory, expected a file name")
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+        raise ValueError(f"{name} {path!r} exists and is not a regular file (a device, "
+                         "pipe or symbolic link); give a plain file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path!r}: directory {folder!r} is not writable")
+    return path
+
+
+def _pathconf(folder, key, default):
+    """``os.pathconf`` of the nearest existing ancestor of `folder`, else `default`."""
+    probe = folder
+    while probe and not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    try:
+        value = os.pathconf(probe or os.sep, key)
+    except (AttributeError, ValueError, OSError):
+        return default
+    return value if value and value > 0 else default
 
 
 def _as_numeric_array(value, name):
@@ -96,10 +348,10 @@ def _check_seed(seed):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(
-            f"seed must be an int >= 0 or a numpy.random.Generator, got {seed!r}"
+            f"seed must be an int >= 0 or a numpy.random.Generator, got {plain(seed)!r}"
         )
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed!r}")
+        raise ValueError(f"seed must be >= 0, got {plain(seed)!r}")
     return np.random.default_rng(int(seed))
 
 
@@ -276,9 +528,9 @@ def train_test_split(X, y, test_size=0.2, seed=0):
     ((7, 1), (3, 1))
     """
     if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
-        raise TypeError(f"test_size must be a float in (0, 1), got {test_size!r}")
+        raise TypeError(f"test_size must be a float in (0, 1), got {plain(test_size)!r}")
     if not 0.0 < float(test_size) < 1.0:
-        raise ValueError(f"test_size must be a float in (0, 1), got {test_size!r}")
+        raise ValueError(f"test_size must be a float in (0, 1), got {plain(test_size)!r}")
     rng = _check_seed(seed)
     X = np.asarray(X)
     y = np.asarray(y)
@@ -293,7 +545,7 @@ def train_test_split(X, y, test_size=0.2, seed=0):
     n_train = n - n_test
     if n_test == 0 or n_train == 0:
         raise ValueError(
-            f"test_size={test_size!r} with n={n} samples gives {n_train} training and "
+            f"test_size={plain(test_size)!r} with n={n} samples gives {n_train} training and "
             f"{n_test} test samples; both parts must be non-empty"
         )
     perm = rng.permutation(n)
@@ -537,9 +789,9 @@ def one_hot(labels, n_classes=None, dtype="float64"):
         k = int(lab.max()) + 1
     else:
         if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral):
-            raise TypeError(f"n_classes must be an int >= 1 or None, got {n_classes!r}")
+            raise TypeError(f"n_classes must be an int >= 1 or None, got {plain(n_classes)!r}")
         if n_classes < 1:
-            raise ValueError(f"n_classes must be >= 1, got {n_classes!r}")
+            raise ValueError(f"n_classes must be >= 1, got {plain(n_classes)!r}")
         k = int(n_classes)
         if lab.size and lab.max() >= k:
             i = int(np.argmax(lab))

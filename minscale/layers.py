@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .data import COUNT_MAX, check_int, plain
 
 __all__ = [
     "ACTIVATIONS", "INITIALIZERS", "Dense",
@@ -215,13 +216,13 @@ class Dense:
     Raises
     ------
     ValueError
-        Bad `units`, `activation`, initializer or `alpha`.
+        `units` not an integer in [1, :data:`minscale.data.COUNT_MAX`]; bad `activation`,
+        initializer or `alpha`.
     """
 
     def __init__(self, units, activation="identity", use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", alpha=0.01):
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
+        units = check_int("units", units, 1, COUNT_MAX)
         if activation in (None, "linear"):
             activation = "identity"
         if activation not in kernels.ACTIVATION_CODES:
@@ -231,7 +232,7 @@ class Dense:
             if name not in INITIALIZERS:
                 raise ValueError(f"{arg} must be one of {tuple(INITIALIZERS)}, got {name!r}")
         if not (alpha > 0):
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+            raise ValueError(f"alpha must be > 0, got {plain(alpha)!r}")
         self.units = int(units)
         self.activation = activation
         self.use_bias = bool(use_bias)

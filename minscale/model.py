@@ -13,7 +13,7 @@ import copy as _copy
 import numpy as np
 
 from . import losses
-from .data import check_array, check_Xy
+from .data import COUNT_MAX, check_array, check_int, check_nbytes, check_Xy
 from . import optim as _optim
 from .layers import Dense
 
@@ -78,7 +78,8 @@ class Sequential:
     Raises
     ------
     ValueError
-        No layers, a non-Dense layer, a bad dtype or input_dim.
+        No layers, a non-Dense layer, a bad dtype or input_dim; with `input_dim`, parameter
+        buffers larger than the physical memory (see :meth:`build`), before any allocation.
     """
 
     def __init__(self, layers, input_dim=None, seed=0, dtype="float64"):
@@ -126,17 +127,23 @@ class Sequential:
         Raises
         ------
         ValueError
-            Bad `input_dim`.
+            `input_dim` not an integer in [1, :data:`minscale.data.COUNT_MAX`]; buffers larger
+            than :func:`minscale.data.memory_limit` (the physical memory): the message names
+            the parameter count, the bytes needed and the limit, and nothing is allocated.
         """
-        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) \
-                or input_dim < 1:
-            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
-        self.input_dim = int(input_dim)
-        sizes, d = [], self.input_dim
+        input_dim = check_int("input_dim", input_dim, 1, COUNT_MAX)
+        sizes, d = [], input_dim
         for layer in self.layers:
             sizes.append(layer.n_params(d))
             d = layer.units
         total = int(sum(sizes))
+        # Python ints, so no overflow: refused before numpy is asked for the memory
+        check_nbytes(total * self.bytes_per_param() + self.dtype.itemsize,
+                     f"{total:,} parameters (input_dim {input_dim}, units "
+                     f"{[layer.units for layer in self.layers]}, {self.dtype.name}): their "
+                     "parameter, gradient and mask buffers",
+                     "use fewer or narrower layers")
+        self.input_dim = input_dim
         # one extra slot after the gradients carries the batch loss through the same allreduce
         self._gradbuf = np.zeros(total + 1, dtype=self.dtype)
         self._bind(np.zeros(total, dtype=self.dtype), self._gradbuf[:total],
@@ -148,6 +155,12 @@ class Sequential:
         for layer in self.layers:
             layer.initialize(rng)
         return self
+
+    def bytes_per_param(self):
+        """Bytes of the flat buffers per parameter: params and grads (the dtype's size each),
+        mask and prunable (one byte each). Optimizer state (Adam: 2 more per parameter)
+        comes on top when training starts."""
+        return 2 * self.dtype.itemsize + 2
 
     def _bind(self, params, grads, mask):
         self.params, self.grads, self.mask = params, grads, mask
@@ -480,7 +493,4 @@ def _serializable(optimizer):
 def _check_batch_size(batch_size, n):
     if batch_size is None:
         return n
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int("batch_size", batch_size, 1, COUNT_MAX)

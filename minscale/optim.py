@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 from . import kernels, schedules
+from .data import plain
 
 __all__ = ["sgd_step", "adam_step", "SGD", "Adam", "get", "serialize", "deserialize"]
 
@@ -91,14 +92,15 @@ def adam_step(theta, grad, m, v, step, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-
 def _check_unit(name, value, upper_open=True):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
             or value < 0 or value >= 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise ValueError(f"{name} must be in [0, 1), got {plain(value)!r}")
     return float(value)
 
 
 def _check_learning_rate(learning_rate):
     if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
         if not math.isfinite(learning_rate) or learning_rate < 0:
-            raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
+            raise ValueError("learning_rate must be a finite number >= 0,"
+                             f" got {plain(learning_rate)!r}")
     return schedules.get(learning_rate)
 
 
@@ -119,7 +121,7 @@ class _Optimizer:
         """
         lr = float(self.learning_rate(self.iterations))
         if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"learning rate schedule gave {lr!r} at step {self.iterations}")
+            raise ValueError(f"learning rate schedule gave {plain(lr)!r} at step {self.iterations}")
         return lr
 
     def reset(self):
@@ -148,7 +150,7 @@ class _Optimizer:
         """
         if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
                 or iterations < 0:
-            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+            raise ValueError(f"iterations must be an integer >= 0, got {plain(iterations)!r}")
         self.reset()
         self.iterations = int(iterations)
         for name, arr in arrays.items():
@@ -231,7 +233,7 @@ class Adam(_Optimizer):
         self.beta_2 = _check_unit("beta_2", beta_2)
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) \
                 or not (epsilon > 0) or not math.isfinite(epsilon):
-            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+            raise ValueError(f"epsilon must be a finite number > 0, got {plain(epsilon)!r}")
         self.epsilon = float(epsilon)
 
     def apply(self, params, grads, mask=None):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data import plain
+
 __all__ = [
     "magnitude_mask",
     "global_magnitude_masks",
@@ -57,12 +59,13 @@ def _check_sparsity(sparsity, name="sparsity"):
     if isinstance(sparsity, (bool, np.bool_)) or not isinstance(sparsity, numbers.Real):
         raise TypeError(
             f"{name} must be a real number in [0, 1] (a fraction of zeros, not a percent), "
-            f"got {sparsity!r} of type {type(sparsity).__name__}"
+            f"got {plain(sparsity)!r} of type {type(sparsity).__name__}"
         )
     value = float(sparsity)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(
-            f"{name} must be in [0, 1] (a fraction of zeros, not a percent), got {sparsity!r}"
+            f"{name} must be in [0, 1] (a fraction of zeros, not a percent),"
+            f" got {plain(sparsity)!r}"
         )
     return value
 
@@ -105,25 +108,25 @@ def _rng(seed, name="seed"):
         return seed
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(
-            f"{name} must be a non-negative int or a numpy.random.Generator, got {seed!r}"
+            f"{name} must be a non-negative int or a numpy.random.Generator, got {plain(seed)!r}"
         )
     if seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
+        raise ValueError(f"{name} must be a non-negative int, got {plain(seed)!r}")
     return np.random.default_rng(int(seed))
 
 
 def _check_step(step, name="step"):
     """Return `step` as an int or an int64 ndarray, all >= 0."""
     if isinstance(step, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int (optimizer updates), got {step!r}")
+        raise TypeError(f"{name} must be an int (optimizer updates), got {plain(step)!r}")
     if isinstance(step, numbers.Integral):
         if step < 0:
-            raise ValueError(f"{name} must be >= 0 (updates taken so far), got {step!r}")
+            raise ValueError(f"{name} must be >= 0 (updates taken so far), got {plain(step)!r}")
         return int(step)
     arr = np.asarray(step)
     if arr.dtype.kind not in "iu":
         raise TypeError(
-            f"{name} must be an int or an integer ndarray (optimizer updates), got {step!r}"
+            f"{name} must be an int or an integer ndarray (optimizer updates), got {plain(step)!r}"
         )
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be >= 0 (updates taken so far), got min {arr.min()}")
@@ -132,9 +135,9 @@ def _check_step(step, name="step"):
 
 def _check_int(value, name, minimum):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {plain(value)!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {plain(value)!r}")
     return int(value)
 
 
@@ -429,9 +432,9 @@ def random_mask(shape, sparsity, seed, mask=None):
     if not isinstance(shape, tuple) or not all(
         isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_)) for d in shape
     ):
-        raise TypeError(f"shape must be an int or a tuple of ints, got {shape!r}")
+        raise TypeError(f"shape must be an int or a tuple of ints, got {plain(shape)!r}")
     if any(d < 0 for d in shape):
-        raise ValueError(f"shape must have non-negative dimensions, got {shape!r}")
+        raise ValueError(f"shape must have non-negative dimensions, got {plain(shape)!r}")
     shape = tuple(int(d) for d in shape)
     s = _check_sparsity(sparsity)
     rng = _rng(seed)
@@ -506,11 +509,11 @@ def structured_mask(w, sparsity, norm=2, axis=-1, mask=None):
         raise ValueError(f"w must have at least 1 dimension, got a 0-d array {arr!r}")
     s = _check_sparsity(sparsity)
     if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, numbers.Real):
-        raise TypeError(f"norm must be a real number >= 1 or numpy.inf, got {norm!r}")
+        raise TypeError(f"norm must be a real number >= 1 or numpy.inf, got {plain(norm)!r}")
     if math.isnan(norm) or norm < 1:
-        raise ValueError(f"norm must be >= 1 (an L_p norm) or numpy.inf, got {norm!r}")
+        raise ValueError(f"norm must be >= 1 (an L_p norm) or numpy.inf, got {plain(norm)!r}")
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an int, got {axis!r}")
+        raise TypeError(f"axis must be an int, got {plain(axis)!r}")
     if not -arr.ndim <= axis < arr.ndim:
         raise ValueError(f"axis must be in [{-arr.ndim}, {arr.ndim - 1}] for w.ndim = "
                          f"{arr.ndim}, got {axis}")
@@ -723,7 +726,7 @@ def polynomial_decay_sparsity(step, initial_sparsity, final_sparsity, begin_step
 def _check_begin_end(begin_step, end_step, allow_forever):
     begin_step = _check_int(begin_step, "begin_step", 0)
     if isinstance(end_step, (bool, np.bool_)) or not isinstance(end_step, numbers.Integral):
-        raise TypeError(f"end_step must be an int, got {end_step!r}")
+        raise TypeError(f"end_step must be an int, got {plain(end_step)!r}")
     end_step = int(end_step)
     if end_step == -1 and allow_forever:
         return begin_step, end_step
@@ -742,9 +745,9 @@ def _check_begin_end(begin_step, end_step, allow_forever):
 
 def _check_power(power):
     if isinstance(power, (bool, np.bool_)) or not isinstance(power, numbers.Real):
-        raise TypeError(f"power must be a real number > 0, got {power!r}")
+        raise TypeError(f"power must be a real number > 0, got {plain(power)!r}")
     if not (math.isfinite(power) and power > 0):
-        raise ValueError(f"power must be finite and > 0, got {power!r}")
+        raise ValueError(f"power must be finite and > 0, got {plain(power)!r}")
     return power
 
 
@@ -925,7 +928,7 @@ def _check_model(model, name="model"):
 
 def _check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise TypeError(f"{name} must be True or False, got {plain(value)!r}")
     return bool(value)
 
 
@@ -1239,14 +1242,15 @@ def prune_to_tolerance(model, X, y, max_loss_increase,
     model = _check_model(model)
     if isinstance(max_loss_increase, (bool, np.bool_)) or not isinstance(max_loss_increase,
                                                                           numbers.Real):
-        raise TypeError(f"max_loss_increase must be a real number >= 0, got {max_loss_increase!r}")
+        raise TypeError("max_loss_increase must be a real number >= 0,"
+                        f" got {plain(max_loss_increase)!r}")
     if math.isnan(max_loss_increase) or max_loss_increase < 0:
-        raise ValueError(f"max_loss_increase must be >= 0, got {max_loss_increase!r}")
+        raise ValueError(f"max_loss_increase must be >= 0, got {plain(max_loss_increase)!r}")
     try:
         levels = [_check_sparsity(s, "sparsities[i]") for s in sparsities]
     except TypeError:
         raise TypeError(f"sparsities must be a sequence of floats in [0, 1], got "
-                        f"{sparsities!r}") from None
+                        f"{plain(sparsities)!r}") from None
     if not levels:
         raise ValueError("sparsities must hold at least one level, got an empty sequence")
     levels = sorted(set(levels))

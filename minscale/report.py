@@ -13,6 +13,8 @@ import math
 import numbers
 import os
 
+from .data import plain
+
 __all__ = [
     "format_number",
     "format_bytes",
@@ -68,7 +70,7 @@ def format_bytes(n):
     if n is None:
         return "-"
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"n must be an int number of bytes or None, got {n!r}")
+        raise TypeError(f"n must be an int number of bytes or None, got {plain(n)!r}")
     return f"{int(n):,}"
 
 

@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from .data import plain
+
 __all__ = [
     "inverse_time_decay", "exponential_decay", "polynomial_decay",
     "Constant", "InverseTimeDecay", "ExponentialDecay", "PolynomialDecay",
@@ -21,7 +23,7 @@ __all__ = [
 def _check_step(step):
     arr = np.asarray(step)
     if arr.dtype.kind not in "iuf" or np.any(arr < 0) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"step must be a non-negative number of updates, got {step!r}")
+        raise ValueError(f"step must be a non-negative number of updates, got {plain(step)!r}")
     return arr
 
 
@@ -29,7 +31,7 @@ def _check_positive(name, value, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
             or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
         expected = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {expected}, got {plain(value)!r}")
     return float(value)
 
 
@@ -132,7 +134,8 @@ def exponential_decay(step, initial_learning_rate, decay_steps, decay_rate, stai
     decay_steps = _check_positive("decay_steps", decay_steps)
     decay_rate = _check_positive("decay_rate", decay_rate)
     if decay_rate > 1:
-        raise ValueError(f"decay_rate must be in (0, 1] for a decaying rate, got {decay_rate!r}")
+        raise ValueError("decay_rate must be in (0, 1] for a decaying rate,"
+                         f" got {plain(decay_rate)!r}")
     p = t / decay_steps
     if staircase:
         p = np.floor(p)
@@ -345,7 +348,7 @@ def get(learning_rate):
         return learning_rate
     if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
         return Constant(float(learning_rate))
-    raise TypeError(f"learning_rate must be a number or a schedule, got {learning_rate!r}")
+    raise TypeError(f"learning_rate must be a number or a schedule, got {plain(learning_rate)!r}")
 
 
 def serialize(schedule):

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from .data import plain
 from .prune import _check_int
 
 __all__ = [
@@ -74,14 +75,14 @@ FLOAT_BITS = 32
 
 def _check_real(value, name, low=None, high=None, low_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be a real number, got {plain(value)!r}")
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
     if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {plain(value)!r}")
     if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}")
+        raise ValueError(f"{name} must be <= {high}, got {plain(value)!r}")
     return value
 
 
@@ -490,7 +491,8 @@ class StudyConfig:
                            _check_real(self.target_factor, "target_factor", low=1.0))
         sp = tuple(_check_real(s, "sparsities[i]", 0.0, 1.0) for s in self.sparsities)
         if not sp or list(sp) != sorted(set(sp)):
-            raise ValueError(f"sparsities must be distinct and increasing, got {self.sparsities!r}")
+            raise ValueError("sparsities must be distinct and increasing,"
+                             f" got {plain(self.sparsities)!r}")
         object.__setattr__(self, "sparsities", sp)
         for m in self.prune_methods:
             if m not in METHODS:
@@ -498,7 +500,8 @@ class StudyConfig:
         object.__setattr__(self, "prune_methods", tuple(self.prune_methods))
         bits = tuple(_check_int(b, "fixed_point_bits[i]", 2) for b in self.fixed_point_bits)
         if any(b > 32 for b in bits):
-            raise ValueError(f"fixed_point_bits must be in 2..32, got {self.fixed_point_bits!r}")
+            raise ValueError("fixed_point_bits must be in 2..32,"
+                             f" got {plain(self.fixed_point_bits)!r}")
         object.__setattr__(self, "fixed_point_bits", bits)
         object.__setattr__(self, "combined_sparsity",
                            _check_real(self.combined_sparsity, "combined_sparsity", 0.0, 1.0))

@@ -17,6 +17,8 @@ import numbers
 
 import numpy as np
 
+from .data import plain
+
 __all__ = [
     "numeric_gradient", "check_gradients", "relative_error", "assert_masks_preserved",
     "weight_arrays", "qformats", "sparsities", "architectures", "models", "data_sets",
@@ -39,7 +41,7 @@ def _hypothesis():
 def _int_range(name, value, minimum):
     """``(lo, hi)`` from an int or an inclusive ``(lo, hi)`` pair, both >= `minimum`."""
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int or a (lo, hi) pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or a (lo, hi) pair of ints, got {plain(value)!r}")
     if isinstance(value, numbers.Integral):
         lo = hi = int(value)
     elif isinstance(value, tuple) and len(value) == 2 and all(
@@ -47,16 +49,16 @@ def _int_range(name, value, minimum):
             for v in value):
         lo, hi = int(value[0]), int(value[1])
     else:
-        raise TypeError(f"{name} must be an int or a (lo, hi) pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or a (lo, hi) pair of ints, got {plain(value)!r}")
     if lo < minimum or hi < lo:
-        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {value!r}")
+        raise ValueError(f"{name} must satisfy {minimum} <= lo <= hi, got {plain(value)!r}")
     return lo, hi
 
 
 def _positive_float(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
             or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0, got {plain(value)!r}")
     return float(value)
 
 
@@ -78,10 +80,11 @@ def _shape_strategy(shape, max_dims, min_side, max_side, min_size):
         if not isinstance(shape, tuple) or not all(
                 isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
                 and d >= 0 for d in shape):
-            raise ValueError(f"shape must be None, an int or a tuple of ints >= 0, got {shape!r}")
+            raise ValueError("shape must be None, an int or a tuple of ints >= 0,"
+                             f" got {plain(shape)!r}")
         if math.prod(shape) < min_size:
             raise ValueError(f"shape must have at least {min_size} entries here (ties need two "
-                             f"equal magnitudes), got {shape!r}")
+                             f"equal magnitudes), got {plain(shape)!r}")
         return st.just(tuple(int(d) for d in shape))
     max_dims = _int_range("max_dims", max_dims, 1)[0]
     min_side = _int_range("min_side", min_side, 0)[0]
@@ -152,7 +155,7 @@ def weight_arrays(shape=None, *, dtype="float64", ties=None, max_magnitude=10.0,
     st, hnp = _hypothesis()
     dt = _float_dtype(dtype)
     if ties is not None and not isinstance(ties, (bool, np.bool_)):
-        raise TypeError(f"ties must be None, True or False, got {ties!r}")
+        raise TypeError(f"ties must be None, True or False, got {plain(ties)!r}")
     hi = _positive_float("max_magnitude", max_magnitude)
     lo = _positive_float("min_magnitude", min_magnitude)
     if lo >= hi:
@@ -229,9 +232,9 @@ def qformats(bits=(2, 16), *, signed=None, frac_bits=None):
     from .quant import FRAC_BITS_LIMIT, QFormat
     b_lo, b_hi = _int_range("bits", bits, 2)
     if b_hi > 32:
-        raise ValueError(f"bits must lie within 2..32, got {bits!r}")
+        raise ValueError(f"bits must lie within 2..32, got {plain(bits)!r}")
     if signed is not None and not isinstance(signed, (bool, np.bool_)):
-        raise TypeError(f"signed must be None, True or False, got {signed!r}")
+        raise TypeError(f"signed must be None, True or False, got {plain(signed)!r}")
     if frac_bits is not None:
         if isinstance(frac_bits, numbers.Integral) and not isinstance(frac_bits, bool):
             f_lo = f_hi = int(frac_bits)
@@ -239,10 +242,10 @@ def qformats(bits=(2, 16), *, signed=None, frac_bits=None):
             f_lo, f_hi = (int(v) for v in frac_bits)
         else:
             raise TypeError(f"frac_bits must be None, an int or a (lo, hi) pair, got "
-                            f"{frac_bits!r}")
+                            f"{plain(frac_bits)!r}")
         if not -FRAC_BITS_LIMIT <= f_lo <= f_hi <= FRAC_BITS_LIMIT:
             raise ValueError(f"frac_bits must lie within [{-FRAC_BITS_LIMIT}, "
-                             f"{FRAC_BITS_LIMIT}] with lo <= hi, got {frac_bits!r}")
+                             f"{FRAC_BITS_LIMIT}] with lo <= hi, got {plain(frac_bits)!r}")
     signs = st.booleans() if signed is None else st.just(bool(signed))
 
     @st.composite
@@ -275,9 +278,10 @@ def sparsities(min_value=0.0, max_value=1.0):
     for name, v in (("min_value", min_value), ("max_value", max_value)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) \
                 or not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {plain(v)!r}")
     if min_value > max_value:
-        raise ValueError(f"min_value must be <= max_value, got {min_value!r} > {max_value!r}")
+        raise ValueError("min_value must be <= max_value,"
+                         f" got {plain(min_value)!r} > {plain(max_value)!r}")
     specials = sorted({float(v) for v in (min_value, max_value, 0.5)
                        if min_value <= v <= max_value})
     return st.one_of(st.sampled_from(specials),
@@ -330,7 +334,7 @@ def architectures(*, input_dim=(1, 4), hidden_layers=(0, 2), width=(1, 5), outpu
         if a not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {a!r}")
     if use_bias is not None and not isinstance(use_bias, (bool, np.bool_)):
-        raise TypeError(f"use_bias must be None, True or False, got {use_bias!r}")
+        raise TypeError(f"use_bias must be None, True or False, got {plain(use_bias)!r}")
     biases = st.booleans() if use_bias is None else st.just(bool(use_bias))
 
     def layer(units_strategy, activation_strategy):
@@ -401,7 +405,8 @@ def data_sets(n_samples=(1, 12), n_features=(1, 4), n_outputs=(1, 3), *, dtype="
     dt = _float_dtype(dtype)
     m = _positive_float("max_magnitude", max_magnitude)
     if not (0 <= min_magnitude < m):
-        raise ValueError(f"min_magnitude must be in [0, max_magnitude={m}), got {min_magnitude!r}")
+        raise ValueError(f"min_magnitude must be in [0, max_magnitude={m}),"
+                         f" got {plain(min_magnitude)!r}")
     return st.tuples(st.integers(*n), st.integers(*d_in), st.integers(*d_out)).flatmap(
         lambda s: st.tuples(_finite(hnp, st, dt, (s[0], s[1]), m, min_magnitude),
                             _finite(hnp, st, dt, (s[0], s[2]), m, min_magnitude)))
@@ -445,7 +450,8 @@ def models_and_data(n_samples=(1, 12), max_magnitude=5.0, min_magnitude=2.0**-10
     n = _int_range("n_samples", n_samples, 1)
     m = _positive_float("max_magnitude", max_magnitude)
     if not (0 <= min_magnitude < m):
-        raise ValueError(f"min_magnitude must be in [0, max_magnitude={m}), got {min_magnitude!r}")
+        raise ValueError(f"min_magnitude must be in [0, max_magnitude={m}),"
+                         f" got {plain(min_magnitude)!r}")
 
     @st.composite
     def cases(draw):
@@ -527,7 +533,7 @@ def assert_masks_preserved(model, mask=None, *, exact=False, check_optimizer=Tru
         j = int(bad[0])
         value = float(model.params[j])
         raise AssertionError(f"{bad.size} pruned parameter(s) are not 0; the first, "
-                             f"{_locate(model, j)} (flat index {j}), is {value!r}")
+                             f"{_locate(model, j)} (flat index {j}), is {plain(value)!r}")
     if mask is not None:
         ref = np.asarray(mask)
         if ref.dtype != np.bool_ or ref.shape != model.mask.shape:
@@ -553,7 +559,7 @@ def assert_masks_preserved(model, mask=None, *, exact=False, check_optimizer=Tru
                 if bad.size:
                     j = int(bad[0])
                     value = float(buf[j])
-                    raise AssertionError(f"optimizer state {name!r} is {value!r} at pruned "
+                    raise AssertionError(f"optimizer state {name!r} is {plain(value)!r} at pruned "
                                          f"{_locate(model, j)} (flat index {j}); it must be 0")
     return int(np.count_nonzero(pruned))
 

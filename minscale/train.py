@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from .data import COUNT_MAX, check_int, check_nbytes, check_output_path
 from .parallel.base import shard_bounds
 
 __all__ = ["History", "DivergenceError", "BLOWUP_FACTOR", "divergence_limit", "Callback", "fit",
@@ -121,10 +122,50 @@ class _PruningCallback(Callback):
             prune(model, float(self.schedule.sparsity(step)), method=self.method)
 
 
+#: Bytes each optimizer update costs for the whole run, allocated up front or kept: its learning
+#: rate in ``History.history["lr"]`` (a Python float: 24-byte object + 8-byte list slot) and
+#: the compiled loop's per-update schedule (rate, Adam's bias corrections and step factors:
+#: six float64 arrays), with room for the temporary list of a chunk's rates.
+BYTES_PER_UPDATE = 96
+
+
+def check_updates(epochs, n_samples, batch_size, epochs_name="epochs",
+                  batch_size_name="batch_size"):
+    """Refuse a run whose per-update records would not fit in memory, before it starts.
+
+    Parameters
+    ----------
+    epochs : int, >= 0
+    n_samples : int, >= 1
+        Training rows.
+    batch_size : int, >= 1
+    epochs_name, batch_size_name : str
+        How the caller names the two arguments (``"--finetune-epochs"`` on the command line).
+
+    Returns
+    -------
+    int
+        The number of updates, ``epochs * ceil(n_samples / batch_size)``.
+
+    Raises
+    ------
+    ValueError
+        ``updates * BYTES_PER_UPDATE`` exceeds :func:`minscale.data.memory_limit`; the message
+        names both arguments, the bytes and the limit.
+    """
+    n_batches = math.ceil(n_samples / batch_size)
+    updates = epochs * n_batches
+    check_nbytes(updates * BYTES_PER_UPDATE,
+                 f"{epochs_name} {epochs} of {n_batches} batches ({n_samples} rows, "
+                 f"{batch_size_name} {batch_size}) make {updates:,} updates, whose records "
+                 f"(History.history['lr'] and the compiled loop's schedule, {BYTES_PER_UPDATE} "
+                 "bytes per update)",
+                 f"give fewer {epochs_name} or a larger {batch_size_name}")
+    return updates
+
+
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(name, value, minimum, COUNT_MAX)
 
 
 def _prepare(model, X, y):
@@ -199,8 +240,13 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     Raises
     ------
     ValueError
-        Bad data or arguments, naming the argument; a `resume` checkpoint that does not fit
-        the model, data or arguments.
+        Bad data or arguments, naming the argument: `epochs`, `batch_size`, `workers` and
+        `checkpoint_every` must lie in [minimum, :data:`minscale.data.COUNT_MAX`]; a
+        `checkpoint` path that cannot be a file (see :func:`minscale.data.check_output_path`),
+        checked before training; a run of so many updates (``epochs * ceil(n / batch_size)``)
+        that their records (:data:`BYTES_PER_UPDATE` each) exceed
+        :func:`minscale.data.memory_limit`; a `resume` checkpoint that does not fit the model,
+        data or arguments.
     minscale.io.ModelFileError
         A damaged or foreign `resume` file.
     DivergenceError
@@ -223,7 +269,11 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     if (checkpoint is not None or resume is not None) and (workers > 1 or mode == "async"):
         raise ValueError("checkpoint and resume work in one process or with comm=, not with "
                          f"workers={workers}, mode={mode!r}")
+    if checkpoint is not None and (comm is None or comm.rank == 0):
+        # only rank 0 writes; a path that cannot be a file is refused before any training
+        check_output_path(checkpoint, "checkpoint")
     X, y = _prepare(model, X, y)
+    check_updates(epochs, X.shape[0], batch_size)
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise ValueError("validation_data must be a pair (X_val, y_val)")

@@ -35,7 +35,7 @@ BAD = [
     (["train", "--data", "nope"], "data"),
     (["train", "--data", "missing.csv"], "missing.csv"),
     (["train", "--data", "diabetes", "--target", "NOPE"], "NOPE"),
-    (["train", "--batch-size", "0"], "batch_size"),
+    (["train", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     (["train", "--lr", "-1"], "learning_rate"),
     (["train", "--decay-rate", "-1"], "decay_rate"),
     (["train", "--decay-rate", "0.5", "--decay-steps", "0"], "decay_steps"),

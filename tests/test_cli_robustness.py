@@ -153,18 +153,46 @@ BAD_OUTPUTS = [
     (["study", "--data", "tiny.csv", "--plot", "p.jpg2"], "--plot",
      "expected a name ending in .png, .pdf, .svg"),
     (["study", "--data", "tiny.csv", "--plot", "p.pgf"], "--plot", "got extension '.pgf'"),
+    # a name ending in a separator is a folder's, even when no such folder exists
+    (["train", "--data", "tiny.csv", *TINY, "--save", "m2.npz/"], "--save",
+     "'m2.npz/' ends in '/', which names a folder; expected a file name"),
+    (["train", "--data", "tiny.csv", *TINY, "--save", "new/"], "--save", "ends in '/'"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--out", "p.npz/"], "--out", "ends in '/'"),
+    (["quantize", "m.npz", "--out", "sub/"], "--out", "ends in '/'"),
+    (["study", "--data", "tiny.csv", "--json", "s.json/"], "--json", "ends in '/'"),
+    (["study", "--data", "tiny.csv", "--csv", "s.csv/"], "--csv", "ends in '/'"),
+    (["study", "--data", "tiny.csv", "--plot", "p.png/"], "--plot", "ends in '/'"),
+    (["study", "--data", "tiny.csv", "--plot", "p/"], "--plot", "ends in '/'"),
+    # names the file system refuses (NAME_MAX 255 bytes; the atomic write's temporary file
+    # adds 14), and a path beyond PATH_MAX (4096)
+    (["train", "--data", "tiny.csv", *TINY, "--save", "m" * 300 + ".npz"], "--save",
+     "the file name is 304 bytes long, more than the 241 this file system allows (NAME_MAX"),
+    (["train", "--data", "tiny.csv", *TINY, "--save", "m" * 246 + ".npz"], "--save",
+     "the file name is 250 bytes long, more than the 241"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--out", "é" * 200 + ".npz"], "--out",
+     "the file name is 404 bytes long"),
+    (["quantize", "m.npz", "--out", "q" * 300], "--out", "NAME_MAX"),
+    (["study", "--data", "tiny.csv", "--json", "j" * 300], "--json", "NAME_MAX"),
+    (["study", "--data", "tiny.csv", "--csv", "c" * 300], "--csv", "NAME_MAX"),
+    (["study", "--data", "tiny.csv", "--plot", "p" * 300 + ".png"], "--plot", "NAME_MAX"),
+    (["train", "--data", "tiny.csv", *TINY, "--save", ("d" * 200 + "/") * 21 + "m.npz"],
+     "--save", "PATH_MAX"),
 ]
 
 
 @pytest.mark.parametrize("argv, flag, words", BAD_OUTPUTS,
-                         ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_OUTPUTS])
+                         ids=[f"{a[0]} {a[-2]} {ascii(a[-1][:16])[1:-1]}"
+                              + (f"...({len(a[-1])})" if len(a[-1]) > 16 else "")
+                              for a, _, _ in BAD_OUTPUTS])
 def test_unusable_output_paths_are_rejected_before_any_work(saved, capsys, argv, flag, words):
     (saved.parent / "sub").mkdir()
     before = sorted(p.name for p in saved.parent.iterdir())
+    t0 = time.perf_counter()
     code, out, err = _run(capsys, argv)
     _one_line(code, err, flag, words)
-    assert out == ""
+    assert out == ""  # nothing trained, pruned or measured first
     assert sorted(p.name for p in saved.parent.iterdir()) == before  # nothing written
+    assert time.perf_counter() - t0 < 30  # a generous bound: no study or training ran
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -299,6 +327,96 @@ def test_sigterm_to_a_data_parallel_run_frees_shared_memory(work):
     assert "Traceback" not in err and err.splitlines()[-1] == "minscale: terminated", err
     leaked = {n for n in _shm_names() - before if n.startswith(("psm_", "sem.mp-"))}
     assert leaked == set(), leaked
+
+
+# ----------------------------------------------------------------------------- absurd sizes
+
+
+HUGE = "1" + "0" * 30  # 31 digits, past int64
+
+BIG_INTEGERS = [
+    (["train", "--data", "tiny.csv", *TINY, "--batch-size", HUGE], "--batch-size"),
+    (["train", "--data", "tiny.csv", "--hidden", "4", "--quiet", "--epochs", HUGE], "--epochs"),
+    (["train", "--data", "tiny.csv", *TINY, "--workers", "-" + HUGE], "--workers"),
+    (["train", "--data", "tiny.csv", *TINY, "--hidden", "4," + HUGE], "--hidden"),
+    (["train", "--data", "tiny.csv", *TINY, "--hidden", "2147483648"], "--hidden"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--finetune-epochs", HUGE], "--finetune-epochs"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--finetune-epochs", "1", "--batch-size", HUGE],
+     "--batch-size"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--bits", HUGE], "--bits"),
+    (["quantize", "m.npz", "--qat-epochs", HUGE], "--qat-epochs"),
+    (["quantize", "m.npz", "--qat-epochs", "1", "--batch-size", HUGE], "--batch-size"),
+    (["quantize", "m.npz", "--calibrate", "--calibration-rows", HUGE], "--calibration-rows"),
+    (["quantize", "m.npz", "--bits", "8", "--frac-bits", "-" + HUGE], "--frac-bits"),
+    (["evaluate", "m.npz", "--batch-size", HUGE], "--batch-size"),
+    (["study", "--data", "tiny.csv", "--batch-size", HUGE], "--batch-size"),
+    (["study", "--data", "tiny.csv", "--epochs", HUGE], "--epochs"),
+    (["study", "--data", "tiny.csv", "--hidden", HUGE], "--hidden"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BIG_INTEGERS,
+                         ids=[f"{a[0]} {f}" for a, f in BIG_INTEGERS])
+def test_integer_options_past_the_count_limit_are_one_line(saved, capsys, argv, flag):
+    # past int64 these reached Numba (a typing traceback, exit 1) or numpy (OverflowError)
+    t0 = time.perf_counter()
+    code, out, err = _run(capsys, argv)
+    _one_line(code, err, f"argument {flag}:", "2**31 - 1 = 2147483647")
+    assert out == ""
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "tiny.csv", *TINY, "--seed", HUGE],
+    ["train", "--data", "tiny.csv", *TINY, "--seed", "-1"],
+    ["evaluate", "m.npz", "--seed", str(2**63)],
+    ["demo", "--no-study", "--seed", HUGE],
+], ids=["train 31 digits", "train -1", "evaluate 2**63", "demo 31 digits"])
+def test_seeds_outside_the_int64_range_are_one_line(saved, capsys, argv):
+    code, out, err = _run(capsys, argv)
+    _one_line(code, err, "argument --seed: must be an integer in [0, 2**63 - 1]")
+    assert out == ""
+
+
+def test_the_count_limit_itself_is_accepted_on_the_command_line(work, capsys):
+    code, out, err = _run(capsys, ["train", "--data", "tiny.csv", *TINY, "--batch-size",
+                                   "2147483647"])
+    assert code == 0, err
+    assert "final train loss" in out
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1", "--quiet"],
+                                     ["study", "--quick", "--no-progress"]])
+def test_a_hidden_model_too_large_for_memory_is_one_line_before_training(work, capsys,
+                                                                         monkeypatch, command):
+    from minscale import data
+    monkeypatch.setattr(data, "memory_limit", lambda: 2**30)
+    # 3 features -> 10000 -> 10000 -> 1: 100,060,001 parameters of 18 bytes: 1.7 GiB
+    code, out, err = _run(capsys, [*command, "--data", "tiny.csv", "--hidden", "10000,10000"])
+    _one_line(code, err, "--hidden 10000,10000: 100,060,001 parameters (input_dim 3, units "
+                         "[10000, 10000, 1], float64): their parameter, gradient and mask "
+                         "buffers need 1.7 GiB (1,801,080,026 bytes), more than the 1.0 GiB "
+                         "(1,073,741,824 bytes) of physical memory")
+    assert out == ""
+
+
+def test_too_many_updates_for_memory_are_one_line_before_training(saved, capsys,
+                                                                  monkeypatch):
+    from minscale import data
+    from minscale.train import BYTES_PER_UPDATE
+    monkeypatch.setattr(data, "memory_limit", lambda: 10**6)
+    # tiny.csv: 32 training rows, batches of 32 (train) / 32 (prune, quantize): 1 per epoch
+    n = 10**5
+    for argv, flag in ((["train", "--data", "tiny.csv", "--hidden", "4", "--quiet"],
+                        "--epochs"),
+                       (["prune", "m.npz", "--sparsity", "0.5"], "--finetune-epochs"),
+                       (["quantize", "m.npz"], "--qat-epochs")):
+        code, out, err = _run(capsys, argv + [flag, str(n)])
+        _one_line(code, err, f"{flag} 100000 of 1 batches (32 rows, --batch-size 32) make "
+                             f"100,000 updates", f"({n * BYTES_PER_UPDATE:,} bytes), more than "
+                             "the 976.6 KiB (1,000,000 bytes) of physical memory",
+                  f"give fewer {flag} or a larger --batch-size")
+        assert out == ""
 
 
 # ----------------------------------------------------------------------------- 7. workers

@@ -775,3 +775,53 @@ def test_module_exports():
     assert set(msdata.__all__) == {"check_array", "check_Xy", "train_test_split", "mean_and_scale", "Standardizer",
                                    "standardize", "one_hot", "accuracy"}
     assert datasets.NAMES == ("diabetes", "digits")
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def _numpy_scalar_calls():
+    import minscale as ms
+    from minscale import optim, prune, report, schedules, study
+    return [
+        (lambda: prune.magnitude_mask(np.ones(4), np.float64(1.5)), "got 1.5"),
+        (lambda: prune.n_to_prune(0.5, np.int64(-1)), "n must be >= 0, got -1"),
+        (lambda: schedules.InverseTimeDecay(np.float64(-1.0), 0.1), "got -1.0"),
+        (lambda: schedules.InverseTimeDecay(0.1, 0.1, decay_steps=np.int64(0)), "got 0"),
+        (lambda: schedules.inverse_time_decay(np.int64(-1), 0.1, 0.1), "got -1"),
+        (lambda: optim.Adam(np.float64(-1)), "got -1.0"),
+        (lambda: optim.SGD(0.1, momentum=np.float64(2)), "got 2.0"),
+        (lambda: ms.Dense(2, alpha=np.float64(-1)), "got -1.0"),
+        (lambda: ms.Dense(np.int64(0)), "units must be an integer >= 1, got 0"),
+        (lambda: train_test_split(np.ones((4, 1)), np.ones(4), test_size=np.float64(2)),
+         "got 2.0"),
+        (lambda: train_test_split(np.ones((4, 1)), np.ones(4), seed=np.int64(-1)), "got -1"),
+        (lambda: one_hot([0, 1], np.int64(-1)), "n_classes must be >= 1, got -1"),
+        (lambda: report.format_bytes(np.float64(1.5)), "got 1.5"),
+        (lambda: study.StudyConfig(hidden=(np.int64(0),)), "got 0"),
+        (lambda: study.StudyConfig(sparsities=(np.float64(0.5), np.float64(0.2))),
+         "got (0.5, 0.2)"),
+        (lambda: prune.structured_mask(np.ones((2, 2)), 0.5, norm=np.float64(0.5)), "got 0.5"),
+        (lambda: make_linear(np.int64(0)), "n_samples must be >= 1, got 0"),
+        (lambda: ms.Sequential([ms.Dense(1)], input_dim=1).fit(
+            np.ones((2, 1)), np.ones(2), epochs=np.int64(-1)), "epochs must be an integer >= 0, "
+                                                               "got -1"),
+    ]
+
+
+def test_messages_show_numpy_scalars_as_plain_numbers():
+    # on NumPy >= 2, repr(np.int64(0)) is 'np.int64(0)'; a message shows the number only
+    for call, words in _numpy_scalar_calls():
+        with pytest.raises((ValueError, TypeError)) as info:
+            call()
+        text = str(info.value)
+        assert "np." not in text and words in text, text
+
+
+def test_plain_converts_numpy_scalars_and_sequences_of_them():
+    from minscale.data import plain
+    assert repr(plain(np.int64(0))) == "0"
+    assert repr(plain(np.float32(0.5))) == "0.5"
+    assert repr(plain((np.int64(1), [np.float64(2.5)]))) == "(1, [2.5])"
+    arr = np.arange(3)
+    assert plain(arr) is arr and plain("x") == "x"

@@ -840,3 +840,37 @@ def test_minscale_trains_with_numba_unimportable():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_fast_fit_in_chunks_of_epochs_is_bit_identical(monkeypatch):
+    # a long run goes to the compiled loop a few epochs at a time (at most _ORDER_ENTRIES
+    # shuffled indices per call) instead of one (epochs, n) order array up front
+    import minscale as ms
+    from minscale import kernels, optim
+
+    X, y = _classic_data(50)
+
+    def train(entries):
+        monkeypatch.setattr(_fastfit, "_ORDER_ENTRIES", entries)
+        m = ms.Sequential([ms.Dense(3, "tanh"), ms.Dense(1)], input_dim=1, seed=1)
+        m.compile(optimizer=optim.Adam(ms.schedules.InverseTimeDecay(0.05, decay_rate=0.1)))
+        h = m.fit(X, y, epochs=7, batch_size=8, seed=3)
+        return m, h
+
+    previous = kernels._forced
+    try:
+        ms.set_backend("numba")
+        calls = []
+        original = _fastfit._train_epochs
+        monkeypatch.setattr(_fastfit, "_train_epochs",
+                            lambda *a: calls.append(a[4]) or original(*a))
+        m_one, h_one = train(2**22)
+        assert calls == [7]  # all seven epochs in one call
+        calls.clear()
+        m_chunks, h_chunks = train(3 * 50)  # three epochs of 50 rows per call
+        assert calls == [3, 3, 1]
+    finally:
+        kernels.set_backend(previous)
+    assert m_chunks.params.tobytes() == m_one.params.tobytes()
+    assert h_chunks.history == h_one.history and h_chunks.epoch == h_one.epoch
+    assert m_chunks.optimizer.iterations == m_one.optimizer.iterations == 7 * 7

@@ -6,17 +6,65 @@ import math
 import os
 
 
+def _short(text):
+    return repr(text) if len(text) <= 40 else f"{text[:30]!r}... ({len(text)} characters)"
+
+
 def hidden_sizes(text):
-    """Parse ``"32,32"`` into ``[32, 32]`` (empty string: no hidden layer)."""
+    """Parse ``"32,32"`` into ``[32, 32]`` (empty string: no hidden layer).
+
+    Each size lies in [1, :data:`minscale.data.COUNT_MAX`]; whether the model fits in memory
+    is checked when it is built (:meth:`minscale.model.Sequential.build`).
+    """
+    from ..data import COUNT_MAX
     if text.strip() == "":
         return []
     try:
         sizes = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--hidden must be comma-separated integers, got {_short(text)}") from None
     if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {_short(text)}")
+    big = [s for s in sizes if s > COUNT_MAX]
+    if big:
+        from ..data import _digits
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be at most 2**31 - 1 = "
+                                         f"{COUNT_MAX}, got {_digits(big[0])}")
     return sizes
+
+
+def integer(text):
+    """argparse type of an integer option: an int of at most :data:`minscale.data.COUNT_MAX`
+    in magnitude.
+
+    Each command checks its own lower bound (>= 0, >= 1, ...); this bound keeps absurd values
+    (``--batch-size`` with 31 digits) away from NumPy and the compiled kernels, which take
+    int64. argparse prefixes the message with ``argument --NAME:``.
+    """
+    from ..data import COUNT_MAX, _digits
+    value = _parse_int(text)
+    if abs(value) > COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer of magnitude at most 2**31 - 1 = "
+                                         f"{COUNT_MAX}, got {_digits(value)}")
+    return value
+
+
+def seed(text):
+    """argparse type of ``--seed``: an int in [0, :data:`minscale.data.SEED_MAX`]."""
+    from ..data import SEED_MAX, _digits
+    value = _parse_int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got "
+                                         f"{_digits(value)}")
+    return value
+
+
+def _parse_int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {_short(text)}") from None
 
 
 def add_data_arguments(parser, default="diabetes"):
@@ -26,7 +74,7 @@ def add_data_arguments(parser, default="diabetes"):
     parser.add_argument("--target", default=None, help="target column of a CSV (default: last)")
     parser.add_argument("--test-size", type=float, default=0.2,
                         help="held-out fraction (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of split, init and shuffling")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of split, init and shuffling")
 
 
 def add_recorded_data_arguments(parser, seed_use="the split"):
@@ -47,59 +95,19 @@ def add_recorded_data_arguments(parser, seed_use="the split"):
     parser.add_argument("--target", default=None, help="target column of a CSV")
     parser.add_argument("--test-size", type=float, default=None,
                         help="held-out fraction (default: as recorded, else 0.2)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=seed, default=None,
                         help=f"seed of {seed_use} (default: as recorded, else 0)")
 
 
 def check_output_path(path, argument, suffixes=None):
     """Check, before any work, that a file can be written at `path`.
 
-    Parameters
-    ----------
-    path : str
-        The file the command will write (atomically: a temporary file in the same folder,
-        then a rename, so only the folder needs to be writable).
-    argument : str
-        The option that named it, e.g. ``"--out"``; every message starts with it.
-    suffixes : sequence of str, optional
-        Accepted extensions, lower case with the dot (``(".png", ".pdf")``); compared case
-        insensitively. None accepts any name.
-
-    Returns
-    -------
-    str
-        `path`, unchanged.
-
-    Raises
-    ------
-    ValueError
-        `path` is empty, its extension is not one of `suffixes`, its folder does not exist or
-        is not a folder, `path` is a folder or an existing non-regular file (device, FIFO,
-        symbolic link), or the folder is not writable (``os.access``;
-        root passes this check whatever the permission bits, so the final write can still
-        fail: :func:`minscale.cli.main` reports that OSError as one line too).
+    The check itself is :func:`minscale.data.check_output_path` (the Python API checks
+    checkpoint paths with it too); `argument` is the option, e.g. ``"--out"``, that every
+    message starts with.
     """
-    if not isinstance(path, str) or path == "":
-        raise ValueError(f"{argument} must be a file name, got {path!r}")
-    if suffixes is not None:
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in suffixes:
-            got = f"extension {ext!r}" if ext else "no extension"
-            raise ValueError(f"{argument} {path!r}: expected a name ending in "
-                             f"{', '.join(suffixes)}, got {got}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.exists(folder):
-        raise ValueError(f"{argument} {path!r}: directory {folder!r} does not exist")
-    if not os.path.isdir(folder):
-        raise ValueError(f"{argument} {path!r}: {folder!r} is not a directory")
-    if os.path.isdir(path):
-        raise ValueError(f"{argument} {path!r} is a directory, expected a file name")
-    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
-        raise ValueError(f"{argument} {path!r} exists and is not a regular file (a device, "
-                         "pipe or symbolic link); give a plain file name")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{argument} {path!r}: directory {folder!r} is not writable")
-    return path
+    from ..data import check_output_path as check
+    return check(path, argument, suffixes)
 
 
 def check_input_path(path, argument):

@@ -28,7 +28,8 @@ RANDOM_SEEDS = 10
 
 def add_arguments(parser):
     """Register the demo's options on `parser`."""
-    parser.add_argument("--seed", type=int, default=0,
+    from ._common import seed
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the initial weights, random masks and the study's split "
                              "(default: %(default)s); the classic data always use seed 42")
     parser.add_argument("--no-study", action="store_true",

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from ._common import add_recorded_data_arguments
+from ._common import add_recorded_data_arguments, integer
 
 NAME = "evaluate"
 HELP = "evaluate a saved model on the held-out split of a data set"
@@ -19,7 +19,7 @@ def add_arguments(parser):
     """Register the evaluate command's options on `parser`."""
     parser.add_argument("path", help="a model file written by minscale (.npz)")
     add_recorded_data_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=integer, default=None,
                         help="rows per forward pass (default: all at once)")
     parser.add_argument("--integer", action="store_true",
                         help="quantized models: run the integer-only inference path")

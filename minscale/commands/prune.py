@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from ._common import (add_recorded_data_arguments, check_at_least, check_input_path,
-                      check_output_path, check_positive, divergence_reported, load_task)
+                      check_output_path, check_positive, divergence_reported, integer,
+                      load_task)
 
 NAME = "prune"
 HELP = "prune a saved model (magnitude, global, random or structured) and report the cost"
@@ -33,14 +34,14 @@ def add_arguments(parser):
                              "(default: 2)")
     parser.add_argument("--shrink", action="store_true",
                         help="structured: remove the pruned neurons from the saved model")
-    parser.add_argument("--finetune-epochs", type=int, default=0,
+    parser.add_argument("--finetune-epochs", type=integer, default=0,
                         help="epochs of Adam on the training split after pruning (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=integer, default=None,
                         help="fine-tuning batch size (default: 32; needs --finetune-epochs)")
     parser.add_argument("--lr", type=float, default=None,
                         help="fine-tuning learning rate of Adam (default: 0.001; needs "
                              "--finetune-epochs)")
-    parser.add_argument("--bits", type=int, default=None,
+    parser.add_argument("--bits", type=integer, default=None,
                         help="bits per stored value in the size report (default: the model's "
                              "dtype, 64 or 32)")
     add_recorded_data_arguments(parser, "the split, of --method random and of fine-tuning")
@@ -109,6 +110,7 @@ def run(args):
     from ..model import Sequential
     from ..optim import Adam
     from ..prune import FORMATS, model_nbytes, prune, shrink
+    from ..train import check_updates
     from .evaluate import data_options
 
     check_options(args)  # argument mistakes are reported before any file is read
@@ -128,6 +130,10 @@ def run(args):
     if task["X_train"].shape[1] != model.input_dim:
         raise ValueError(f"the model expects {model.input_dim} features but "
                          f"{options.data!r} has {task['X_train'].shape[1]}")
+    if args.finetune_epochs:
+        check_updates(args.finetune_epochs, task["X_train"].shape[0],
+                      BATCH_SIZE if args.batch_size is None else args.batch_size,
+                      "--finetune-epochs", "--batch-size")
     for text in differs:
         print(f"minscale: note: {text}; the split and standardization differ from training",
               file=sys.stderr)

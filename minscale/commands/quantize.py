@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_recorded_data_arguments
+from ._common import add_recorded_data_arguments, integer
 
 #: QAT defaults and the integer path's default rounding, when the option is not given
 LEARNING_RATE, BATCH_SIZE, ROUNDING = 1e-3, 32, "double"
@@ -43,12 +43,12 @@ def add_arguments(parser):
         "model", help="saved float model (.npz, as written by minscale train --save)"
     )
     parser.add_argument(
-        "--bits", type=int, default=8, help="bits per weight code, 2..32 (default: 8)"
+        "--bits", type=integer, default=8, help="bits per weight code, 2..32 (default: 8)"
     )
     scheme = parser.add_mutually_exclusive_group()
     scheme.add_argument(
         "--frac-bits",
-        type=int,
+        type=integer,
         default=None,
         metavar="F",
         help="fixed point with F fractional bits (Q(bits-1-F).F), -bits <= F <= 2*bits",
@@ -75,14 +75,14 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--calibration-rows",
-        type=int,
+        type=integer,
         default=None,
         help="with --calibrate: use only the first N training rows for calibration "
         "(default: all)",
     )
     parser.add_argument(
         "--qat-epochs",
-        type=int,
+        type=integer,
         default=0,
         help="quantization-aware fine-tuning epochs (default: 0, none)",
     )
@@ -90,7 +90,7 @@ def add_arguments(parser):
         "--lr", type=float, default=None, help="QAT learning rate of Adam (default: 0.001)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="QAT batch size (default: 32)"
+        "--batch-size", type=integer, default=None, help="QAT batch size (default: 32)"
     )
     parser.add_argument(
         "--requantize-rounding",
@@ -205,6 +205,7 @@ def run(args):
     from ..model import Sequential
     from ..optim import Adam
     from ..quant import QATConfig, convert, quantize_model, strip_qat
+    from ..train import check_updates
     from ._common import check_input_path, divergence_reported, load_task
     from .evaluate import data_options, evaluate_model
 
@@ -216,17 +217,21 @@ def run(args):
             "Sequential model (as written by minscale train --save)"
         )
     options, differs = data_options(args, model.state.get("data"), args.model)
-    for text in differs:
-        print(
-            f"minscale: note: {text}; the split and standardization differ from training",
-            file=sys.stderr,
-        )
     task = load_task(options, model.dtype.name)
     X_tr, X_te, y_te = task["X_train"], task["X_test"], task["y_test"]
     if X_tr.shape[1] != model.input_dim:
         raise ValueError(
             f"the model expects {model.input_dim} features but {options.data!r} has "
             f"{X_tr.shape[1]}"
+        )
+    if args.qat_epochs:
+        check_updates(args.qat_epochs, X_tr.shape[0],
+                      BATCH_SIZE if args.batch_size is None else args.batch_size,
+                      "--qat-epochs", "--batch-size")
+    for text in differs:
+        print(
+            f"minscale: note: {text}; the split and standardization differ from training",
+            file=sys.stderr,
         )
     classification = task["info"]["task"] == "classification"
     activations = "int8" if args.calibrate else None

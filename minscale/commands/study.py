@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import add_data_arguments, check_output_path, hidden_sizes, load_task
+from ._common import (add_data_arguments, check_output_path, hidden_sizes, integer,
+                      load_task)
 
 NAME = "study"
 HELP = ("measure learning rate, pruning, quantization and data-parallel workers on one data "
@@ -16,9 +17,9 @@ def add_arguments(parser):
     add_data_arguments(parser)
     parser.add_argument("--hidden", type=hidden_sizes, default=None,
                         help="hidden layer sizes, e.g. 32,32 (default: 32)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=integer, default=None,
                         help="epochs of each learning-rate run (default: 50; --quick: 10)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=integer, default=None,
                         help="rows per update (default: 32)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     parser.add_argument("--csv", default=None, metavar="PATH",
@@ -60,7 +61,9 @@ def check_outputs(args):
     if args.plot is not None:
         from ..report import plot_formats
         suffixes["plot"] = plot_formats()  # ImportError without matplotlib
-        if args.plot and not os.path.splitext(args.plot)[1]:
+        # a name ending in a separator is a folder: check_output_path says so below
+        if args.plot and not os.path.splitext(args.plot)[1] \
+                and not args.plot.endswith((os.sep, os.altsep or os.sep)):
             args.plot += ".png"
     seen = {}
     for flag in ("json", "csv", "plot"):
@@ -78,12 +81,18 @@ def check_outputs(args):
 def run(args):
     """Run the study, print its tables and write the asked-for files."""
     from .. import report
-    from ..study import StudyConfig, run_study
+    from ..study import StudyConfig, _new_model, run_study
     check_outputs(args)
     config = StudyConfig.preset(quick=args.quick, epochs=args.epochs,
                                 batch_size=args.batch_size, seed=args.seed,
                                 hidden=None if args.hidden is None else tuple(args.hidden))
     task = load_task(args)
+    try:
+        # the study's model, built once here: one too large for the memory is refused now,
+        # under the option's name, not in the middle of the study
+        _new_model(task, config)
+    except ValueError as exc:
+        raise ValueError(f"--hidden {','.join(map(str, config.hidden))}: {exc}") from None
     result = run_study(task, config, progress=False if args.no_progress else None)
     sys.stdout.write(report.render_text(result))
     if args.json:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from ._common import (add_data_arguments, check_output_path, divergence_reported, hidden_sizes,
-                      load_task)
+from ._common import (add_data_arguments, check_at_least, check_output_path, divergence_reported,
+                      hidden_sizes, integer, load_task)
 
 NAME = "train"
 HELP = "train a dense network with inverse-time learning-rate decay"
@@ -17,15 +17,15 @@ def add_arguments(parser):
                         help="hidden layer sizes, e.g. 32,32 (default: 32)")
     parser.add_argument("--activation", default="relu",
                         choices=("relu", "leaky_relu", "tanh", "sigmoid", "identity"))
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=integer, default=100)
+    parser.add_argument("--batch-size", type=integer, default=32)
     parser.add_argument("--optimizer", default="adam", choices=("sgd", "momentum", "adam"))
     parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate eta0")
     parser.add_argument("--decay-rate", type=float, default=0.0)
     parser.add_argument("--decay-steps", type=float, default=1.0, help="in optimizer updates")
     parser.add_argument("--staircase", action="store_true")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=integer, default=1,
                         help="data-parallel worker processes on this machine, 1 .. the "
                              "number of training rows (default: 1)")
     parser.add_argument("--mode", default="sync", choices=("sync", "async"),
@@ -94,7 +94,10 @@ def run(args):
     """Train and print the final train and test loss (and accuracy on classification)."""
     from ..optim import get as get_optimizer
     from ..schedules import InverseTimeDecay
+    from ..train import check_updates
     # argument mistakes are reported before any data is read or anything is printed
+    check_at_least(args.epochs, "--epochs", 0)
+    check_at_least(args.batch_size, "--batch-size", 1)
     check_parallel_options(args)
     if args.save is not None:
         check_output_path(args.save, "--save")
@@ -108,10 +111,14 @@ def run(args):
     if args.workers > n_rows:
         raise ValueError(f"--workers must be at most the number of training rows ({n_rows}), "
                          f"got {args.workers}")
+    check_updates(args.epochs, n_rows, args.batch_size, "--epochs", "--batch-size")
     schedule = InverseTimeDecay(args.lr, decay_rate=args.decay_rate,
                                 decay_steps=args.decay_steps, staircase=args.staircase)
-    model = build_model(task["X_train"].shape[1], task["y_train"].shape[1], args.hidden,
-                        args.activation, args.seed, args.dtype)
+    try:
+        model = build_model(task["X_train"].shape[1], task["y_train"].shape[1], args.hidden,
+                            args.activation, args.seed, args.dtype)
+    except ValueError as exc:  # a model too large for the memory: say which option made it
+        raise ValueError(f"--hidden {','.join(map(str, args.hidden))}: {exc}") from None
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
     model.compile(optimizer=get_optimizer(args.optimizer, schedule), metrics=metrics)
     with divergence_reported():

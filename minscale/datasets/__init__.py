@@ -87,11 +87,11 @@ def make_linear(n_samples=100, seed=42):
     if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
         raise TypeError(f"n_samples must be an int >= 1, got {n_samples!r}")
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples!r}")
+        raise ValueError(f"n_samples must be >= 1, got {int(n_samples)}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int in [0, 2**32 - 1], got {seed!r}")
     if not 0 <= seed <= 2**32 - 1:
-        raise ValueError(f"seed must be in [0, 2**32 - 1] (RandomState's range), got {seed!r}")
+        raise ValueError(f"seed must be in [0, 2**32 - 1] (RandomState's range), got {int(seed)}")
     rs = np.random.RandomState(int(seed))
     n = int(n_samples)
     X = rs.rand(n, 1)

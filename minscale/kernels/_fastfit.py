@@ -36,6 +36,9 @@ __all__ = ["supports", "run", "learning_rates", "bias_corrections"]
 _SCHEDULES = (_schedules.Constant, _schedules.InverseTimeDecay, _schedules.ExponentialDecay,
               _schedules.PolynomialDecay)
 _REDUCTION_CODES = {"mean": 0, "sum": 1, "half_sum": 2}
+#: Shuffled row indices one compiled call receives at most (int64: 32 MiB); epochs beyond
+#: that go to further calls, which continue the same generator and schedule
+_ORDER_ENTRIES = 2**22
 _OPT_SGD, _OPT_MOMENTUM, _OPT_ADAM = 0, 1, 2
 
 #: matrix products with at most this many multiply-adds run as plain loops; larger ones call
@@ -429,6 +432,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     loss_limit = None  # from the first batch, before any update, as the general loop sets it
     bar = _train._progress(verbose, total)
     done = 0  # updates applied in this run
+    # never more than _ORDER_ENTRIES shuffled row indices per call: a long run must not
+    # allocate an (epochs, n) order array up front
+    per_call = min(per_call, max(1, _ORDER_ENTRIES // max(n, 1)))
     try:
         for e0 in range(0, epochs, per_call):
             e1 = min(epochs, e0 + per_call)
