@@ -64,10 +64,10 @@ def _describe(value):
 #: rows, ...): 2**31 - 1. A product of two counts (epochs x batches, rows x units) then stays
 #: below 2**62, inside the int64 range the compiled kernels compute indices in.
 COUNT_MAX = 2**31 - 1
-#: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME +
-#: ".XXXXXXXX.tmp"`` (:func:`minscale.io.atomic_write`); output names are checked with room
-#: for them.
-TEMP_NAME_EXTRA = 14
+#: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME + "." +
+#: PID + ".XXXXXXXX.tmp"`` (:func:`minscale.io.atomic_write`), with a PID of up to 7 digits
+#: (Linux's largest pid_max is 4194304); output names are checked with room for them.
+TEMP_NAME_EXTRA = 22
 #: Largest seed: 2**63 - 1, the int64 range (numpy itself accepts any size of integer).
 SEED_MAX = 2**63 - 1
 
@@ -245,7 +245,7 @@ def check_output_path(path, name, suffixes=None):
     if base in (".", ".."):
         raise ValueError(f"{name} {path!r} is a directory, expected a file name")
     encoded = os.fsencode(base)
-    # the atomic write goes through a temporary ".NAME.XXXXXXXX.tmp" beside the file
+    # the atomic write goes through a temporary ".NAME.PID.XXXXXXXX.tmp" beside the file
     limit = _pathconf(folder, "PC_NAME_MAX", 255) - TEMP_NAME_EXTRA
     if len(encoded) > limit:
         raise ValueError(f"{name} {base[:24]!r}...: the file name is {len(encoded)} bytes long, "

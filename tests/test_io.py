@@ -1063,3 +1063,20 @@ def test_only_stale_temporaries_of_our_own_pattern_are_removed(tmp_path):
                                       f".x.csv.{dead}.zzzzzzzz.tmp", ".m.npz.abcdefgh.tmp"])
     assert sorted(os.listdir(tmp_path)) == sorted(
         set(files) - set(removed) | {f".l.npz.{dead}.abcdefgh.tmp"})
+
+
+def test_the_longest_name_the_output_check_accepts_saves_atomically(tmp_path, monkeypatch):
+    # the output check leaves data.TEMP_NAME_EXTRA bytes of NAME_MAX for the temporary file
+    # ".NAME.PID.XXXXXXXX.tmp"; with the largest pid Linux can give (7 digits) the longest
+    # accepted name must still save, and one byte more must be refused up front
+    from minscale.data import TEMP_NAME_EXTRA, check_output_path
+
+    monkeypatch.setattr(os, "getpid", lambda: 4194304)
+    longest = "m" * (os.pathconf(tmp_path, "PC_NAME_MAX") - TEMP_NAME_EXTRA - 4) + ".npz"
+    path = tmp_path / longest
+    check_output_path(str(path), "--save")
+    model = ms.Sequential([ms.Dense(2)], input_dim=3, seed=0)
+    ms.save(model, path)
+    assert ms.load(path).params.tobytes() == model.params.tobytes()
+    with pytest.raises(ValueError, match="--save .*the file name is"):
+        check_output_path(str(tmp_path / ("m" + longest)), "--save")

@@ -288,7 +288,7 @@ def test_a_run_whose_update_records_exceed_memory_is_refused_before_training(mon
 
 @pytest.mark.parametrize("name, words", [
     ("sub/", "checkpoint 'sub/' ends in '/', which names a folder"),
-    ("c" * 250 + ".npz", "the file name is 254 bytes long, more than the 241"),
+    ("c" * 250 + ".npz", "the file name is 254 bytes long, more than the 233"),
     ("no/such/c.npz", "does not exist"),
 ], ids=["trailing-slash", "name-too-long", "no-folder"])
 def test_a_checkpoint_path_that_cannot_be_a_file_is_refused_before_training(tmp_path,
