@@ -2677,6 +2677,30 @@ class QuantizedModel:
             fields.get("state"),
         )
 
+    def quantize_input(self, X):
+        """Input codes of the integer-only path: what an exported ``predict`` function reads.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+
+        Returns
+        -------
+        codes : int8 (uint8 for ``activations="uint8"``) ndarray, shape (n, d_in)
+            ``quantize_affine(X, *self.input_qparams)``, the first step of
+            :meth:`predict_codes`.
+
+        Raises
+        ------
+        ValueError
+            Bad X, or a model without quantized activations.
+        """
+        if self.input_qparams is None:
+            raise ValueError("quantize_input needs quantized activations; this model "
+                             "quantizes its weights only")
+        X, _, _ = self._check_X(X, None)
+        return quantize_affine(X, *self.input_qparams, signed=self.activations != "uint8")
+
     def __repr__(self):
         return (
             f"QuantizedModel({[layer.shape for layer in self.layers]}, "

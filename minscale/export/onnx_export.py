@@ -1,0 +1,5 @@
+"""ONNX export (placeholder, filled in below)."""
+
+
+def to_onnx(model, path, mode="integer"):
+    raise NotImplementedError

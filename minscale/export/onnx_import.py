@@ -1,0 +1,5 @@
+"""ONNX import (placeholder)."""
+
+
+def from_onnx(path):
+    raise NotImplementedError
