@@ -81,7 +81,8 @@ def c_size_report(model, kind=None):
         ``weights`` (stored values), ``index`` (bitmasks, CSR indices and row pointers),
         ``biases`` (int32 codes or float32), ``scales`` (int32 ``M0`` and int8 shift per stored
         channel), ``table`` (``TABLE_ENTRY_BYTES`` per layer, 32-bit pointers), ``flash`` (their
-        sum: every ``static const`` byte), ``ram`` (the scratch buffer), ``layouts`` (per layer).
+        sum: every ``static const`` byte), ``ram`` (the scratch buffer), ``layouts`` (per layer),
+        ``index_bytes`` (width of the CSR index type), ``kind``.
 
     Raises
     ------
@@ -111,6 +112,7 @@ def c_size_report(model, kind=None):
     rep["flash"] = sum(rep[k] for k in ("weights", "index", "biases", "scales", "table"))
     rep["ram"] = plan.scratch_size * vb
     rep["layouts"] = [e.layout for e in encs]
+    rep["index_bytes"] = idx.itemsize
     rep["kind"] = plan.kind
     return rep
 
