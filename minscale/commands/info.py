@@ -87,7 +87,18 @@ def format_info(path, model, manifest):
         total_bytes += extra
     lines.append(f"{'total':<42}{n_params:>10,}{zero_w / total_w:>10.4f}{'':>6}"
                  f"{total_bytes:>12,}")
+    lines.append(_c_export_line(model))
     return "\n".join(lines)
+
+
+def _c_export_line(model):
+    """What ``minscale export --format c`` would generate for `model`, or why it cannot."""
+    from ..export import c_size_report
+    from .export import format_size
+    try:
+        return f"C export    {format_size(c_size_report(model))}"
+    except (TypeError, ValueError) as exc:
+        return f"C export    not available: {exc}"
 
 
 def run(args):

@@ -290,8 +290,14 @@ def run_onnx(model_or_path, inputs):
     src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") \
         else os.fspath(model_or_path)
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return sess.run(None, {name: inputs})[0]
+    first = sess.get_inputs()[0]
+    inputs = np.asarray(inputs)
+    if first.type in _ORT_FLOATS:
+        inputs = inputs.astype(_ORT_FLOATS[first.type])
+    return sess.run(None, {first.name: inputs})[0]
+
+
+_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
 def qdq_disagreement(model, X, rounding="double"):
