@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 
 from .layout import LAYOUTS, choose_layout, encode, index_dtype, layout_nbytes
-from .plan import check_name, float_plan, integer_plan
+from .plan import check_name, fixed_plan, float_plan, integer_plan
 
 __all__ = ["to_c", "c_sources", "c_size_report", "ROUNDINGS", "TABLE_ENTRY_BYTES"]
 
@@ -33,6 +33,8 @@ ROUNDINGS = ("double", "single")
 # A layer-table entry on a 32-bit target: 7 pointers and 8 int32 fields, 4 bytes each, no
 # padding (every member is 4-byte aligned).
 TABLE_ENTRY_BYTES = 60
+# fixed point: 5 pointers and 6 int32 fields
+FIXED_TABLE_ENTRY_BYTES = 44
 
 _ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
 _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t",
@@ -44,9 +46,16 @@ def _plan(model, kind):
     if kind not in (None, "integer", "float"):
         raise ValueError(f"kind must be 'integer', 'float' or None, got {kind!r}")
     from ..model import Sequential
+    from ..quant import FixedPointModel
+    if isinstance(model, FixedPointModel) and kind in (None, "integer"):
+        return fixed_plan(model)
     if kind == "integer" or (kind is None and not isinstance(model, Sequential)):
         return integer_plan(model)
     return float_plan(model)
+
+
+def _value_bytes(plan):
+    return {"integer": 1, "fixed": plan.bits // 8, "float": 4}[plan.kind]
 
 
 def _layouts(plan):
@@ -54,7 +63,7 @@ def _layouts(plan):
     max_index = max(max(layer.Wt.shape[1] - 1, int(np.count_nonzero(layer.Wt)))
                     for layer in plan.layers)
     idx = index_dtype(max_index)
-    value_bytes = 1 if plan.kind == "integer" else 4
+    value_bytes = _value_bytes(plan)
     out = []
     for layer in plan.layers:
         out.append(encode(layer.Wt, choose_layout(layer.Wt, value_bytes, idx.itemsize), idx))
@@ -95,7 +104,7 @@ def c_size_report(model, kind=None):
     """
     plan = _plan(model, kind)
     encs, idx = _layouts(plan)
-    vb = 1 if plan.kind == "integer" else 4
+    vb = _value_bytes(plan)
     rep = {"weights": 0, "index": 0, "biases": 0, "scales": 0}
     for layer, enc in zip(plan.layers, encs):
         nnz = int(np.count_nonzero(layer.Wt))
@@ -104,11 +113,13 @@ def c_size_report(model, kind=None):
         rep["weights"] += values
         rep["index"] += total - values
         if np.any(layer.bias != 0):
-            rep["biases"] += 4 * layer.bias.size
+            rep["biases"] += (8 if plan.kind == "fixed" and plan.bits == 16 else 4) \
+                * layer.bias.size
         if plan.kind == "integer":
             rep["scales"] += 5 * max(_per_channel(layer.multiplier).size,
                                      _per_channel(layer.shift).size)
-    rep["table"] = TABLE_ENTRY_BYTES * len(plan.layers)
+    rep["table"] = (FIXED_TABLE_ENTRY_BYTES if plan.kind == "fixed" else TABLE_ENTRY_BYTES) \
+        * len(plan.layers)
     rep["flash"] = sum(rep[k] for k in ("weights", "index", "biases", "scales", "table"))
     rep["ram"] = plan.scratch_size * vb
     rep["layouts"] = [e.layout for e in encs]
@@ -211,6 +222,82 @@ static void {N}_dense(const {N}_layer_t *L, const {CT} *x, {CT} *y)
 }}
 """
 
+_FIXED_SHIFT = {
+    "half_away": """\
+/* Qm.n requantization: x / 2**shift rounded half away from zero (C round), by shifts of the
+ * magnitude. A left shift clamps x to +-2**16 first and shifts by at most 31: whatever leaves
+ * the code range still does, and saturation then gives the exact result. */
+static int64_t {N}_shift_round(int64_t x, int32_t shift)
+{{
+    int64_t half;
+    if (shift <= 0) {{
+        int32_t left = -shift > 31 ? 31 : -shift;
+        x = x < -65536 ? -65536 : (x > 65536 ? 65536 : x);
+        return x * ((int64_t)1 << left);
+    }}
+    if (shift > 62) {{
+        shift = 62; /* |x| < 2**61 rounds to 0 from here on */
+    }}
+    half = (int64_t)1 << (shift - 1);
+    return x < 0 ? -((-x + half) >> shift) : (x + half) >> shift;
+}}
+""",
+    "nearest_even": """\
+/* Qm.n requantization: x / 2**shift rounded half to even, by an arithmetic shift and the
+ * remainder. A left shift clamps x to +-2**16 first and shifts by at most 31: whatever leaves
+ * the code range still does, and saturation then gives the exact result. */
+static int64_t {N}_shift_round(int64_t x, int32_t shift)
+{{
+    int64_t half, q, r;
+    if (shift <= 0) {{
+        int32_t left = -shift > 31 ? 31 : -shift;
+        x = x < -65536 ? -65536 : (x > 65536 ? 65536 : x);
+        return x * ((int64_t)1 << left);
+    }}
+    if (shift > 62) {{
+        shift = 62; /* |x| < 2**61 rounds to 0 from here on */
+    }}
+    half = (int64_t)1 << (shift - 1);
+    q = {N}_asr(x, shift);
+    r = x - q * ((int64_t)1 << shift);
+    return q + ((r > half || (r == half && (q & 1) != 0)) ? 1 : 0);
+}}
+""",
+}
+
+_FIXED_DENSE = """\
+/* One layer: acc = sum_k x[k] * Wt[j][k] (exact: {ACC}), + bias (at frac_in + frac_w),
+ * rounding shift to frac_out, clamp to [lower, upper] (ReLU as a clamp at 0). */
+static void {N}_dense(const {N}_layer_t *L, const {CT} *x, {CT} *y)
+{{
+    int32_t j, k, p = 0;
+    for (j = 0; j < L->d_out; ++j) {{
+        {ACC} acc = 0;
+        int64_t r;
+        if (L->layout == {N_UPPER}_LAYOUT_DENSE) {{
+            const {WT} *w = L->w + j * L->d_in;
+            for (k = 0; k < L->d_in; ++k) {{
+                acc += ({ACC})x[k] * ({ACC})w[k];
+            }}
+        }} else if (L->layout == {N_UPPER}_LAYOUT_BITMASK) {{
+            int32_t t = j * L->d_in;
+            for (k = 0; k < L->d_in; ++k, ++t) {{
+                if ((L->mask[t >> 3] >> (t & 7)) & 1) {{
+                    acc += ({ACC})x[k] * ({ACC})L->w[p++];
+                }}
+            }}
+        }} else {{
+            for (p = (int32_t)L->indptr[j]; p < (int32_t)L->indptr[j + 1]; ++p) {{
+                acc += ({ACC})x[L->indices[p]] * ({ACC})L->w[p];
+            }}
+        }}
+        r = {N}_shift_round((int64_t)acc + (L->bias ? L->bias[j] : 0), L->shift);
+        r = r < L->lower ? L->lower : (r > L->upper ? L->upper : r);
+        y[j] = ({CT})r;
+    }}
+}}
+"""
+
 _FLOAT_ACT = """\
 static float {N}_activation(float z, int32_t activation, float alpha)
 {{
@@ -283,9 +370,16 @@ def c_sources(model, name="model", rounding="double", kind=None):
     N, U = name, name.upper()
     CT, WT = plan.code_ctype, plan.weight_ctype
     integer = plan.kind == "integer"
-    what = (f"integer-only, {'gemmlowp double' if rounding == 'double' else 'TFLite single'} "
-            "rounding" if integer else "float32")
-    in_t, out_t = (("input_codes", "output_codes") if integer else ("x", "y"))
+    fixed = plan.kind == "fixed"
+    if integer:
+        what = (f"integer-only, {'gemmlowp double' if rounding == 'double' else 'TFLite single'}"
+                " rounding")
+    elif fixed:
+        what = f"integer-only Q{plan.bits} fixed point, shifts rounded {plan.rounding}"
+    else:
+        what = "float32"
+    in_t, out_t = (("x", "y") if plan.kind == "float" else ("input_codes", "output_codes"))
+    bias_t = "int64_t" if fixed and plan.bits == 16 else "int32_t"
 
     # ---- header ----
     h = [f"/* {N}.h: generated by minscale {__version__} ({what}). Do not edit.",
@@ -308,6 +402,10 @@ def c_sources(model, name="model", rounding="double", kind=None):
               f"#define {U}_INPUT_ZERO_POINT {int(in_z)}",
               f"#define {U}_OUTPUT_SCALE {float(out_s)!r}",
               f"#define {U}_OUTPUT_ZERO_POINT {int(out_z)}"]
+    if fixed:
+        h += ["/* real input = input_codes[i] * 2**-INPUT_FRAC_BITS, real output likewise */",
+              f"#define {U}_INPUT_FRAC_BITS {model.input_frac}",
+              f"#define {U}_OUTPUT_FRAC_BITS {model.layers[-1].frac_out}"]
     h += ["", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
           f"void {N}_predict(const {CT} *{in_t}, {CT} *{out_t});", "",
           "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {U}_H */", ""]
@@ -315,7 +413,8 @@ def c_sources(model, name="model", rounding="double", kind=None):
     # ---- source ----
     c = [f"/* {N}.c: generated by minscale {__version__} ({what}). Do not edit. */",
          f'#include "{N}.h"', ""]
-    float_acts = {layer.activation for layer in plan.layers} if not integer else set()
+    float_acts = ({layer.activation for layer in plan.layers} if plan.kind == "float"
+                  else set())
     if float_acts & {"tanh", "sigmoid"}:
         c += ["#include <math.h>", ""]
     c += [f"#define {U}_LAYOUT_{lay.upper()} {i}" for i, lay in enumerate(LAYOUTS)]
@@ -331,6 +430,9 @@ def c_sources(model, name="model", rounding="double", kind=None):
               "    const int8_t *shift;         /* TFLite exponent, same count */",
               "    int32_t d_in, d_out, layout, per_channel;",
               "    int32_t input_zero_point, output_zero_point, lower, upper;"]
+    elif fixed:
+        c += [f"    const {bias_t} *bias;         /* bias at frac_in + frac_w, or 0 */",
+              "    int32_t d_in, d_out, layout, shift, lower, upper;"]
     else:
         c += ["    const float *bias;           /* or 0 */",
               "    int32_t d_in, d_out, layout, activation;",
@@ -356,7 +458,8 @@ def c_sources(model, name="model", rounding="double", kind=None):
             c.append(_array(f"{N}_indptr{i}", enc.indptr, f"{N}_index_t"))
             ptr["indptr"] = f"{N}_indptr{i}"
         if np.any(layer.bias != 0):
-            c.append(_array(f"{N}_bias{i}", layer.bias, "int32_t" if integer else "float"))
+            c.append(_array(f"{N}_bias{i}", layer.bias,
+                            "float" if plan.kind == "float" else bias_t))
             ptr["bias"] = f"{N}_bias{i}"
         fields = [ptr.get(k, "0") for k in ("w", "mask", "indices", "indptr", "bias")]
         layout_code = f"{U}_LAYOUT_{enc.layout.upper()}"
@@ -370,6 +473,9 @@ def c_sources(model, name="model", rounding="double", kind=None):
             fields += [f"{N}_multiplier{i}", f"{N}_shift{i}", str(d_in), str(d_out),
                        layout_code, str(per_channel), str(layer.input_zero_point),
                        str(layer.output_zero_point), str(layer.lower), str(layer.upper)]
+        elif fixed:
+            fields += [str(d_in), str(d_out), layout_code, str(layer.shift), str(layer.lower),
+                       str(layer.upper)]
         else:
             fields += [str(d_in), str(d_out), layout_code, str(_ACT_CODES[layer.activation]),
                        _literal(layer.alpha, "float")]
@@ -384,6 +490,11 @@ def c_sources(model, name="model", rounding="double", kind=None):
         c.append(_ASR.format(**fmt))
         c.append(_INT_REQUANTIZE[rounding].format(**fmt))
         c.append(_INT_DENSE.format(**fmt))
+    elif fixed:
+        if plan.rounding == "nearest_even":
+            c.append(_ASR.format(**fmt))
+        c.append(_FIXED_SHIFT[plan.rounding].format(**fmt))
+        c.append(_FIXED_DENSE.format(ACC="int32_t" if plan.bits == 8 else "int64_t", **fmt))
     else:
         tanh = "\n    case 3: return tanhf(z);" if "tanh" in float_acts else ""
         sigmoid = ("\n    case 4: return z >= 0.0f ? 1.0f / (1.0f + expf(-z))"

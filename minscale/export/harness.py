@@ -128,8 +128,7 @@ def run_c(jobs, compiler=None, flags=STRICT_FLAGS, runner=None, directory=None, 
             write_files(directory, files)
             sources.append(os.path.join(directory, f"{name}.c"))
             x = np.asarray(job["inputs"])
-            is_float = "float " in files[f"{name}.h"].split(f"{name}_predict(")[1][:12]
-            ctype = "float" if is_float else ("uint8_t" if x.dtype == np.uint8 else "int8_t")
+            ctype = files[f"{name}.h"].split(f"{name}_predict(const ")[1].split(" *")[0]
             d_out = int(files[f"{name}.h"].split(f"{name.upper()}_OUTPUT_SIZE ")[1].split()[0])
             entries.append({"name": name, "inputs": x, "ctype": ctype, "n": x.shape[0],
                             "d_in": x.shape[1], "d_out": d_out})

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model import Sequential
-from ..quant import INTEGER_ACTIVATIONS, QuantizedModel, integer_range
+from ..quant import INTEGER_ACTIVATIONS, FixedPointModel, QuantizedModel, integer_range
 
-__all__ = ["IntegerLayer", "FloatLayer", "Plan", "integer_plan", "float_plan", "check_name",
+__all__ = ["IntegerLayer", "FloatLayer", "FixedLayer", "Plan", "integer_plan", "float_plan",
+           "fixed_plan", "check_name",
            "FLOAT_ACTIVATIONS", "C_KEYWORDS", "MAX_D_IN"]
 
 #: activations the float export writes (the integer export: ``INTEGER_ACTIVATIONS``)
@@ -65,6 +66,28 @@ class IntegerLayer:
 
 
 @dataclass(frozen=True)
+class FixedLayer:
+    """One Qm.n layer: ``y = clamp(shift_round(x @ W + bias, shift), lower, upper)``.
+
+    Attributes
+    ----------
+    Wt : int8/int16 ndarray (d_out, d_in)
+    bias : int64 ndarray (d_out,)  (zeros without bias)
+    shift : int
+        Right shift when positive; the exporters clamp it as :func:`fixed_shift_round` does.
+    lower, upper : int
+    activation : str
+    """
+
+    Wt: np.ndarray
+    bias: np.ndarray
+    shift: int
+    lower: int
+    upper: int
+    activation: str
+
+
+@dataclass(frozen=True)
 class FloatLayer:
     """One float layer: ``y = act(x @ W + b)``, with ``Wt = W.T`` (d_out, d_in) float32."""
 
@@ -80,7 +103,7 @@ class Plan:
 
     Attributes
     ----------
-    kind : {"integer", "float"}
+    kind : {"integer", "fixed", "float"}
     layers : list of IntegerLayer or FloatLayer
     input_dim, output_dim : int
     code_ctype : str
@@ -98,6 +121,8 @@ class Plan:
     code_ctype: str
     weight_ctype: str
     signed: bool = True
+    bits: int = 8
+    rounding: str = ""
 
     @property
     def scratch_size(self):
@@ -190,6 +215,30 @@ def integer_plan(model):
     wtype = "int8_t" if model.layers[0].codes.dtype == np.int8 else "uint8_t"
     return Plan("integer", layers, model.input_dim, model.layers[-1].shape[1], ctype, wtype,
                 signed)
+
+
+def fixed_plan(model):
+    """The layers of a :class:`minscale.quant.FixedPointModel` (fixed8 or fixed16).
+
+    Raises
+    ------
+    TypeError
+        If model is not a FixedPointModel.
+    """
+    if not isinstance(model, FixedPointModel):
+        raise TypeError(f"model must be a FixedPointModel, got {type(model).__name__}")
+    qmin, qmax = integer_range(model.bits, True)
+    layers = []
+    for layer in model.layers:
+        d_out = layer.shape[1]
+        bias = (np.zeros(d_out, np.int64) if layer.bias_codes is None
+                else np.asarray(layer.bias_codes, np.int64))
+        layers.append(FixedLayer(np.ascontiguousarray(layer.codes.T), bias, int(layer.shift),
+                                 0 if layer.activation == "relu" else qmin, qmax,
+                                 layer.activation))
+    ctype = f"int{model.bits}_t"
+    return Plan("fixed", layers, model.input_dim, model.layers[-1].shape[1], ctype, ctype,
+                True, model.bits, model.rounding)
 
 
 def float_plan(model):
