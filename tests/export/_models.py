@@ -92,3 +92,29 @@ def trained(data, pruned=0.0):
     if pruned:
         ms.prune.prune(model, pruned, method="global")
     return model, X_tr, X_te, y_te
+
+
+@st.composite
+def fixed_models(draw, max_depth=4, max_width=64):
+    """A (FixedPointModel, X) pair from a drawn float model, calibrated on drawn rows; X
+    reaches beyond the calibration range so that the input and hidden layers saturate."""
+    from minscale.quant import quantize_fixed_model
+    depth = draw(st.integers(1, max_depth))
+    widths = [draw(st.integers(1, max_width)) for _ in range(depth + 1)]
+    acts = [draw(st.sampled_from(["identity", "relu"])) for _ in range(depth)]
+    bits = draw(st.sampled_from(["fixed8", "fixed16"]))
+    rounding = draw(st.sampled_from(["half_away", "nearest_even"]))
+    sparsity = draw(st.sampled_from([0.0, 0.0, 0.5, 0.9]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    layers = [ms.Dense(w, activation=a) for w, a in zip(widths[1:], acts)]
+    model = ms.Sequential(layers, input_dim=widths[0], seed=seed % 1000)
+    scale = 2.0 ** rng.uniform(-4, 4)
+    model.set_weights([rng.normal(size=w.shape) * scale / np.sqrt(w.shape[0])
+                       for w in model.get_weights()])
+    if sparsity:
+        ms.prune.prune(model, sparsity)
+    X_cal = rng.normal(size=(64, widths[0])) * 2.0 ** rng.uniform(-3, 3)
+    q = quantize_fixed_model(model, bits, bits, X_cal, rounding=rounding)
+    X = X_cal[: draw(st.integers(1, 6))] * 1.5
+    return q, X

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from _models import quantized_models, trained
+from _models import fixed_models, quantized_models, trained
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +78,45 @@ def test_drawn_models_bit_exact(models):
 def test_drawn_models_bit_exact_sweep(models):
     jobs = _jobs(models)
     _assert_exact(jobs, run_c(jobs))
+
+
+def _fixed_jobs(models):
+    return [{"model": q, "X": X, "inputs": q.quantize_input(X), "name": f"fx{i}"}
+            for i, (q, X) in enumerate(models)]
+
+
+def _assert_fixed_exact(jobs, results):
+    for job, res in zip(jobs, results):
+        np.testing.assert_array_equal(res["outputs"], job["model"].predict_codes(job["X"]))
+
+
+def test_fixed_point_real_data_bit_exact():
+    from minscale.quant import quantize_fixed_model
+    models = []
+    for data in ("diabetes", "digits"):
+        for pruned in (0.0, 0.9):
+            model, X_tr, X_te, _ = trained(data, pruned)
+            for bits in ("fixed8", "fixed16"):
+                for rounding in ("half_away", "nearest_even"):
+                    q = quantize_fixed_model(model, bits, bits, X_tr, rounding=rounding)
+                    models.append((q, X_te))
+    jobs = _fixed_jobs(models)
+    _assert_fixed_exact(jobs, run_c(jobs))
+
+
+@settings(max_examples=2, deadline=None)
+@given(st.lists(fixed_models(), min_size=8, max_size=8))
+def test_fixed_point_drawn_models_bit_exact(models):
+    jobs = _fixed_jobs(models)
+    _assert_fixed_exact(jobs, run_c(jobs))
+
+
+@pytest.mark.crosscheck
+@settings(max_examples=20, deadline=None)
+@given(st.lists(fixed_models(), min_size=12, max_size=12))
+def test_fixed_point_drawn_models_bit_exact_sweep(models):
+    jobs = _fixed_jobs(models)
+    _assert_fixed_exact(jobs, run_c(jobs))
 
 
 def test_every_layout_bit_exact():
