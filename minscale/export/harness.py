@@ -16,7 +16,7 @@ import numpy as np
 
 from .c99 import c_sources, write_files
 
-__all__ = ["STRICT_FLAGS", "find_compiler", "run_c"]
+__all__ = ["STRICT_FLAGS", "CORTEX_M4_FLAGS", "find_compiler", "run_c", "cortex_m4_size"]
 
 #: the flags the tests compile every generated file with
 STRICT_FLAGS = ("-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2")
@@ -162,3 +162,56 @@ def _parse(text, entries):
         arr = np.array(rows, dtype=dtype).reshape(e["n"], e["d_out"])
         out.append({"outputs": arr, "seconds_per_row": spr})
     return out
+
+
+#: Cortex-M4 build of the size report: the issue's flags, plus the strict warnings
+CORTEX_M4_FLAGS = ("-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror",
+                   "-mcpu=cortex-m4", "-mthumb", "-Os")
+
+
+def cortex_m4_size(model, name="model", compiler="arm-none-eabi-gcc", size_tool=None,
+                   directory=None, rounding="double"):
+    """text/data/bss bytes of the generated source compiled for a Cortex-M4.
+
+    Parameters
+    ----------
+    model : QuantizedModel, FixedPointModel or Sequential
+    name : str
+    compiler : str, default "arm-none-eabi-gcc"
+    size_tool : str, optional
+        Defaults to the compiler's ``-size`` sibling (``arm-none-eabi-size``).
+    directory : str, optional
+    rounding : {"double", "single"}
+
+    Returns
+    -------
+    dict
+        ``text``, ``data``, ``bss`` of the object file (Berkeley format of ``size``).
+
+    Raises
+    ------
+    RuntimeError
+        If the compiler or size tool is missing or fails.
+    """
+    size_tool = size_tool or compiler.replace("-gcc", "-size")
+    for tool in (compiler, size_tool):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found")
+    owned = directory is None
+    directory = directory or tempfile.mkdtemp(prefix="minscale_m4_")
+    try:
+        write_files(directory, c_sources(model, name=name, rounding=rounding))
+        obj = os.path.join(directory, f"{name}.o")
+        cmd = [compiler, *CORTEX_M4_FLAGS, "-c", os.path.join(directory, f"{name}.c"),
+               "-o", obj]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compilation failed: {' '.join(cmd)}\n{proc.stderr}")
+        proc = subprocess.run([size_tool, obj], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{size_tool} failed: {proc.stderr}")
+        text, data, bss = (int(v) for v in proc.stdout.splitlines()[1].split()[:3])
+        return {"text": text, "data": data, "bss": bss}
+    finally:
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
