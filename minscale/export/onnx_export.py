@@ -39,7 +39,7 @@ import numpy as np
 
 from .plan import float_plan, integer_plan
 
-__all__ = ["to_onnx", "onnx_model", "MODES", "OPSET", "qdq_disagreement"]
+__all__ = ["to_onnx", "onnx_model", "run_onnx", "MODES", "OPSET", "qdq_disagreement"]
 
 MODES = ("integer", "qdq", "float")
 
