@@ -3207,21 +3207,22 @@ class FixedPointModel:
 
         Notes
         -----
-        Per layer: ``acc = x @ W`` exact in int64 (float64 BLAS on integers: each product is
-        at most ``2**30`` for 16 bits, every partial sum an integer below ``2**53`` for
-        ``d_in < 2**23``), ``+ bias``, :func:`fixed_shift_round` by ``shift``, clip to
-        ``[qmin, qmax]`` (``[0, qmax]`` after a ReLU).
+        Per layer, in the active backend's ``fixed_dense`` kernel: ``acc = x @ W`` exact in
+        int64 (NumPy: float64 BLAS on integers, each product at most ``2**30`` for 16 bits,
+        every partial sum an integer below ``2**53`` for ``d_in < 2**23``; Numba: int64
+        loops), ``+ bias``, :func:`fixed_shift_round` by ``shift``, clip to ``[qmin, qmax]``
+        (``[0, qmax]`` after a ReLU).
         """
-        xq = self.quantize_input(X)
+        xq = np.ascontiguousarray(self.quantize_input(X))
         qmin, qmax = integer_range(self.bits, True)
+        code = kernels.impl().FIXED_ROUNDING_CODES[self.rounding]
         for layer in self.layers:
-            acc = np.rint(xq.astype(np.float64) @ layer.codes.astype(np.float64))
-            acc = acc.astype(np.int64)
-            if layer.bias_codes is not None:
-                acc = acc + layer.bias_codes
-            y = fixed_shift_round(acc, layer.shift, self.rounding)
-            lower = 0 if layer.activation == "relu" else qmin
-            xq = np.clip(y, lower, qmax).astype(self.code_dtype)
+            bias = (np.zeros(0, dtype=np.int64) if layer.bias_codes is None
+                    else np.ascontiguousarray(layer.bias_codes, dtype=np.int64))
+            out = np.empty((xq.shape[0], layer.shape[1]), dtype=self.code_dtype)
+            kernels.fixed_dense(xq, np.ascontiguousarray(layer.codes), bias, layer.shift, code,
+                                0 if layer.activation == "relu" else qmin, qmax, out)
+            xq = out
         return xq
 
     def predict(self, X, batch_size=None, integer=True):

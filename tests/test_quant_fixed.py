@@ -135,3 +135,42 @@ def test_shift_round_vectorized_equals_scalar(x, shift):
     arr = fixed_shift_round(np.array(x), shift, "nearest_even")
     assert arr.tolist() == [int(fixed_shift_round(np.array([v]), shift, "nearest_even")[0])
                             for v in x]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 5), k=st.integers(1, 40), m=st.integers(1, 20),
+       bits=st.sampled_from([8, 16]), shift=st.integers(-40, 70),
+       rounding=st.sampled_from(["half_away", "nearest_even"]), relu=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_fixed_dense_kernels_equal_the_formula(n, k, m, bits, shift, rounding, relu, seed):
+    # both backends' kernel against quant.fixed_shift_round of the exact int64 product
+    from minscale.kernels import _numpy
+    rng = np.random.default_rng(seed)
+    dt = np.int8 if bits == 8 else np.int16
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    x = rng.integers(lo, hi + 1, size=(n, k)).astype(dt)
+    w = rng.integers(lo, hi + 1, size=(k, m)).astype(dt)
+    bias = rng.integers(-(2**40), 2**40, size=m).astype(np.int64)
+    exact = x.astype(np.int64) @ w.astype(np.int64) + bias
+    lower = 0 if relu else lo
+    expected = np.clip(fixed_shift_round(exact, shift, rounding), lower, hi)
+    code = _numpy.FIXED_ROUNDING_CODES[rounding]
+    impls = [_numpy]
+    try:
+        from minscale.kernels import _numba
+        impls.append(_numba)
+    except ImportError:
+        pass
+    for impl in impls:
+        out = np.empty((n, m), dtype=dt)
+        impl.fixed_dense(x, w, bias, shift, code, lower, hi, out)
+        np.testing.assert_array_equal(out, expected, err_msg=impl.__name__)
+
+
+def test_predict_codes_equal_on_both_backends(digits, backend):
+    m, X_tr, X_te, _ = digits
+    q = quantize_fixed_model(m, "fixed16", "fixed16", X_tr, rounding="nearest_even")
+    ms.set_backend("numpy")
+    ref = q.predict_codes(X_te)
+    ms.set_backend(backend)
+    np.testing.assert_array_equal(q.predict_codes(X_te), ref)

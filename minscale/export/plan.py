@@ -192,6 +192,13 @@ def integer_plan(model):
         if layer.shape[0] > MAX_D_IN:
             raise ValueError(f"layer {i} has d_in = {layer.shape[0]} > {MAX_D_IN}, beyond the "
                              "int32 accumulator's guarantee")
+    if not model.integer_supported:
+        # any further reason QuantizedModel itself gives for refusing its integer path
+        try:
+            model.predict_codes(np.zeros((1, model.input_dim)))
+        except ValueError as exc:
+            raise ValueError(f"an integer export needs a model the integer path runs: {exc}") \
+                from None
     signed = model.activations != "uint8"
     qmin, qmax = integer_range(8, signed)
     layers = []
