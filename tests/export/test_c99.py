@@ -242,3 +242,27 @@ def test_to_c_writes_both_files(tmp_path):
     paths = to_c(q, tmp_path / "new" / "dir", name="net")
     assert [os.path.basename(p) for p in paths] == ["net.h", "net.c"]
     assert sorted(os.listdir(tmp_path / "new" / "dir")) == ["net.c", "net.h"]
+
+
+@pytest.mark.crosscheck
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 2**31 - 1)), min_size=6,
+                max_size=6))
+def test_float_export_drawn_models(specs):
+    # depth 1..4, widths 1..64, every float activation, pruned or dense
+    jobs, refs = [], []
+    for i, (depth, seed) in enumerate(specs):
+        rng = np.random.default_rng(seed)
+        acts = rng.choice(["identity", "relu", "leaky_relu", "tanh", "sigmoid"], size=depth)
+        widths = rng.integers(1, 65, size=depth + 1)
+        m = ms.Sequential([ms.Dense(int(w), activation=str(a))
+                           for w, a in zip(widths[1:], acts)],
+                          input_dim=int(widths[0]), seed=i, dtype="float32")
+        m.set_weights([rng.normal(size=a.shape) / np.sqrt(a.shape[0]) for a in m.get_weights()])
+        if seed % 2:
+            ms.prune.prune(m, 0.9)
+        X = rng.normal(size=(5, int(widths[0]))).astype(np.float32)
+        jobs.append({"model": m, "inputs": X, "name": f"f{i}"})
+        refs.append(m.predict(X))
+    for res, ref in zip(run_c(jobs), refs):
+        np.testing.assert_allclose(res["outputs"], ref, rtol=1e-5, atol=1e-5)

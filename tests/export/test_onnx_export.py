@@ -85,3 +85,13 @@ def test_refusals_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="float export needs a float Sequential"):
         to_onnx(q, tmp_path / "d.onnx", mode="float")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.crosscheck
+@settings(max_examples=150, deadline=None)
+@given(quantized_models(activations=("int8", "uint8")))
+def test_integer_graph_equals_predict_codes_sweep(drawn):
+    q, X = drawn
+    for rounding in ("double", "single"):
+        got = run_onnx(onnx_model(q, rounding=rounding), q.quantize_input(X))
+        np.testing.assert_array_equal(got, q.predict_codes(X, requantize_rounding=rounding))
