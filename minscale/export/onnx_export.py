@@ -27,6 +27,12 @@ multiplier and round half to even, so their codes can differ from minscale's by 
 by :func:`qdq_disagreement`). Both modes read int8 ``input_codes`` (n, d_in) and write int8
 ``output_codes`` (n, d_out) (uint8 for uint8 activations).
 
+A :class:`minscale.quant.FixedPointModel` (fixed8/fixed16) exports with ``mode="integer"`` to
+the same kind of exact graph: ``MatMulInteger`` (fixed8) or an int64 ``MatMul`` (fixed16), the
+bias, then :func:`minscale.quant.fixed_shift_round` written with ``Abs``/``Sign`` and a
+floordiv (half away) or a floordiv, the remainder and the parity (half to even), a clamp, and
+a ``Cast`` to int8/int16.
+
 ``mode="float"`` writes a float Sequential as ``MatMul -> Add -> activation`` in float32 with
 input ``x`` and output ``y``.
 """
@@ -37,7 +43,8 @@ import tempfile
 
 import numpy as np
 
-from .plan import float_plan, integer_plan
+from ..quant import FixedPointModel
+from .plan import fixed_plan, float_plan, integer_plan
 
 __all__ = ["to_onnx", "onnx_model", "run_onnx", "MODES", "OPSET", "qdq_disagreement"]
 
@@ -120,6 +127,46 @@ def _integer_layer(g, i, layer, x, rounding, code_np, last):
     return g.op("Cast", [y], "output_codes" if last else f"{p}_codes", to=to)
 
 
+def _fixed_layer(g, i, layer, x, rounding, code_np, bits, last):
+    """Qm.n layer: exact int64 product, + bias, the rounding shift, clamp (see the C export)."""
+    p = f"l{i}"
+    TP = g.onnx.TensorProto
+    W = np.ascontiguousarray(layer.Wt.T)
+    if bits == 8:
+        acc = g.op("MatMulInteger", [x, g.const(f"{p}_W", W, W.dtype)], f"{p}_acc")
+        v = g.op("Cast", [acc], f"{p}_acc64", to=TP.INT64)
+    else:
+        x64 = g.op("Cast", [x], f"{p}_x64", to=TP.INT64)
+        v = g.op("MatMul", [x64, g.const(f"{p}_W", W, np.int64)], f"{p}_acc64")
+    if np.any(layer.bias != 0):
+        v = g.op("Add", [v, g.const(f"{p}_bias", layer.bias, np.int64)], f"{p}_biased")
+    if layer.shift <= 0:
+        v = g.op("Clip", [v, g.const(f"{p}_lo16", -(2**16), np.int64),
+                          g.const(f"{p}_hi16", 2**16, np.int64)], f"{p}_pre")
+        r = g.op("Mul", [v, g.const(f"{p}_pow_left", 2 ** min(-layer.shift, 31), np.int64)],
+                 f"{p}_scaled")
+    else:
+        s = min(layer.shift, 62)
+        half = g.const(f"{p}_half", 2 ** (s - 1), np.int64)
+        d = g.const(f"{p}_pow", 2**s, np.int64)
+        if rounding == "half_away":
+            mag = g.op("Add", [g.op("Abs", [v], f"{p}_abs"), half], f"{p}_mag_half")
+            q, _ = g.floordiv(mag, d, f"{p}_shift")
+            r = g.op("Mul", [q, g.op("Sign", [v], f"{p}_sign")], f"{p}_scaled")
+        else:
+            q, rem = g.floordiv(v, d, f"{p}_shift")
+            two = g.const(f"{p}_two", 2, np.int64)
+            odd = g.op("Equal", [g.op("Mod", [q, two], f"{p}_parity", fmod=0),
+                                 g.const(f"{p}_one", 1, np.int64)], f"{p}_odd")
+            tie_odd = g.op("And", [g.op("Equal", [rem, half], f"{p}_tie"), odd], f"{p}_tie_odd")
+            up = g.op("Or", [g.op("Greater", [rem, half], f"{p}_above"), tie_odd], f"{p}_up")
+            r = g.op("Add", [q, g.op("Cast", [up], f"{p}_up64", to=TP.INT64)], f"{p}_scaled")
+    y = g.op("Clip", [r, g.const(f"{p}_lower", layer.lower, np.int64),
+                      g.const(f"{p}_upper", layer.upper, np.int64)], f"{p}_clamped")
+    to = g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(code_np))
+    return g.op("Cast", [y], "output_codes" if last else f"{p}_codes", to=to)
+
+
 def _qdq_layer(g, i, qlayer, layer, x, code_np, last):
     p = f"l{i}"
     s_in, z_in = qlayer.input_qparams
@@ -168,10 +215,12 @@ def onnx_model(model, mode="integer", rounding="double"):
 
     Parameters
     ----------
-    model : QuantizedModel (modes integer, qdq) or Sequential (mode float)
+    model : QuantizedModel (modes integer, qdq), FixedPointModel (mode integer) or
+        Sequential (mode float)
     mode : {"integer", "qdq", "float"}, default "integer"
     rounding : {"double", "single"}, default "double"
-        Integer mode: which requantization the graph computes.
+        Integer mode of a QuantizedModel: which requantization the graph computes (a
+        FixedPointModel's graph uses the model's own shift rounding).
 
     Returns
     -------
@@ -190,7 +239,13 @@ def onnx_model(model, mode="integer", rounding="double"):
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if rounding not in ("double", "single"):
         raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
-    plan = float_plan(model) if mode == "float" else integer_plan(model)
+    fixed = isinstance(model, FixedPointModel)
+    if fixed and mode != "integer":
+        raise ValueError(f"a fixed-point model exports with mode='integer' only, got {mode!r}")
+    if fixed:
+        plan = fixed_plan(model)
+    else:
+        plan = float_plan(model) if mode == "float" else integer_plan(model)
     onnx = _onnx()
     from .. import __version__
     g = _Graph(onnx)
@@ -198,14 +253,17 @@ def onnx_model(model, mode="integer", rounding="double"):
     if mode == "float":
         elem, in_name, out_name, code_np = TP.FLOAT, "x", "y", None
     else:
-        code_np = np.int8 if plan.signed else np.uint8
-        elem = TP.INT8 if plan.signed else TP.UINT8
+        code_np = {8: np.int8, 16: np.int16}[plan.bits] if fixed else (
+            np.int8 if plan.signed else np.uint8)
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(code_np))
         in_name, out_name = "input_codes", "output_codes"
     x = in_name
     n = len(plan.layers)
     for i, layer in enumerate(plan.layers):
         last = i == n - 1
-        if mode == "integer":
+        if fixed:
+            x = _fixed_layer(g, i, layer, x, plan.rounding, code_np, plan.bits, last)
+        elif mode == "integer":
             x = _integer_layer(g, i, layer, x, rounding, code_np, last)
         elif mode == "qdq":
             x = _qdq_layer(g, i, model.layers[i], layer, x, code_np, last)
@@ -221,6 +279,8 @@ def onnx_model(model, mode="integer", rounding="double"):
     proto.ir_version = 8
     what = {"integer": f"exact integer graph, {rounding} rounding", "qdq": "QDQ graph",
             "float": "float32 graph"}[mode]
+    if fixed:
+        what = f"exact Q{plan.bits} fixed-point graph, shifts rounded {plan.rounding}"
     helper.set_model_props(proto, {"minscale.mode": mode, "minscale.description": what})
     onnx.checker.check_model(proto, full_check=True)
     return proto

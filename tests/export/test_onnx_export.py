@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from _models import quantized_models, trained
+from _models import fixed_models, quantized_models, trained
 from hypothesis import given, settings
 
 import minscale as ms
@@ -95,3 +95,36 @@ def test_integer_graph_equals_predict_codes_sweep(drawn):
     for rounding in ("double", "single"):
         got = run_onnx(onnx_model(q, rounding=rounding), q.quantize_input(X))
         np.testing.assert_array_equal(got, q.predict_codes(X, requantize_rounding=rounding))
+
+
+@settings(max_examples=15, deadline=None)
+@given(fixed_models())
+def test_fixed_point_graph_equals_predict_codes(drawn):
+    q, X = drawn
+    proto = onnx_model(q)
+    onnx.checker.check_model(proto, full_check=True)
+    got = run_onnx(proto, q.quantize_input(X))
+    assert got.dtype == q.code_dtype
+    np.testing.assert_array_equal(got, q.predict_codes(X))
+
+
+@pytest.mark.parametrize("data", ["diabetes", "digits"])
+def test_fixed_point_graph_on_real_data(data):
+    from minscale.quant import quantize_fixed_model
+    model, X_tr, X_te, _ = trained(data, 0.9)
+    for bits in ("fixed8", "fixed16"):
+        for rounding in ("half_away", "nearest_even"):
+            q = quantize_fixed_model(model, bits, bits, X_tr, rounding=rounding)
+            got = run_onnx(onnx_model(q), q.quantize_input(X_te))
+            np.testing.assert_array_equal(got, q.predict_codes(X_te))
+    with pytest.raises(ValueError, match="mode='integer' only"):
+        onnx_model(q, mode="qdq")
+
+
+@pytest.mark.crosscheck
+@settings(max_examples=100, deadline=None)
+@given(fixed_models())
+def test_fixed_point_graph_sweep(drawn):
+    q, X = drawn
+    np.testing.assert_array_equal(run_onnx(onnx_model(q), q.quantize_input(X)),
+                                  q.predict_codes(X))
