@@ -11,10 +11,17 @@ flash bytes (weights, sparse indices, biases, scales, layer table) and the RAM b
 scratch buffer) it generated. ``--format onnx`` writes one .onnx file: ``--mode integer`` (an
 exact graph of integer operators, the default for a quantized model), ``qdq`` (a standard
 QuantizeLinear/DequantizeLinear graph) or ``float`` (the default for a float model).
+
+``--fixed fixed8|fixed16`` first quantizes a float model to integer-only Qm.n fixed point
+(``minscale.quant.quantize_fixed_model``), calibrated on the training split of the data
+options (``--data`` etc., default: what the model file records), then exports that; the data
+options and ``--fixed-rounding`` are refused without ``--fixed``.
 """
 from __future__ import annotations
 
 import os
+
+from ._common import add_recorded_data_arguments
 
 NAME = "export"
 HELP = "export a saved model to C99 (header + source) or ONNX, and print its flash/RAM bytes"
@@ -35,6 +42,13 @@ def add_arguments(parser):
     parser.add_argument("--mode", choices=("integer", "qdq", "float"), default=None,
                         help="integer (quantized models, default), qdq (onnx only) or float "
                         "(float models, default)")
+    parser.add_argument("--fixed", choices=("fixed8", "fixed16"), default=None,
+                        help="first quantize a float model to integer-only Qm.n fixed point, "
+                        "calibrated on the training split of the data options")
+    parser.add_argument("--fixed-rounding", choices=("half_away", "nearest_even"),
+                        default=None, help="with --fixed: rounding of the requantizing shifts "
+                        "(default: half_away)")
+    add_recorded_data_arguments(parser)
 
 
 def format_size(rep):
@@ -62,7 +76,14 @@ def run(args):
     from ..export.plan import check_name
     from ..model import Sequential
     from ._common import check_input_path, check_output_path
+    given = [opt for opt, v in (("--data", args.data), ("--target", args.target),
+                                ("--test-size", args.test_size), ("--seed", args.seed),
+                                ("--fixed-rounding", args.fixed_rounding)) if v is not None]
+    if given and args.fixed is None:
+        raise ValueError(f"{', '.join(given)} would be ignored: they apply with --fixed only")
     model = _load_model(check_input_path(args.model, "model"))
+    if args.fixed is not None:
+        model = _fixed(model, args)
     default = "float" if isinstance(model, Sequential) else "integer"
     mode = args.mode or default
     if args.format == "c":
@@ -83,3 +104,25 @@ def run(args):
     if mode != "float":
         print(f"as C: {format_size(c_size_report(model))}")
     return 0
+
+
+def _fixed(model, args):
+    """The float model quantized to fixed point, calibrated on its training split."""
+    from ..model import Sequential
+    from ..quant import quantize_fixed_model
+    from ._common import load_task
+    from .evaluate import data_options
+    if not isinstance(model, Sequential):
+        raise ValueError(f"--fixed needs a float Sequential model; {args.model!r} holds a "
+                         f"{type(model).__name__}")
+    options, _ = data_options(args, model.state.get("data"), args.model)
+    X_tr = load_task(options, model.dtype.name)["X_train"]
+    if X_tr.shape[1] != model.input_dim:
+        raise ValueError(f"the model expects {model.input_dim} features but {options.data!r} "
+                         f"has {X_tr.shape[1]}")
+    fixed = quantize_fixed_model(model, args.fixed, args.fixed, X_tr,
+                                 rounding=args.fixed_rounding or "half_away")
+    print(f"quantized to {args.fixed} (shifts rounded {fixed.rounding}), calibrated on "
+          f"{X_tr.shape[0]} training rows of {options.data}")
+    return fixed
+

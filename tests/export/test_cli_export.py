@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from _models import trained
 
@@ -79,3 +80,31 @@ def test_info_says_why_no_c_export(files, capsys):
     assert main(["info", str(tmp / "w.npz")]) == 0
     out = capsys.readouterr().out
     assert "C export    not available: an integer export needs quantized activations" in out
+
+
+def test_export_fixed_point_from_the_command_line(files, capsys):
+    from minscale.export.harness import find_compiler, run_c
+    from minscale.quant import quantize_fixed_model
+    tmp, _ = files
+    assert main(["export", str(tmp / "f.npz"), "--format", "c", "--out", str(tmp / "fx"),
+                 "--name", "dfx", "--fixed", "fixed16", "--fixed-rounding", "nearest_even",
+                 "--data", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "quantized to fixed16 (shifts rounded nearest_even)" in out
+    assert "int16_t *input_codes" in (tmp / "fx" / "dfx.h").read_text()
+    # the same model as quantize_fixed_model on the same training split
+    model, X_tr, X_te, _ = trained("digits", 0.9)
+    q = quantize_fixed_model(ms.load(tmp / "f.npz"), "fixed16", "fixed16", X_tr,
+                             rounding="nearest_even")
+    from minscale.export import c_sources
+    assert c_sources(q, name="dfx")["dfx.c"] == (tmp / "fx" / "dfx.c").read_text()
+    if find_compiler():
+        res = run_c([{"model": q, "inputs": q.quantize_input(X_te), "name": "dfx"}])
+        np.testing.assert_array_equal(res[0]["outputs"], q.predict_codes(X_te))
+    assert main(["export", str(tmp / "q.npz"), "--format", "c", "--out", str(tmp / "z"),
+                 "--data", "digits"]) == 2
+    assert "apply with --fixed only" in capsys.readouterr().err
+    assert main(["export", str(tmp / "q.npz"), "--format", "c", "--out", str(tmp / "z"),
+                 "--fixed", "fixed8", "--data", "digits"]) == 2
+    assert "--fixed needs a float Sequential" in capsys.readouterr().err
+    assert not (tmp / "z").exists()
