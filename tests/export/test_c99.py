@@ -266,3 +266,24 @@ def test_float_export_drawn_models(specs):
         refs.append(m.predict(X))
     for res, ref in zip(run_c(jobs), refs):
         np.testing.assert_allclose(res["outputs"], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.crosscheck
+@settings(max_examples=3, deadline=None)
+@given(st.lists(quantized_models(activations=("int8", "uint8")), min_size=8, max_size=8),
+       st.lists(fixed_models(), min_size=8, max_size=8))
+def test_no_undefined_behaviour_under_ubsan(ints, fixed):
+    # the generated arithmetic (shifts of negative values, 64-bit products, conversions) is
+    # defined C99: gcc's undefined-behaviour sanitizer aborts the program on any violation
+    from minscale.export.harness import STRICT_FLAGS
+    flags = (*STRICT_FLAGS, "-fsanitize=undefined", "-fno-sanitize-recover=all")
+    jobs = _jobs(ints)
+    fjobs = _fixed_jobs(fixed)
+    try:
+        results = run_c(jobs + fjobs, flags=flags)
+    except RuntimeError as exc:
+        if "compilation failed" in str(exc) and "sanitize" in str(exc) and "ubsan" in str(exc):
+            pytest.skip("the compiler has no undefined-behaviour sanitizer here")
+        raise
+    _assert_exact(jobs, results[:len(jobs)])
+    _assert_fixed_exact(fjobs, results[len(jobs):])
