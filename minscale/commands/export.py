@@ -34,11 +34,12 @@ def add_arguments(parser):
                         help="c: NAME.h + NAME.c in the directory --out; onnx: the file --out")
     parser.add_argument("--out", required=True,
                         help="output directory (c) or .onnx file (onnx)")
-    parser.add_argument("--name", default="model",
-                        help="C identifier prefixing every generated symbol (default: model)")
-    parser.add_argument("--rounding", choices=("double", "single"), default="double",
-                        help="integer requantization: gemmlowp double rounding (default) or "
-                        "TFLite single rounding")
+    parser.add_argument("--name", default=None,
+                        help="c only: C identifier prefixing every generated symbol "
+                        "(default: model)")
+    parser.add_argument("--rounding", choices=("double", "single"), default=None,
+                        help="int8/uint8 models: gemmlowp double rounding (default) or TFLite "
+                        "single rounding")
     parser.add_argument("--mode", choices=("integer", "qdq", "float"), default=None,
                         help="integer (quantized models, default), qdq (onnx only) or float "
                         "(float models, default)")
@@ -81,25 +82,32 @@ def run(args):
                                 ("--fixed-rounding", args.fixed_rounding)) if v is not None]
     if given and args.fixed is None:
         raise ValueError(f"{', '.join(given)} would be ignored: they apply with --fixed only")
+    if args.name is not None and args.format != "c":
+        raise ValueError("--name would be ignored: it applies with --format c only")
+    if args.rounding is not None and args.fixed is not None:
+        raise ValueError("--rounding would be ignored with --fixed (use --fixed-rounding)")
+    name, rounding = args.name or "model", args.rounding or "double"
     model = _load_model(check_input_path(args.model, "model"))
     if args.fixed is not None:
         model = _fixed(model, args)
     default = "float" if isinstance(model, Sequential) else "integer"
     mode = args.mode or default
+    if args.rounding is not None and mode == "float":
+        raise ValueError("--rounding would be ignored: a float export does not requantize")
     if args.format == "c":
         if mode == "qdq":
             raise ValueError("--mode qdq applies to --format onnx only")
-        check_name(args.name)
+        check_name(name)
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise ValueError(f"--out {args.out!r} exists and is not a directory")
         rep = c_size_report(model, kind=mode)
-        paths = to_c(model, args.out, name=args.name, rounding=args.rounding, kind=mode)
+        paths = to_c(model, args.out, name=name, rounding=rounding, kind=mode)
         for p in paths:
             print(f"wrote {p} ({os.path.getsize(p):,} bytes)")
         print(format_size(rep))
         return 0
     check_output_path(args.out, "--out", suffixes=(".onnx",))
-    path = to_onnx(model, args.out, mode=mode, rounding=args.rounding)
+    path = to_onnx(model, args.out, mode=mode, rounding=rounding)
     print(f"wrote {path} ({os.path.getsize(path):,} bytes, {mode} graph)")
     if mode != "float":
         print(f"as C: {format_size(c_size_report(model))}")

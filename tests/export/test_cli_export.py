@@ -65,6 +65,12 @@ def test_export_onnx_modes(files, capsys):
     (["export", "{t}/q.npz", "--format", "onnx", "--out", "{t}/o.txt"], "expected a name"),
     (["export", "{t}/q.npz", "--format", "c", "--out", "{t}/o", "--mode", "qdq"],
      "--format onnx only"),
+    (["export", "{t}/q.npz", "--format", "onnx", "--out", "{t}/o.onnx", "--name", "n"],
+     "--name would be ignored"),
+    (["export", "{t}/f.npz", "--format", "c", "--out", "{t}/o", "--rounding", "single"],
+     "a float export does not requantize"),
+    (["export", "{t}/f.npz", "--format", "c", "--out", "{t}/o", "--fixed", "fixed8",
+      "--rounding", "single"], "use --fixed-rounding"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(files, capsys, argv, message):
     tmp, _ = files
