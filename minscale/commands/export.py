@@ -92,8 +92,10 @@ def run(args):
         model = _fixed(model, args)
     default = "float" if isinstance(model, Sequential) else "integer"
     mode = args.mode or default
-    if args.rounding is not None and mode == "float":
-        raise ValueError("--rounding would be ignored: a float export does not requantize")
+    if args.rounding is not None and mode in ("float", "qdq"):
+        raise ValueError(f"--rounding would be ignored: a {mode} export does not use it "
+                         "(a float export does not requantize; a QDQ graph rounds as its "
+                         "runtime does)")
     if args.format == "c":
         if mode == "qdq":
             raise ValueError("--mode qdq applies to --format onnx only")
