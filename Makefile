@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast crosscheck arm-tools bench clean venv
+.PHONY: demo test test-fast crosscheck bench clean venv
 
 venv: $(STAMP)
 
@@ -24,16 +24,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Also the exported C on a 32-bit ARM target (qemu-arm) and Cortex-M4 sizes: the Debian
-# packages are installed when missing and possible (root with apt-get, as in CI); otherwise
-# one line says so and those tests skip while the rest runs.
-ARM_PACKAGES := gcc-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi
-
 crosscheck: $(STAMP)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
 	@$(MAKE) --no-print-directory arm-tools
 	$(PY) -m pytest -q -m crosscheck
 
+# crosscheck also runs the exported C on a 32-bit ARM target (qemu-arm) and builds it for a
+# Cortex-M4: the Debian packages are installed when missing and possible (root with apt-get,
+# as in CI); otherwise one line says so and those tests skip while the rest runs.
+ARM_PACKAGES := gcc-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi
+
+.PHONY: arm-tools
 arm-tools:
 	@if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v qemu-arm >/dev/null \
 	    && command -v arm-none-eabi-gcc >/dev/null; then :; \
