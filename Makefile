@@ -36,7 +36,25 @@ test-lane: $(STAMP)
 
 crosscheck: $(STAMP)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
+	@$(MAKE) --no-print-directory arm-tools
 	$(PY) -m pytest -q -m crosscheck
+
+# crosscheck also runs the exported C on a 32-bit ARM target (qemu-arm) and builds it for a
+# Cortex-M4: the Debian packages are installed when missing and possible (root with apt-get,
+# as in CI); otherwise one line says so and those tests skip while the rest runs.
+ARM_PACKAGES := gcc-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi
+
+.PHONY: arm-tools
+arm-tools:
+	@if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v qemu-arm >/dev/null \
+	    && command -v arm-none-eabi-gcc >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        $(ARM_PACKAGES) >/dev/null) \
+	    || echo "crosscheck: could not install $(ARM_PACKAGES); the ARM checks will skip"; \
+	else \
+	    echo "crosscheck: $(ARM_PACKAGES) missing and not installable here (needs root and apt-get); the ARM checks will skip"; \
+	fi
 
 bench: $(STAMP)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0

@@ -17,7 +17,7 @@ from .model import Sequential
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = ("data", "train", "prune", "quant", "parallel", "io", "study", "report",
-                    "testing", "kernels", "model")
+                    "testing", "kernels", "model", "export")
 _LAZY_FUNCTIONS = {"save": "io", "load": "io"}
 
 __all__ = ["Sequential", "Dense", "save", "load", "set_backend", "get_backend", "__version__",

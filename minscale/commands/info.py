@@ -29,7 +29,7 @@ def format_info(path, model, manifest):
     -------
     str
         Header lines (file, format, kind, compile settings, optimizer, checkpoint position,
-        state keys, digest), then one table row per layer and a total row. ``sparsity`` is
+        state keys, digest, the C export's flash and RAM bytes or why there is none), then one table row per layer and a total row. ``sparsity`` is
         the fraction of zero (masked, or not stored) weights of W; ``bits`` the bits per
         stored weight; ``bytes`` the bytes of the layer's stored parameters.
     """
@@ -65,6 +65,7 @@ def format_info(path, model, manifest):
     if isinstance(state, dict) and state:
         lines.append(f"state       {', '.join(sorted(state))}")
     lines.append(f"sha256      {manifest['sha256']}")
+    lines.append(_c_export_line(model))
     lines.append("")
     header = f"{'layer':<6}{'W shape':<14}{'b shape':<10}{'activation':<12}{'params':>10}" \
              f"{'sparsity':>10}{'bits':>6}{'bytes':>12}"
@@ -88,6 +89,16 @@ def format_info(path, model, manifest):
     lines.append(f"{'total':<42}{n_params:>10,}{zero_w / total_w:>10.4f}{'':>6}"
                  f"{total_bytes:>12,}")
     return "\n".join(lines)
+
+
+def _c_export_line(model):
+    """What ``minscale export --format c`` would generate for `model`, or why it cannot."""
+    from ..export import c_size_report
+    from .export import format_size
+    try:
+        return f"C export    {format_size(c_size_report(model))}"
+    except (TypeError, ValueError) as exc:
+        return f"C export    not available: {exc}"
 
 
 def run(args):

@@ -1419,3 +1419,45 @@ def keep_all_but_smallest(scores, k, keep):
     n_below = n - n_above - n_ties
     _prune_ties(scores, threshold, keep, ties, k - n_below)
     return keep
+
+
+# --- integer-only fixed point ----------------------------------------------------------------
+
+FIXED_ROUNDING_CODES = _ref.FIXED_ROUNDING_CODES
+
+
+@njit(cache=True)
+def _fixed_dense_rows(x, w, bias, shift, rounding, lower, upper, out):
+    n, k = x.shape
+    m = w.shape[1]
+    s = min(shift, 62)
+    left = min(-shift, 31)
+    acc = np.empty(m, dtype=np.int64)
+    for i in range(n):
+        for j in range(m):
+            acc[j] = bias[j] if bias.size else 0
+        for t in range(k):
+            xv = np.int64(x[i, t])
+            if xv == 0:
+                continue
+            for j in range(m):
+                acc[j] += xv * np.int64(w[t, j])
+        for j in range(m):
+            v = acc[j]
+            if shift <= 0:
+                v = min(max(v, -65536), 65536) << left
+            elif rounding == 0:
+                half = np.int64(1) << (s - 1)
+                v = -((-v + half) >> s) if v < 0 else (v + half) >> s
+            else:
+                half = np.int64(1) << (s - 1)
+                q = v >> s
+                r = v - (q << s)
+                v = q + 1 if (r > half or (r == half and (q & 1) == 1)) else q
+            out[i, j] = min(max(v, lower), upper)
+
+
+@_twin
+def fixed_dense(x, w, bias, shift, rounding, lower, upper, out):
+    """Numba twin of :func:`minscale.kernels._numpy.fixed_dense`: int64 loops, no BLAS."""
+    _fixed_dense_rows(x, w, bias, int(shift), int(rounding), int(lower), int(upper), out)

@@ -678,3 +678,58 @@ def keep_all_but_smallest(scores, k, keep):
     n_below = n - int(np.count_nonzero(keep)) - ties.size
     keep[ties[k - n_below:]] = True
     return keep
+
+
+# --- integer-only fixed point (Qm.n, power-of-two scales) ----------------------------------
+
+#: rounding of the requantizing shift, as the ``rounding`` code of :func:`fixed_dense`
+FIXED_ROUNDING_CODES = {"half_away": 0, "nearest_even": 1}
+
+
+def fixed_dense(x, w, bias, shift, rounding, lower, upper, out):
+    """Integer-only fixed-point dense layer: ``clamp(shift_round(x @ w + bias, shift))``.
+
+    Parameters
+    ----------
+    x : int8 or int16 ndarray, shape (n, k), C-contiguous
+        Activation codes at frac_in.
+    w : int8 or int16 ndarray, shape (k, m), C-contiguous
+        Weight codes at frac_w.
+    bias : int64 ndarray, shape (m,), or of size 0 for no bias
+        At frac_in + frac_w, ``|acc + bias| < 2**61``.
+    shift : int
+        ``frac_in + frac_w - frac_out``: right shift when positive, left when negative.
+    rounding : int
+        :data:`FIXED_ROUNDING_CODES`: 0 half away from zero, 1 half to even.
+    lower, upper : int
+        Clamp bounds (0 after a ReLU, else qmin; qmax).
+    out : int8 or int16 ndarray, shape (n, m)
+
+    Notes
+    -----
+    acc = x @ w, exact in float64 BLAS (each product <= 2**30, every partial sum an integer
+    below 2**53 for k < 2**23); v = acc + bias; shift > 0: half away
+    ``sign(v) * ((|v| + 2**(s-1)) >> s)`` or half even ``q = v >> s, r = v - q * 2**s,
+    q + (r > h or (r == h and q odd))``, s = min(shift, 62); shift <= 0:
+    ``clip(v, -2**16, 2**16) << min(-shift, 31)``; then clip to [lower, upper].
+
+    References
+    ----------
+    :func:`minscale.quant.fixed_shift_round`; CMSIS-NN ``arm_fully_connected_q7``.
+    """
+    acc = np.rint(x.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+    if bias.size:
+        acc = acc + bias
+    if shift <= 0:
+        y = np.clip(acc, -(2**16), 2**16) << min(-shift, 31)
+    else:
+        s = min(shift, 62)
+        half = np.int64(1) << (s - 1)
+        if rounding == 0:
+            mag = (np.abs(acc) + half) >> s
+            y = np.where(acc < 0, -mag, mag)
+        else:
+            q = acc >> s
+            r = acc - (q << s)
+            y = q + ((r > half) | ((r == half) & ((q & 1) == 1)))
+    out[...] = np.clip(y, lower, upper)
