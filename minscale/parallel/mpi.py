@@ -9,6 +9,13 @@ collective forever (MPI has no failure detection by default). `MPIComm` therefor
 excepthook that prints the traceback and calls ``MPI_Abort``, which makes ``mpiexec`` kill every
 rank and exit non-zero; `abort_on_error` does the same for a block of code. This is what
 ``python -m mpi4py script.py`` does too (mpi4py documentation, "mpi4py.run").
+
+A rank that is stopped, hung, or has left early (even with exit status 0) raises nothing:
+its peers would wait in their next collective forever. Every `MPIComm` collective is
+therefore started non-blocking (``MPI_Iallreduce``, ``MPI_Ibcast``, ``MPI_Ibarrier``) and
+polled with ``MPI_Test`` up to a deadline (``timeout`` seconds); a rank whose collective does
+not complete in time prints one line naming itself and the collective, then calls
+``MPI_Abort``, so ``mpiexec`` ends every rank and exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import sys
 import time
 import traceback
 
-from .base import check_buffer, check_op, check_root
+from .base import check_buffer, check_op, check_root, check_timeout, default_timeout
 
 __all__ = ["MPIComm", "abort_on_error", "abort_mpi_job", "install_abort_excepthook", "import_mpi"]
 
@@ -163,37 +170,69 @@ class MPIComm:
     abort_on_exception : bool, default True
         Install `install_abort_excepthook`, so an uncaught exception on any rank ends the
         whole job non-zero instead of leaving the other ranks blocked.
+    timeout : float, > 0, or None
+        Seconds one collective may take on this rank before the job is aborted (a peer is
+        stopped, hung or gone); None means ``$MINSCALE_COMM_TIMEOUT`` if set, else 120.
 
     Attributes
     ----------
     rank, size : int
     comm : mpi4py.MPI.Comm
+    timeout : float
 
     Raises
     ------
     ImportError
         If mpi4py is not installed.
+    TypeError, ValueError
+        On a bad `timeout` or ``$MINSCALE_COMM_TIMEOUT``.
 
     Notes
     -----
-    allreduce is ``comm.Allreduce(MPI.IN_PLACE, buf, op)``; broadcast is ``comm.Bcast(buf, root)``;
-    the dtype travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT).
+    allreduce is ``comm.Iallreduce(MPI.IN_PLACE, buf, op)``, broadcast ``comm.Ibcast(buf, root)``,
+    barrier ``comm.Ibarrier()``, each completed by `MPI_Test` polling with a deadline; the dtype
+    travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT). Every rank
+    must use MPIComm for its collectives: MPI never matches a non-blocking collective with a
+    blocking one.
     The order in which MPI adds contributions is the library's choice, so results may differ
     from `SharedMemoryComm` in the last bits (they are still identical on every rank).
 
     References
     ----------
-    MPI 4.0 standard, sections 6.4 (Bcast) and 6.9.6 (in-place Allreduce); mpi4py tutorial,
-    "Collective Communication" (buffer-based calls).
+    MPI 4.0 standard, sections 6.4 (Bcast), 6.9.6 (in-place Allreduce) and 6.12 (nonblocking
+    collective operations); mpi4py tutorial, "Collective Communication" (buffer-based calls).
     """
 
-    def __init__(self, comm=None, *, abort_on_exception=True):
+    def __init__(self, comm=None, *, abort_on_exception=True, timeout=None):
+        self.timeout = default_timeout() if timeout is None else check_timeout(timeout)
         MPI = import_mpi()
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._count = 0
         if abort_on_exception:
             install_abort_excepthook(self.comm)
+
+    def _complete(self, request, what):
+        """Poll `request` until it completes; abort the job after `timeout` seconds."""
+        self._count += 1
+        if request.Test():
+            return
+        start = time.monotonic()
+        deadline = start + self.timeout
+        pause = 1e-6
+        while not request.Test():
+            now = time.monotonic()
+            if now >= deadline:
+                print(f"minscale: error: MPI rank {self.rank} of {self.size}: {what} #{self._count} "
+                      f"did not complete within timeout={self.timeout:g} s (MINSCALE_COMM_TIMEOUT); "
+                      "another rank is stopped, hung or has exited; aborting the MPI job",
+                      file=sys.stderr)
+                _abort(self.comm, 1)
+            # a short wait is polled at once; a long one (a slow peer) backs off to 1 ms
+            if now - start > 1e-3:
+                time.sleep(pause)
+                pause = min(2 * pause, 1e-3)
 
     @property
     def rank(self):
@@ -222,10 +261,14 @@ class MPIComm:
         ------
         TypeError, ValueError
             On a bad buffer or op.
+
+        Notes
+        -----
+        Not completed within `timeout` seconds: one line on stderr, then ``MPI_Abort``.
         """
         check_buffer(buf)
         check_op(op)
-        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._ops[op])
+        self._complete(self.comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._ops[op]), "allreduce")
         return buf
 
     def broadcast(self, buf, root=0):
@@ -244,15 +287,19 @@ class MPIComm:
         ------
         TypeError, ValueError
             On a bad buffer or root.
+
+        Notes
+        -----
+        Not completed within `timeout` seconds: one line on stderr, then ``MPI_Abort``.
         """
         check_buffer(buf)
         root = check_root(root, self.size)
-        self.comm.Bcast(buf, root=root)
+        self._complete(self.comm.Ibcast(buf, root=root), "broadcast")
         return buf
 
     def barrier(self):
-        """Block until every rank has entered (``MPI_Barrier``)."""
-        self.comm.Barrier()
+        """Block until every rank has entered (``MPI_Ibarrier``; the job aborts after `timeout`)."""
+        self._complete(self.comm.Ibarrier(), "barrier")
 
     def abort(self, errorcode=1):
         """End the whole MPI job with `errorcode` (``MPI_Abort``); does not return."""
