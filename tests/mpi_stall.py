@@ -12,6 +12,7 @@ import signal
 import sys
 
 import numpy as np
+from mpi4py import MPI
 
 import minscale as ms
 from minscale.parallel import MPIComm
@@ -25,7 +26,7 @@ class Misbehave(Callback):
         self.rank, self.step, self.how = rank, step, how
 
     def on_step_begin(self, model, step):
-        if step != self.step or MPIComm().rank != self.rank:
+        if step != self.step or MPI.COMM_WORLD.Get_rank() != self.rank:
             return
         if self.how == "stop":
             os.kill(os.getpid(), signal.SIGSTOP)

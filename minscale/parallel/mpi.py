@@ -13,15 +13,17 @@ rank and exit non-zero; `abort_on_error` does the same for a block of code. This
 A rank that is stopped, hung, or has left early (even with exit status 0) raises nothing:
 its peers would wait in their next collective forever. Every `MPIComm` collective is
 therefore started non-blocking (``MPI_Iallreduce``, ``MPI_Ibcast``, ``MPI_Ibarrier``) and
-polled with ``MPI_Test`` up to a deadline (``timeout`` seconds); a rank whose collective does
-not complete in time prints one line naming itself and the collective, then calls
-``MPI_Abort``, so ``mpiexec`` ends every rank and exits non-zero.
+completed under a deadline (``timeout`` seconds): ``MPI_Wait`` watched by a watchdog thread
+when MPI provides ``MPI_THREAD_MULTIPLE`` (mpi4py's default), else ``MPI_Test`` polling. A rank
+whose collective does not complete in time prints one line naming itself and the collective,
+then calls ``MPI_Abort``, so ``mpiexec`` ends every rank and exits non-zero.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 import traceback
 
@@ -190,7 +192,7 @@ class MPIComm:
     Notes
     -----
     allreduce is ``comm.Iallreduce(MPI.IN_PLACE, buf, op)``, broadcast ``comm.Ibcast(buf, root)``,
-    barrier ``comm.Ibarrier()``, each completed by `MPI_Test` polling with a deadline; the dtype
+    barrier ``comm.Ibarrier()``, each completed under a deadline (see the module docstring); the dtype
     travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT). Every rank
     must use MPIComm for its collectives: MPI never matches a non-blocking collective with a
     blocking one.
@@ -210,25 +212,48 @@ class MPIComm:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
         self._count = 0
+        # (deadline, what, count) of the collective in progress, read by the watchdog
+        self._pending = None
+        self._watchdog = None
+        # MPI_Abort from the watchdog thread while this one waits inside MPI needs
+        # MPI_THREAD_MULTIPLE; Test polling from Python costs about twice as much per call
+        self._use_watchdog = MPI.Query_thread() == MPI.THREAD_MULTIPLE
         if abort_on_exception:
             install_abort_excepthook(self.comm)
 
+    def _timed_out(self, what, count):
+        print(f"minscale: error: MPI rank {self.rank} of {self.size}: {what} #{count} did not "
+              f"complete within timeout={self.timeout:g} s (MINSCALE_COMM_TIMEOUT); another rank "
+              "is stopped, hung or has exited; aborting the MPI job", file=sys.stderr)
+        _abort(self.comm, 1)
+
+    def _watch(self):
+        while True:
+            time.sleep(min(0.1, self.timeout / 10))
+            pending = self._pending
+            if pending is not None and time.monotonic() >= pending[0]:
+                self._timed_out(pending[1], pending[2])
+
     def _complete(self, request, what):
-        """Poll `request` until it completes; abort the job after `timeout` seconds."""
+        """Wait for `request`; abort the job if it is not complete after `timeout` seconds."""
         self._count += 1
-        if request.Test():
+        if self._use_watchdog:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="minscale-mpi-watchdog",
+                                                  daemon=True)
+                self._watchdog.start()
+            self._pending = (time.monotonic() + self.timeout, what, self._count)
+            try:
+                request.Wait()  # mpi4py releases the GIL here, so the watchdog runs
+            finally:
+                self._pending = None
             return
         start = time.monotonic()
-        deadline = start + self.timeout
         pause = 1e-6
         while not request.Test():
             now = time.monotonic()
-            if now >= deadline:
-                print(f"minscale: error: MPI rank {self.rank} of {self.size}: {what} #{self._count} "
-                      f"did not complete within timeout={self.timeout:g} s (MINSCALE_COMM_TIMEOUT); "
-                      "another rank is stopped, hung or has exited; aborting the MPI job",
-                      file=sys.stderr)
-                _abort(self.comm, 1)
+            if now >= start + self.timeout:
+                self._timed_out(what, self._count)
             # a short wait is polled at once; a long one (a slow peer) backs off to 1 ms
             if now - start > 1e-3:
                 time.sleep(pause)
