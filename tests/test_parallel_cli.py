@@ -99,6 +99,16 @@ def _alive(pid):
         return False
 
 
+def _shm_files_mapped_by(pids):
+    """The /dev/shm files (segments and semaphores) that processes `pids` have mapped."""
+    found = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            if "/dev/shm/" in line and not line.endswith("(deleted)"):
+                found.add(Path(line.split(maxsplit=5)[5]))
+    return found
+
+
 def _start_training(mode):
     """`minscale train --workers 2` in its own session; returns it and its 2 worker pids."""
     proc = subprocess.Popen([sys.executable, "-m", "minscale", *ENDLESS, "--mode", mode],
@@ -122,23 +132,26 @@ def _start_training(mode):
 def test_workers_exit_within_seconds_of_a_sigkilled_parent_and_leave_no_segment(mode):
     proc, workers = _start_training(mode)
     try:
-        segments = list(Path("/dev/shm").glob(f"minscale_{proc.pid}_*"))
+        # the run's segments and the barrier's semaphores (sem.mp-*), as the workers see them
+        ours = _shm_files_mapped_by(workers)
         proc.kill()
         proc.wait()
         killed = time.monotonic()
         while any(_alive(pid) for pid in workers) and time.monotonic() - killed < 30:
             time.sleep(0.1)
         exited_after = time.monotonic() - killed
-        # the dead parent's resource tracker unlinks its segments once the last worker is gone
-        while list(Path("/dev/shm").glob(f"minscale_{proc.pid}_*")) and time.monotonic() - killed < 30:
+        # the dead parent's resource tracker unlinks them once the last worker is gone
+        while any(path.exists() for path in ours) and time.monotonic() - killed < 30:
             time.sleep(0.1)
-        left = list(Path("/dev/shm").glob(f"minscale_{proc.pid}_*"))
+        left = [path for path in ours if path.exists()]
     finally:
         for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert not any(_alive(pid) for pid in workers) and exited_after < 30, exited_after
-    assert segments and left == [], (segments, left)
+    assert any(path.name.startswith(f"minscale_{proc.pid}_") for path in ours), ours
+    assert any(path.name.startswith("sem.") for path in ours), ours
+    assert left == [], left
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")

@@ -16,17 +16,17 @@ Failure model. Every lock and wait of a collective is bounded: a rank gives up a
 ``timeout`` seconds (CommTimeoutError) when a peer died, is stopped (SIGSTOP) or hung, even if
 that peer holds the barrier's lock. The launching parent sets the barrier's abort flag as soon
 as it sees a worker exit, so peers stop within 0.1 s. A worker ends when its parent dies:
-on Linux through a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), elsewhere
-through a watchdog thread, and on every system each collective checks that the parent is
-alive. The parent creates and unlinks every segment (named ``minscale_<pid>_<hex>`` after
+on Linux through a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), on every
+system through a watchdog thread and a check of the parent in each collective. The parent creates and unlinks every segment (named ``minscale_<pid>_<hex>`` after
 it); workers only attach, without registering the segment with the resource tracker, so no
 worker's exit can unlink a segment still in use. When the parent is killed, its resource
 tracker unlinks the segments and semaphores once the last worker has exited.
 
 References
 ----------
-Python ``multiprocessing.shared_memory`` and ``multiprocessing.Barrier`` documentation;
-bpo-39959 / gh-82300 for the resource-tracker behaviour of attached segments.
+Python ``multiprocessing.shared_memory`` and ``multiprocessing.synchronize`` documentation;
+bpo-39959 / gh-82300 for the resource-tracker behaviour of attached segments; prctl(2) for
+``PR_SET_PDEATHSIG``; A. B. Downey, "The Little Book of Semaphores", 3.7 (reusable barrier).
 """
 
 from __future__ import annotations
@@ -347,7 +347,8 @@ class BoundedBarrier:
 
     References
     ----------
-    The two-turnstile barrier of A. B. Downey, "The Little Book of Semaphores", section 3.7.
+    Cf. the reusable barrier of A. B. Downey, "The Little Book of Semaphores", section 3.7
+    (two turnstiles per use there; here one per generation, alternating).
     """
 
     _ARRIVED, _GENERATION, _BROKEN, _ABORTED = range(4)
