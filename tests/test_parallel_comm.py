@@ -633,7 +633,7 @@ def test_sigstopped_worker_ends_the_run_within_the_timeout_plus_10s(tmp_path):
     if __name__ == "__main__":
         threading.Thread(target=stop_rank_1, daemon=True).start()
         try:
-            run_workers(_loop_until_stopped, 2, args=({str(pid_dir)!r},), nbytes=128, timeout=4.0)
+            run_workers(_loop_until_stopped, 2, args=({str(pid_dir)!r},), nbytes=128, timeout=8.0)
         except WorkerError as exc:
             print("ended", time.monotonic(), exc.rank, str(exc).splitlines()[0], flush=True)
     """)
@@ -642,8 +642,8 @@ def test_sigstopped_worker_ends_the_run_within_the_timeout_plus_10s(tmp_path):
     lines = {line.split()[0]: line.split(maxsplit=1)[1] for line in out.splitlines()}
     stopped_at = float(lines["stopped"])
     ended_at, rank, message = lines["ended"].split(maxsplit=2)
-    assert float(ended_at) - stopped_at < 4.0 + 10, out
-    assert rank == "1" and "stopped responding" in message and "timeout=4 s" in message, message
+    assert float(ended_at) - stopped_at < 8.0 + 10, out
+    assert rank == "1" and "stopped responding" in message and "timeout=8 s" in message, message
     assert not any(_pid_alive(int(pid)) for pid in lines["workers"].split())
     segments = [line.split()[1] for line in out.splitlines() if line.startswith("segment")]
     assert segments and not any(_segment_exists(name) for name in segments)
@@ -754,7 +754,7 @@ def test_mpi_stopped_or_vanished_rank_aborts_the_job_nonzero_within_30s(how):
     before = set(SHM_DIR.glob("mpich_shm_*"))
     start = time.monotonic()
     try:
-        proc = _run_mpi("mpi_stall.py", how, timeout=60, env={"MINSCALE_COMM_TIMEOUT": "3"})
+        proc = _run_mpi("mpi_stall.py", how, timeout=60, env={"MINSCALE_COMM_TIMEOUT": "5"})
     except subprocess.TimeoutExpired:
         pytest.fail(f"the MPI job hung instead of aborting when rank 1 did {how!r}")
     finally:
@@ -762,5 +762,5 @@ def test_mpi_stopped_or_vanished_rank_aborts_the_job_nonzero_within_30s(how):
     assert time.monotonic() - start < 30
     assert proc.returncode != 0
     assert "MPI rank 0 of 2: allreduce #" in proc.stderr
-    assert "did not complete within timeout=3 s" in proc.stderr
+    assert "did not complete within timeout=5 s" in proc.stderr
     assert "finished training" not in proc.stdout
