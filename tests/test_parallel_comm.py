@@ -37,8 +37,8 @@ from minscale.parallel import (
     run_workers,
     shard_bounds,
 )
-from minscale.parallel.base import check_buffer
-from minscale.parallel.shm import BoundedBarrier
+from minscale.parallel.base import check_buffer, default_timeout
+from minscale.parallel.shm import BoundedBarrier, process_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -455,6 +455,38 @@ def test_barrier_abort_and_interrupt_end_a_wait_within_a_second():
     start = time.monotonic()
     assert barrier.wait(100.0) == "aborted"
     assert time.monotonic() - start < 1.3
+
+
+@pytest.mark.parametrize("text, expected", [(None, 120.0), ("", 120.0), ("2.5", 2.5), (" 30 ", 30.0)])
+def test_default_timeout_reads_minscale_comm_timeout(monkeypatch, text, expected):
+    if text is None:
+        monkeypatch.delenv("MINSCALE_COMM_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("MINSCALE_COMM_TIMEOUT", text)
+    assert default_timeout() == expected
+    with SharedMemoryGroup(2, 8) as group:
+        assert group.spec.timeout == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "inf", "nan"])
+def test_bad_minscale_comm_timeout_is_a_value_error_naming_it(monkeypatch, text):
+    monkeypatch.setenv("MINSCALE_COMM_TIMEOUT", text)
+    with pytest.raises(ValueError, match="MINSCALE_COMM_TIMEOUT must be a finite number of seconds > 0"):
+        default_timeout()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc")
+def test_process_gone_sees_an_exited_child_zombie_or_reaped():
+    assert not process_gone(os.getpid()) and not process_gone(os.getppid())
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while b") Z " not in Path(f"/proc/{pid}/stat").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process_gone(pid)  # a zombie still answers signal 0
+    os.waitpid(pid, 0)
+    assert process_gone(pid)
 
 
 def test_group_rejects_bad_arguments():
