@@ -4,19 +4,24 @@
 swapped-out node would; ``python tests/mpi_stall.py exit`` -- rank 1 leaves with exit status 0
 mid-training. Either way rank 0 is left waiting in its next allreduce: the per-collective
 timeout (``MINSCALE_COMM_TIMEOUT``) must turn that into an abort with a message and a
-non-zero exit instead of a hang or a silent exit 0.
+non-zero exit instead of a hang or a silent exit 0. A second argument ``single`` starts MPI
+with ``MPI_THREAD_SINGLE``, where MPIComm polls instead of using its watchdog thread.
 """
 
 import os
 import signal
 import sys
 
+import mpi4py
 import numpy as np
-from mpi4py import MPI
 
-import minscale as ms
-from minscale.parallel import MPIComm
-from minscale.train import Callback
+if sys.argv[2:] == ["single"]:
+    mpi4py.rc.thread_level = "single"  # must precede the first import of mpi4py.MPI
+from mpi4py import MPI  # noqa: E402
+
+import minscale as ms  # noqa: E402
+from minscale.parallel import MPIComm  # noqa: E402
+from minscale.train import Callback  # noqa: E402
 
 
 class Misbehave(Callback):

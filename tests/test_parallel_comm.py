@@ -780,13 +780,14 @@ def test_mpi_rank_raising_before_first_allreduce_ends_job_nonzero(how):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("how", ["stop", "exit"])
+@pytest.mark.parametrize("how", ["stop", "exit", "stop single"])
 def test_mpi_stopped_or_vanished_rank_aborts_the_job_nonzero_within_30s(how):
-    # rank 1 stops itself (SIGSTOP) or leaves with exit status 0 at update 5 of its training
+    # rank 1 stops itself (SIGSTOP) or leaves with exit status 0 at update 5 of its training;
+    # "single": MPI_THREAD_SINGLE, where MPIComm polls instead of using its watchdog thread
     before = set(SHM_DIR.glob("mpich_shm_*"))
     start = time.monotonic()
     try:
-        proc = _run_mpi("mpi_stall.py", how, timeout=60, env={"MINSCALE_COMM_TIMEOUT": "5"})
+        proc = _run_mpi("mpi_stall.py", *how.split(), timeout=60, env={"MINSCALE_COMM_TIMEOUT": "5"})
     except subprocess.TimeoutExpired:
         pytest.fail(f"the MPI job hung instead of aborting when rank 1 did {how!r}")
     finally:
