@@ -638,7 +638,8 @@ def test_script_without_main_guard_gets_the_hint(tmp_path):
     except WorkerError as exc:
         print(str(exc).splitlines()[0], flush=True)
     """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
     [line] = [line for line in proc.stdout.splitlines() if line.startswith("worker rank")]
     assert "exited with code 1 before returning a result, while starting up" in line, line
     assert 'guard its entry point with `if __name__ == "__main__":`' in line, line

@@ -17,10 +17,11 @@ Failure model. Every lock and wait of a collective is bounded: a rank gives up a
 that peer holds the barrier's lock. The launching parent sets the barrier's abort flag as soon
 as it sees a worker exit, so peers stop within 0.1 s. A worker ends when its parent dies:
 on Linux through a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), on every
-system through a watchdog thread and a check of the parent in each collective. The parent creates and unlinks every segment (named ``minscale_<pid>_<hex>`` after
-it); workers only attach, without registering the segment with the resource tracker, so no
-worker's exit can unlink a segment still in use. When the parent is killed, its resource
-tracker unlinks the segments and semaphores once the last worker has exited.
+system through a watchdog thread and a check of the parent in each collective. The parent
+creates and unlinks every segment (named ``minscale_<pid>_<hex>`` after it); workers only
+attach, without registering the segment with the resource tracker, so no worker's exit can
+unlink a segment still in use. When the parent is killed, its resource tracker unlinks the
+segments and semaphores once the last worker has exited.
 
 References
 ----------
