@@ -325,7 +325,7 @@ def test_sigterm_to_a_data_parallel_run_frees_shared_memory(work):
     err = err.decode()
     assert proc.returncode == 143, err
     assert "Traceback" not in err and err.splitlines()[-1] == "minscale: terminated", err
-    leaked = {n for n in _shm_names() - before if n.startswith(("psm_", "sem.mp-"))}
+    leaked = {n for n in _shm_names() - before if n.startswith(("minscale_", "psm_", "sem.mp-"))}
     assert leaked == set(), leaked
 
 

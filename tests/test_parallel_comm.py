@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from minscale.parallel import (
     run_workers,
     shard_bounds,
 )
-from minscale.parallel.base import check_buffer
+from minscale.parallel.base import check_buffer, default_timeout
+from minscale.parallel.shm import BoundedBarrier, process_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -415,6 +417,78 @@ def test_parent_abort_releases_waiting_ranks_before_the_timeout():
     assert all(waited < 30 for _, _, waited in outcomes)
 
 
+def test_barrier_passes_threads_in_step_for_many_generations():
+    barrier = BoundedBarrier(3, multiprocessing.get_context("spawn"))
+    statuses = []
+
+    def run():
+        statuses.extend(barrier.wait(10.0) for _ in range(200))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [None] * 600
+    assert not barrier.broken and not barrier.aborted
+
+
+def test_barrier_wait_is_bounded_even_when_a_peer_holds_its_lock():
+    # a peer stopped (SIGSTOP) or killed while inside the barrier keeps its lock; taking the
+    # lock of multiprocessing.Barrier has no timeout, so the others would wait forever
+    barrier = BoundedBarrier(2, multiprocessing.get_context("spawn"))
+    barrier._lock.acquire()
+    start = time.monotonic()
+    assert barrier.wait(0.5) == "timeout"
+    assert 0.45 <= time.monotonic() - start < 10
+    # the peers that come later give up at once instead of waiting out their own timeout
+    assert barrier.broken and barrier.wait(100.0) == "broken"
+
+
+def test_barrier_abort_and_interrupt_end_a_wait_within_a_second():
+    barrier = BoundedBarrier(2, multiprocessing.get_context("spawn"))
+    start = time.monotonic()
+    assert barrier.wait(100.0, interrupt=lambda: "the parent died") == "the parent died"
+    assert time.monotonic() - start < 1
+    barrier = BoundedBarrier(2, multiprocessing.get_context("spawn"))
+    threading.Timer(0.3, barrier.abort).start()
+    start = time.monotonic()
+    assert barrier.wait(100.0) == "aborted"
+    assert time.monotonic() - start < 1.3
+
+
+@pytest.mark.parametrize("text, expected", [(None, 120.0), ("", 120.0), ("2.5", 2.5), (" 30 ", 30.0)])
+def test_default_timeout_reads_minscale_comm_timeout(monkeypatch, text, expected):
+    if text is None:
+        monkeypatch.delenv("MINSCALE_COMM_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("MINSCALE_COMM_TIMEOUT", text)
+    assert default_timeout() == expected
+    with SharedMemoryGroup(2, 8) as group:
+        assert group.spec.timeout == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "inf", "nan"])
+def test_bad_minscale_comm_timeout_is_a_value_error_naming_it(monkeypatch, text):
+    monkeypatch.setenv("MINSCALE_COMM_TIMEOUT", text)
+    with pytest.raises(ValueError, match="MINSCALE_COMM_TIMEOUT must be a finite number of seconds > 0"):
+        default_timeout()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through /proc")
+def test_process_gone_sees_an_exited_child_zombie_or_reaped():
+    assert not process_gone(os.getpid()) and not process_gone(os.getppid())
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while b") Z " not in Path(f"/proc/{pid}/stat").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process_gone(pid)  # a zombie still answers signal 0
+    os.waitpid(pid, 0)
+    assert process_gone(pid)
+
+
 def test_group_rejects_bad_arguments():
     with pytest.raises(ValueError, match="size must be >= 1, got 0"):
         SharedMemoryGroup(0, 8)
@@ -443,6 +517,32 @@ def _run_child(body, timeout=120, **kwargs):
         [sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(body)],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs,
     )
+
+
+def _run_child_or_fail(body, timeout):
+    """Run `body` in its own process group; on a hang kill the whole group and fail."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(body)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, stopped ones included
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+_SEGMENT_SPY = """
+import minscale.parallel.shm as shm
+original = shm.SharedArray.create.__func__
+def spy(cls, *a, **k):
+    out = original(cls, *a, **k)
+    print("segment", out.spec.name, flush=True)
+    return out
+shm.SharedArray.create = classmethod(spy)
+"""
 
 
 def test_no_resource_tracker_warnings_after_success_and_failure(tmp_path):
@@ -528,6 +628,60 @@ def test_ctrl_c_in_parent_stops_workers_and_unlinks(tmp_path):
     assert "leaked" not in err, err
 
 
+def test_script_without_main_guard_gets_the_hint(tmp_path):
+    # each spawned worker re-runs the unguarded top level, whose run_workers call then fails
+    script = tmp_path / "unguarded.py"
+    script.write_text(_CHILD_PRELUDE + textwrap.dedent("""
+    from test_parallel_comm import _exits_silently
+    try:
+        run_workers(_exits_silently, 2, nbytes=8)
+    except WorkerError as exc:
+        print(str(exc).splitlines()[0], flush=True)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith("worker rank")]
+    assert "exited with code 1 before returning a result, while starting up" in line, line
+    assert 'guard its entry point with `if __name__ == "__main__":`' in line, line
+
+
+def test_sigstopped_worker_ends_the_run_within_the_timeout_plus_10s(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    body = _SEGMENT_SPY + textwrap.dedent(f"""
+    import threading
+    from pathlib import Path
+    from test_parallel_comm import _loop_until_stopped
+    def stop_rank_1():
+        while True:
+            try:
+                pids = [int(Path({str(pid_dir)!r}, f"{{r}}.pid").read_text()) for r in (0, 1)]
+                break
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        print("workers", *pids, flush=True)
+        time.sleep(0.5)  # well inside the allreduce loop
+        os.kill(pids[1], signal.SIGSTOP)
+        print("stopped", time.monotonic(), flush=True)
+    if __name__ == "__main__":
+        threading.Thread(target=stop_rank_1, daemon=True).start()
+        try:
+            run_workers(_loop_until_stopped, 2, args=({str(pid_dir)!r},), nbytes=128, timeout=8.0)
+        except WorkerError as exc:
+            print("ended", time.monotonic(), exc.rank, str(exc).splitlines()[0], flush=True)
+    """)
+    code, out, err = _run_child_or_fail(body, timeout=90)
+    assert code == 0, err
+    lines = {line.split()[0]: line.split(maxsplit=1)[1] for line in out.splitlines()}
+    stopped_at = float(lines["stopped"])
+    ended_at, rank, message = lines["ended"].split(maxsplit=2)
+    assert float(ended_at) - stopped_at < 8.0 + 10, out
+    assert rank == "1" and "stopped responding" in message and "timeout=8 s" in message, message
+    assert not any(_pid_alive(int(pid)) for pid in lines["workers"].split())
+    segments = [line.split()[1] for line in out.splitlines() if line.startswith("segment")]
+    assert segments and not any(_segment_exists(name) for name in segments)
+
+
 # ---------------------------------------------------------------------------------------------
 # MPIComm under mpiexec
 # ---------------------------------------------------------------------------------------------
@@ -542,13 +696,23 @@ def _mpiexec():
     return found
 
 
-def _run_mpi(script, *script_args, n=2, timeout=120):
-    """Run ``mpiexec -n n python tests/<script> *script_args``."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
+def _run_mpi(script, *script_args, n=2, timeout=120, env=None):
+    """Run ``mpiexec -n n python tests/<script> *script_args`` (extra `env` variables); on a
+    timeout kill its whole process group, ranks included, and raise TimeoutExpired."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(env or {}))
+    proc = subprocess.Popen(
         [_mpiexec(), "-n", str(n), sys.executable, str(TESTS / script), *map(str, script_args)],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _mapped_shm_files():
@@ -565,11 +729,16 @@ def _mapped_shm_files():
 def _remove_orphaned_mpich_segments(before):
     """MPI_Abort kills ranks before MPICH unlinks its own /dev/shm segment (an MPICH limitation,
     not minscale's). Remove segments that appeared during the job and no live process maps."""
-    new = set(SHM_DIR.glob("mpich_shm_*")) - before
-    mapped = _mapped_shm_files()
-    for path in new:
-        if str(path) not in mapped:
-            path.unlink(missing_ok=True)
+    deadline = time.monotonic() + 5  # aborted ranks may take a moment to go
+    while True:
+        new = {path for path in set(SHM_DIR.glob("mpich_shm_*")) - before if path.exists()}
+        mapped = _mapped_shm_files()
+        for path in new:
+            if str(path) not in mapped:
+                path.unlink(missing_ok=True)
+        if not new & {Path(m) for m in mapped} or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def test_abort_mpi_job_is_a_no_op_outside_an_mpi_job():
@@ -609,3 +778,23 @@ def test_mpi_rank_raising_before_first_allreduce_ends_job_nonzero(how):
     assert proc.returncode != 0
     assert "rank 1 fails on purpose" in proc.stderr
     assert "rank 0 passed the allreduce" not in proc.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("how", ["stop", "exit", "stop single"])
+def test_mpi_stopped_or_vanished_rank_aborts_the_job_nonzero_within_30s(how):
+    # rank 1 stops itself (SIGSTOP) or leaves with exit status 0 at update 5 of its training;
+    # "single": MPI_THREAD_SINGLE, where MPIComm polls instead of using its watchdog thread
+    before = set(SHM_DIR.glob("mpich_shm_*"))
+    start = time.monotonic()
+    try:
+        proc = _run_mpi("mpi_stall.py", *how.split(), timeout=60, env={"MINSCALE_COMM_TIMEOUT": "5"})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the MPI job hung instead of aborting when rank 1 did {how!r}")
+    finally:
+        _remove_orphaned_mpich_segments(before)
+    assert time.monotonic() - start < 30
+    assert proc.returncode != 0
+    assert "MPI rank 0 of 2: allreduce #" in proc.stderr
+    assert "did not complete within timeout=5 s" in proc.stderr
+    assert "finished training" not in proc.stdout

@@ -14,6 +14,8 @@ trainer makes every worker issue the same number of calls even when its shard is
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,7 +27,11 @@ __all__ = [
     "CommTimeoutError",
     "WorkerError",
     "REDUCE_OPS",
+    "DEFAULT_TIMEOUT",
+    "TIMEOUT_ENV",
     "check_buffer",
+    "check_timeout",
+    "default_timeout",
     "check_op",
     "check_root",
     "reduce_in_rank_order",
@@ -34,6 +40,13 @@ __all__ = [
 
 #: Reduction operators every backend accepts, by name.
 REDUCE_OPS = ("sum", "max", "min")
+
+#: Seconds a rank waits at one collective for its peers before the group gives up.
+DEFAULT_TIMEOUT = 120.0
+
+#: Environment variable that replaces `DEFAULT_TIMEOUT` for every communicator and trainer
+#: that is not given a timeout explicitly (seconds, a number > 0).
+TIMEOUT_ENV = "MINSCALE_COMM_TIMEOUT"
 
 
 class CommError(RuntimeError):
@@ -150,6 +163,56 @@ def check_buffer(buf, name="buf"):
     if not buf.flags.writeable:
         raise ValueError(f"{name} must be writeable (collectives work in place), got a read-only array")
     return buf
+
+
+def check_timeout(timeout, name="timeout"):
+    """Validate a collective timeout: a finite number of seconds > 0.
+
+    Parameters
+    ----------
+    timeout : int or float
+        Seconds.
+    name : str, default "timeout"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    timeout : float
+
+    Raises
+    ------
+    TypeError
+        If `timeout` is not a number.
+    ValueError
+        If `timeout` is not finite or not > 0.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {timeout}")
+    return float(timeout)
+
+
+def default_timeout():
+    """Seconds per collective when none is given: ``$MINSCALE_COMM_TIMEOUT``, else 120.
+
+    Returns
+    -------
+    timeout : float
+
+    Raises
+    ------
+    ValueError
+        If the environment variable is set but is not a finite number of seconds > 0.
+    """
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a finite number of seconds > 0, got {text!r}") from None
+    return check_timeout(value, TIMEOUT_ENV)
 
 
 def check_op(op):

@@ -9,16 +9,25 @@ collective forever (MPI has no failure detection by default). `MPIComm` therefor
 excepthook that prints the traceback and calls ``MPI_Abort``, which makes ``mpiexec`` kill every
 rank and exit non-zero; `abort_on_error` does the same for a block of code. This is what
 ``python -m mpi4py script.py`` does too (mpi4py documentation, "mpi4py.run").
+
+A rank that is stopped, hung, or has left early (even with exit status 0) raises nothing:
+its peers would wait in their next collective forever. Every `MPIComm` collective is
+therefore started non-blocking (``MPI_Iallreduce``, ``MPI_Ibcast``, ``MPI_Ibarrier``) and
+completed under a deadline (``timeout`` seconds): ``MPI_Wait`` watched by a watchdog thread
+when MPI provides ``MPI_THREAD_MULTIPLE`` (mpi4py's default), else ``MPI_Test`` polling. A rank
+whose collective does not complete in time prints one line naming itself and the collective,
+then calls ``MPI_Abort``, so ``mpiexec`` ends every rank and exits non-zero.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 import traceback
 
-from .base import check_buffer, check_op, check_root
+from .base import check_buffer, check_op, check_root, check_timeout, default_timeout
 
 __all__ = ["MPIComm", "abort_on_error", "abort_mpi_job", "install_abort_excepthook", "import_mpi"]
 
@@ -163,37 +172,92 @@ class MPIComm:
     abort_on_exception : bool, default True
         Install `install_abort_excepthook`, so an uncaught exception on any rank ends the
         whole job non-zero instead of leaving the other ranks blocked.
+    timeout : float, > 0, or None
+        Seconds one collective may take on this rank before the job is aborted (a peer is
+        stopped, hung or gone); None means ``$MINSCALE_COMM_TIMEOUT`` if set, else 120.
 
     Attributes
     ----------
     rank, size : int
     comm : mpi4py.MPI.Comm
+    timeout : float
 
     Raises
     ------
     ImportError
         If mpi4py is not installed.
+    TypeError, ValueError
+        On a bad `timeout` or ``$MINSCALE_COMM_TIMEOUT``.
 
     Notes
     -----
-    allreduce is ``comm.Allreduce(MPI.IN_PLACE, buf, op)``; broadcast is ``comm.Bcast(buf, root)``;
-    the dtype travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT).
+    allreduce is ``comm.Iallreduce(MPI.IN_PLACE, buf, op)``, broadcast ``comm.Ibcast(buf, root)``,
+    barrier ``comm.Ibarrier()``, each completed under a deadline (see the module docstring); the dtype
+    travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT). Every rank
+    must use MPIComm for its collectives: MPI never matches a non-blocking collective with a
+    blocking one.
     The order in which MPI adds contributions is the library's choice, so results may differ
     from `SharedMemoryComm` in the last bits (they are still identical on every rank).
 
     References
     ----------
-    MPI 4.0 standard, sections 6.4 (Bcast) and 6.9.6 (in-place Allreduce); mpi4py tutorial,
-    "Collective Communication" (buffer-based calls).
+    MPI 4.0 standard, sections 6.4 (Bcast), 6.9.6 (in-place Allreduce) and 6.12 (nonblocking
+    collective operations); mpi4py tutorial, "Collective Communication" (buffer-based calls).
     """
 
-    def __init__(self, comm=None, *, abort_on_exception=True):
+    def __init__(self, comm=None, *, abort_on_exception=True, timeout=None):
+        self.timeout = default_timeout() if timeout is None else check_timeout(timeout)
         MPI = import_mpi()
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._count = 0
+        # (deadline, what, count) of the collective in progress, read by the watchdog
+        self._pending = None
+        self._watchdog = None
+        # MPI_Abort from the watchdog thread while this one waits inside MPI needs
+        # MPI_THREAD_MULTIPLE; Test polling from Python costs about twice as much per call
+        self._use_watchdog = MPI.Query_thread() == MPI.THREAD_MULTIPLE
         if abort_on_exception:
             install_abort_excepthook(self.comm)
+
+    def _timed_out(self, what, count):
+        print(f"minscale: error: MPI rank {self.rank} of {self.size}: {what} #{count} did not "
+              f"complete within timeout={self.timeout:g} s (MINSCALE_COMM_TIMEOUT); another rank "
+              "is stopped, hung or has exited; aborting the MPI job", file=sys.stderr)
+        _abort(self.comm, 1)
+
+    def _watch(self):
+        while True:
+            time.sleep(min(0.1, self.timeout / 10))
+            pending = self._pending
+            if pending is not None and time.monotonic() >= pending[0]:
+                self._timed_out(pending[1], pending[2])
+
+    def _complete(self, request, what):
+        """Wait for `request`; abort the job if it is not complete after `timeout` seconds."""
+        self._count += 1
+        if self._use_watchdog:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="minscale-mpi-watchdog",
+                                                  daemon=True)
+                self._watchdog.start()
+            self._pending = (time.monotonic() + self.timeout, what, self._count)
+            try:
+                request.Wait()  # mpi4py releases the GIL here, so the watchdog runs
+            finally:
+                self._pending = None
+            return
+        start = time.monotonic()
+        pause = 1e-6
+        while not request.Test():
+            now = time.monotonic()
+            if now >= start + self.timeout:
+                self._timed_out(what, self._count)
+            # a short wait is polled at once; a long one (a slow peer) backs off to 1 ms
+            if now - start > 1e-3:
+                time.sleep(pause)
+                pause = min(2 * pause, 1e-3)
 
     @property
     def rank(self):
@@ -222,10 +286,14 @@ class MPIComm:
         ------
         TypeError, ValueError
             On a bad buffer or op.
+
+        Notes
+        -----
+        Not completed within `timeout` seconds: one line on stderr, then ``MPI_Abort``.
         """
         check_buffer(buf)
         check_op(op)
-        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._ops[op])
+        self._complete(self.comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._ops[op]), "allreduce")
         return buf
 
     def broadcast(self, buf, root=0):
@@ -244,15 +312,19 @@ class MPIComm:
         ------
         TypeError, ValueError
             On a bad buffer or root.
+
+        Notes
+        -----
+        Not completed within `timeout` seconds: one line on stderr, then ``MPI_Abort``.
         """
         check_buffer(buf)
         root = check_root(root, self.size)
-        self.comm.Bcast(buf, root=root)
+        self._complete(self.comm.Ibcast(buf, root=root), "broadcast")
         return buf
 
     def barrier(self):
-        """Block until every rank has entered (``MPI_Barrier``)."""
-        self.comm.Barrier()
+        """Block until every rank has entered (``MPI_Ibarrier``; the job aborts after `timeout`)."""
+        self._complete(self.comm.Ibarrier(), "barrier")
 
     def abort(self, errorcode=1):
         """End the whole MPI job with `errorcode` (``MPI_Abort``); does not return."""

@@ -1,7 +1,7 @@
 """SharedMemoryComm: k processes on one machine, collectives through POSIX shared memory.
 
 Layout. The parent creates one shared workspace of shape ``(2, size, slot)`` bytes and a
-``multiprocessing.Barrier(size)``. An allreduce is
+`BoundedBarrier` for ``size`` processes. An allreduce is
 
 1. rank r copies its buffer into slot ``[g % 2, r]`` (g counts the group's data collectives),
 2. barrier: every slot of generation g is written,
@@ -12,26 +12,33 @@ Alternating between the two slot sets (double buffering) removes the second barr
 single set would need: rank r overwrites set ``g % 2`` again only at collective g + 2, after
 the barrier of collective g + 1, which no rank passes before every rank finished reading g.
 
-Failure model. Barrier waits time out (``timeout`` seconds) instead of hanging when a peer
-died; the launching parent also sets an abort event and breaks the barrier as soon as it sees
-a worker exit, so peers stop at their next collective. The parent creates and unlinks every
-segment; workers only attach, without registering the segment with the resource tracker,
-so no worker's exit can unlink a segment still in use and no tracker warns about "leaked"
-segments that the parent is about to unlink.
+Failure model. Every lock and wait of a collective is bounded: a rank gives up after
+``timeout`` seconds (CommTimeoutError) when a peer died, is stopped (SIGSTOP) or hung, even if
+that peer holds the barrier's lock. The launching parent sets the barrier's abort flag as soon
+as it sees a worker exit, so peers stop within 0.1 s. A worker ends when its parent dies:
+on Linux through a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), on every
+system through a watchdog thread and a check of the parent in each collective. The parent
+creates and unlinks every segment (named ``minscale_<pid>_<hex>`` after it); workers only
+attach, without registering the segment with the resource tracker, so no worker's exit can
+unlink a segment still in use. When the parent is killed, its resource tracker unlinks the
+segments and semaphores once the last worker has exited.
 
 References
 ----------
-Python ``multiprocessing.shared_memory`` and ``multiprocessing.Barrier`` documentation;
-bpo-39959 / gh-82300 for the resource-tracker behaviour of attached segments.
+Python ``multiprocessing.shared_memory`` and ``multiprocessing.synchronize`` documentation;
+bpo-39959 / gh-82300 for the resource-tracker behaviour of attached segments; prctl(2) for
+``PR_SET_PDEATHSIG``; A. B. Downey, "The Little Book of Semaphores", 3.7 (reusable barrier).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
+import secrets
 import signal
 import sys
 import threading
@@ -39,11 +46,13 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .base import (
+    DEFAULT_TIMEOUT,
     CommAbortedError,
     CommError,
     CommTimeoutError,
@@ -51,10 +60,13 @@ from .base import (
     check_buffer,
     check_op,
     check_root,
+    check_timeout,
+    default_timeout,
     reduce_in_rank_order,
 )
 
 __all__ = [
+    "BoundedBarrier",
     "SharedArray",
     "SharedArraySpec",
     "SharedMemoryComm",
@@ -64,13 +76,22 @@ __all__ = [
     "pack_exception",
     "unpack_exception",
     "DEFAULT_TIMEOUT",
+    "exit_with_parent",
+    "process_gone",
 ]
-
-#: Seconds a rank waits at a collective for its peers before raising CommTimeoutError.
-DEFAULT_TIMEOUT = 120.0
 
 # Slots start on cache-line boundaries so two ranks never write the same line.
 _SLOT_ALIGN = 64
+
+# Seconds between checks of the abort flag and of the parent while a rank waits; also how
+# often a worker's watchdog looks at its parent.
+_POLL = 0.1
+
+# Segment names: "/minscale_" + pid (up to 7 digits) + "_" + 8 hex digits = at most 26
+# characters, within macOS's 31-character limit for POSIX shared-memory names.
+_SEGMENT_PREFIX = "minscale_"
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _TRACKER_LOCK = threading.Lock()
 
@@ -83,12 +104,56 @@ def _check_positive_int(value, name):
     return int(value)
 
 
-def _check_timeout(timeout):
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
-        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
-    return float(timeout)
+def _resolve_timeout(timeout):
+    return default_timeout() if timeout is None else check_timeout(timeout)
+
+
+def process_gone(pid):
+    """Whether process `pid` has ended: exited, or a zombie its parent has not reaped yet.
+
+    Parameters
+    ----------
+    pid : int
+
+    Returns
+    -------
+    bool
+        False for this process and for its live parent. A dead parent is seen at once on
+        every POSIX system (its children are re-parented, so ``os.getppid()`` changes); any
+        other process is looked up with signal 0 and, where ``/proc`` exists, its state.
+    """
+    if pid == os.getpid() or pid == os.getppid() or os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _process_state(pid):
+    """One word for a live process's state from /proc (Linux), or "" where unknown."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+    return {b"T": "stopped", b"t": "stopped by a debugger", b"D": "blocked in the kernel"}.get(state, "")
+
+
+def _create_segment(nbytes):
+    # Named after the creating process, so a leftover segment can be traced to its run.
+    while True:
+        name = f"{_SEGMENT_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        try:
+            return shared_memory.SharedMemory(name=name, create=True, size=nbytes)
+        except FileExistsError:
+            continue
 
 
 def _attach_untracked(name):
@@ -181,7 +246,7 @@ class SharedArray:
         dt = np.dtype(dtype)
         # A zero-byte segment cannot be created; one spare byte keeps empty arrays valid.
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dt.itemsize, 1)
-        shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        shm = _create_segment(nbytes)
         spec = SharedArraySpec(name=shm.name, shape=shape, dtype=dt.str)
         out = cls(shm, spec, owner=True)
         out.array.fill(fill)
@@ -255,29 +320,146 @@ class SharedArray:
         return f"SharedArray(name={self.spec.name!r}, shape={self.spec.shape}, dtype={self.spec.dtype}, {role})"
 
 
+class BoundedBarrier:
+    """A barrier for `size` processes in which every lock and every wait is bounded.
+
+    ``multiprocessing.Barrier`` bounds only its wait on the condition; it takes its internal
+    lock without a timeout, so a peer stopped (SIGSTOP) or killed while holding that lock
+    blocks every other rank forever. Here the lock and the gates are semaphores taken with
+    ``acquire(timeout=0.1)`` in a loop that also watches an abort flag, a broken flag, the
+    deadline and an optional `interrupt` check.
+
+    Parameters
+    ----------
+    size : int, >= 1
+        Processes that must arrive before any passes.
+    context : multiprocessing context
+        Creates the lock, the two gate semaphores and the four shared int64 words
+        ``[arrived, generation, broken, aborted]``.
+
+    Notes
+    -----
+    Arrival: under the lock, ``arrived += 1``; the last arrival of generation g resets
+    ``arrived``, advances the generation and releases gate ``g % 2`` ``size - 1`` times; the
+    others wait on that gate. Two gates alternate, so a rank that hurries on to barrier g + 1
+    waits on the other gate and cannot take a release meant for barrier g. A rank that gives
+    up sets ``broken``, so its peers give up too instead of waiting out their own timeout.
+    Pass it to workers as a Process argument (it holds multiprocessing semaphores).
+
+    References
+    ----------
+    Cf. the reusable barrier of A. B. Downey, "The Little Book of Semaphores", section 3.7
+    (two turnstiles per use there; here one per generation, alternating).
+    """
+
+    _ARRIVED, _GENERATION, _BROKEN, _ABORTED = range(4)
+
+    def __init__(self, size, context):
+        self.size = _check_positive_int(size, "size")
+        self._lock = context.Lock()
+        self._gates = (context.Semaphore(0), context.Semaphore(0))
+        self._words = context.RawArray("q", 4)
+
+    @property
+    def aborted(self):
+        """True once `abort` was called by any process."""
+        return bool(self._words[self._ABORTED])
+
+    @property
+    def broken(self):
+        """True once a rank gave up waiting (its timeout expired or it was interrupted)."""
+        return bool(self._words[self._BROKEN])
+
+    def abort(self):
+        """Make every current and future `wait` return "aborted" within 0.1 s; never blocks."""
+        self._words[self._ABORTED] = 1
+
+    def wait(self, timeout, interrupt=None):
+        """Return when all `size` processes have called `wait`, or say why not.
+
+        Parameters
+        ----------
+        timeout : float, > 0
+            Seconds for the whole call, taking the lock included.
+        interrupt : callable or None
+            Called about every 0.1 s while waiting; a non-empty string it returns ends the
+            wait with that string (e.g. the parent process died).
+
+        Returns
+        -------
+        None or str
+            None when every process arrived; else "aborted", "broken" (a peer gave up),
+            "timeout", or the message `interrupt` returned.
+        """
+        deadline = time.monotonic() + timeout
+        status = self._acquire(self._lock, deadline, interrupt)
+        if status is not None:
+            return status
+        words = self._words
+        try:
+            if words[self._ABORTED]:
+                return "aborted"
+            if words[self._BROKEN]:
+                return "broken"
+            generation = words[self._GENERATION]
+            words[self._ARRIVED] += 1
+            last = words[self._ARRIVED] == self.size
+            if last:
+                words[self._ARRIVED] = 0
+                words[self._GENERATION] = generation + 1
+                gate = self._gates[generation % 2]
+                for _ in range(self.size - 1):
+                    gate.release()
+        finally:
+            self._lock.release()
+        if last:
+            return None
+        return self._acquire(self._gates[generation % 2], deadline, interrupt)
+
+    def _acquire(self, semaphore, deadline, interrupt):
+        words = self._words
+        while True:
+            if words[self._ABORTED]:
+                return "aborted"
+            if words[self._BROKEN]:
+                return "broken"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                words[self._BROKEN] = 1
+                return "timeout"
+            if semaphore.acquire(timeout=min(_POLL, remaining)):
+                return None
+            message = interrupt() if interrupt is not None else None
+            if message:
+                words[self._BROKEN] = 1
+                return message
+
+
 @dataclass(frozen=True)
 class SharedMemoryCommSpec:
     """What a worker needs to join a SharedMemoryGroup; pass it as a Process argument.
 
-    The barrier and event are multiprocessing objects: they can be handed to a child only
-    through process creation (``Process(args=...)``), not through a queue or pipe.
+    The barrier holds multiprocessing semaphores: it can be handed to a child only through
+    process creation (``Process(args=...)``), not through a queue or pipe.
 
     Attributes
     ----------
     workspace : SharedArraySpec
         The ``(2, size, slot_bytes)`` uint8 slot array.
     size : int
-    barrier : multiprocessing.synchronize.Barrier
-    abort_event : multiprocessing.synchronize.Event
+    barrier : BoundedBarrier
+        Also carries the group's abort flag.
     timeout : float
         Seconds, per collective.
+    owner_pid : int
+        The process that created the group; ranks stop when it dies.
     """
 
     workspace: SharedArraySpec
     size: int
     barrier: Any
-    abort_event: Any
     timeout: float
+    owner_pid: int
 
 
 class SharedMemoryGroup:
@@ -290,8 +472,9 @@ class SharedMemoryGroup:
     nbytes : int, >= 1
         Largest buffer, in bytes, any collective of this group will carry
         (e.g. ``n_params * 8`` for a float64 gradient buffer).
-    timeout : float, > 0, default DEFAULT_TIMEOUT
-        Seconds a rank waits at a collective before raising CommTimeoutError.
+    timeout : float, > 0, or None
+        Seconds a rank waits at a collective before raising CommTimeoutError; None means
+        `default_timeout` (``$MINSCALE_COMM_TIMEOUT``, else 120).
     context : multiprocessing context or None
         Defaults to ``multiprocessing.get_context("spawn")``.
 
@@ -311,10 +494,10 @@ class SharedMemoryGroup:
     manager, or call `close`, so the segment is unlinked even when workers fail.
     """
 
-    def __init__(self, size, nbytes, *, timeout=DEFAULT_TIMEOUT, context=None):
+    def __init__(self, size, nbytes, *, timeout=None, context=None):
         size = _check_positive_int(size, "size")
         nbytes = _check_positive_int(nbytes, "nbytes")
-        timeout = _check_timeout(timeout)
+        timeout = _resolve_timeout(timeout)
         ctx = context if context is not None else multiprocessing.get_context("spawn")
         slot = -(-nbytes // _SLOT_ALIGN) * _SLOT_ALIGN
         self._workspace = SharedArray.create((2, size, slot), dtype="uint8")
@@ -322,9 +505,9 @@ class SharedMemoryGroup:
             self.spec = SharedMemoryCommSpec(
                 workspace=self._workspace.spec,
                 size=size,
-                barrier=ctx.Barrier(size),
-                abort_event=ctx.Event(),
+                barrier=BoundedBarrier(size, ctx),
                 timeout=timeout,
+                owner_pid=os.getpid(),
             )
         except BaseException:
             self._workspace.close()
@@ -337,20 +520,13 @@ class SharedMemoryGroup:
         """Number of ranks in the group."""
         return self.spec.size
 
-    def abort(self, wait=1.0):
-        """Make every rank's current or next collective raise CommAbortedError.
+    def abort(self):
+        """Make every rank's current or next collective raise CommAbortedError (within 0.1 s).
 
-        Parameters
-        ----------
-        wait : float, default 1.0
-            Seconds to wait for the barrier to break. The barrier's internal lock could be
-            held by a worker that was killed inside it; the break then runs in a daemon
-            thread so the caller is never blocked longer than `wait`.
+        Sets a flag in shared memory: it takes no lock, so a worker killed or stopped while
+        holding the barrier's lock cannot block it.
         """
-        self.spec.abort_event.set()
-        breaker = threading.Thread(target=self.spec.barrier.abort, daemon=True)
-        breaker.start()
-        breaker.join(wait)
+        self.spec.barrier.abort()
 
     def close(self):
         """Unlink the workspace segment (idempotent)."""
@@ -413,7 +589,8 @@ class SharedMemoryComm:
         self._size = spec.size
         self.timeout = spec.timeout
         self._barrier = spec.barrier
-        self._abort_event = spec.abort_event
+        self._owner_pid = spec.owner_pid
+        self._next_owner_check = 0.0
         self._workspace = SharedArray.attach(spec.workspace)
         self._slot_bytes = spec.workspace.shape[2]
         self._views = {}
@@ -448,22 +625,35 @@ class SharedMemoryComm:
                 f"{self._slot_bytes} bytes per rank; create the SharedMemoryGroup with a larger nbytes"
             )
 
+    def _owner_died(self):
+        # looked up at most every _POLL s: a collective costs microseconds, a /proc read more
+        now = time.monotonic()
+        if now < self._next_owner_check:
+            return None
+        self._next_owner_check = now + _POLL
+        if process_gone(self._owner_pid):
+            return f"the parent process (pid {self._owner_pid}) that started the group died"
+        return None
+
     def _wait(self, what):
-        if self._abort_event.is_set():
-            raise CommAbortedError(f"rank {self._rank}: group aborted before {what} #{self._generation}")
-        try:
-            self._barrier.wait(self.timeout)
-        except threading.BrokenBarrierError:
-            if self._abort_event.is_set():
-                raise CommAbortedError(
-                    f"rank {self._rank}: group aborted during {what} #{self._generation} "
-                    "(the parent or a failing peer stopped the group)"
-                ) from None
+        where = f"{what} #{self._generation}"
+        if self._barrier.aborted:
+            raise CommAbortedError(f"rank {self._rank}: group aborted before {where}")
+        status = self._owner_died() or self._barrier.wait(self.timeout, self._owner_died)
+        if status is None:
+            return
+        if status == "aborted":
+            raise CommAbortedError(
+                f"rank {self._rank}: group aborted during {where} "
+                "(the parent or a failing peer stopped the group)"
+            )
+        if status in ("timeout", "broken"):
             raise CommTimeoutError(
-                f"rank {self._rank}: peers did not reach {what} #{self._generation} within "
-                f"timeout={self.timeout} s (or a peer timed out first); a peer may have died "
-                "or skipped a collective"
-            ) from None
+                f"rank {self._rank}: peers did not reach {where} within "
+                f"timeout={self.timeout:g} s (or a peer timed out first); a peer may have died, "
+                "be stopped or hung, or have skipped a collective"
+            )
+        raise CommAbortedError(f"rank {self._rank}: {status}, during {where}")
 
     def allreduce(self, buf, op="sum"):
         """Reduce `buf` element-wise over all ranks, in place, in rank order.
@@ -553,9 +743,7 @@ class SharedMemoryComm:
 
     def abort(self):
         """Stop the group: every rank's current or next collective raises CommAbortedError."""
-        self._abort_event.set()
-        with contextlib.suppress(Exception):
-            self._barrier.abort()
+        self._barrier.abort()
 
     def close(self):
         """Detach from the workspace (the parent unlinks it); idempotent."""
@@ -624,6 +812,44 @@ def unpack_exception(blob):
         return None
 
 
+def _watch_parent(parent_pid):
+    while not process_gone(parent_pid):
+        time.sleep(_POLL)
+    # nobody is left to collect a result; the parent's resource tracker unlinks the
+    # segments once the last worker is gone
+    os._exit(1)
+
+
+def exit_with_parent(parent_pid):
+    """Make this process end as soon as process `parent_pid` (its parent) dies.
+
+    An orphaned worker would otherwise train on until its epochs run out, keeping its
+    shared-memory segments and semaphores alive (async workers never wait on a peer, so a
+    check in the collectives alone would not see it).
+
+    Parameters
+    ----------
+    parent_pid : int
+        The launching process.
+
+    Notes
+    -----
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, delivered by the kernel the moment the parent
+    exits, even while this process computes in native code or is stopped. Everywhere: a
+    daemon thread that checks `process_gone` every 0.1 s and calls ``os._exit(1)``; it also
+    covers a parent that died before the prctl call.
+
+    References
+    ----------
+    prctl(2), ``PR_SET_PDEATHSIG``.
+    """
+    if sys.platform.startswith("linux") and os.getppid() == parent_pid:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="minscale-parent-watch",
+                     daemon=True).start()
+
+
 def _worker_main(spec, rank, fn, args, conn, blas_threads):
     """Entry point of a worker process (module level so spawn can import it)."""
     # The parent coordinates shutdown on Ctrl-C; a worker dying of SIGINT on its own would
@@ -632,10 +858,13 @@ def _worker_main(spec, rank, fn, args, conn, blas_threads):
     # started with SIGINT blocked (see _start_ignoring_sigint); now that it is ignored, a
     # Ctrl-C that arrived during start-up is discarded instead of interrupting the imports
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    exit_with_parent(spec.owner_pid)
     comm = None
     status = 0
     try:
         comm = SharedMemoryComm(spec, rank)
+        # from here on a death is not a start-up failure (see _death_message)
+        conn.send(("started", rank))
         with _limit_blas(blas_threads):
             result = fn(comm, *args)
         conn.send(("ok", rank, result))
@@ -658,7 +887,6 @@ def _worker_main(spec, rank, fn, args, conn, blas_threads):
             comm.abort()
         else:
             with contextlib.suppress(Exception):
-                spec.abort_event.set()
                 spec.barrier.abort()
     finally:
         with contextlib.suppress(Exception):
@@ -680,6 +908,32 @@ def _describe_exit(exitcode):
     return f"exited with code {exitcode}"
 
 
+def _main_may_lack_guard():
+    """Whether the main module is a script file spawned workers re-import (not minscale's CLI)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.split(".")[0] == "minscale":
+        return False  # python -m minscale
+    path = getattr(main, "__file__", None)
+    # no file: an interactive session, which spawned workers do not re-run; "minscale":
+    # the console script, whose entry point is guarded
+    return path is not None and Path(path).stem != "minscale"
+
+
+def _death_message(rank, proc, started):
+    """One sentence for a worker that ended without a result, with the hint that fits."""
+    text = f"worker rank {rank} (pid {proc.pid}) {_describe_exit(proc.exitcode)} before returning a result"
+    if proc.exitcode is not None and proc.exitcode < 0:
+        return text + " (a signal from outside the run: the out-of-memory killer, kill, a job scheduler)"
+    if not started:
+        text += ", while starting up"
+        if _main_may_lack_guard():
+            text += (" (workers start with the spawn method and import the main module: a "
+                     "script that trains with workers must guard its entry point with "
+                     "`if __name__ == \"__main__\":`)")
+    return text
+
+
 def _shutdown(procs, grace):
     """Join `procs` within `grace` seconds, then terminate, then kill what is left."""
     deadline = time.monotonic() + grace
@@ -688,6 +942,9 @@ def _shutdown(procs, grace):
     for p in procs:
         if p.is_alive():
             p.terminate()
+            # a stopped worker would hold SIGTERM pending until continued
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signal.SIGCONT)
     for p in procs:
         p.join(1.0)
         if p.is_alive():
@@ -703,6 +960,7 @@ class _Collector:
         self.conns = conns
         self.results = [None] * len(procs)
         self.done = [False] * len(procs)
+        self.started = [False] * len(procs)
         self.failures = []  # (rank, is_comm_error, WorkerError)
         self.open_conns = {conn: rank for rank, conn in enumerate(conns)}
         self.open_sentinels = {p.sentinel: rank for rank, p in enumerate(procs)}
@@ -722,7 +980,7 @@ class _Collector:
             if obj in self.open_sentinels:
                 rank = self.open_sentinels.pop(obj)
                 conn = self.conns[rank]
-                if conn in self.open_conns and conn.poll():
+                while conn in self.open_conns and conn.poll():
                     self._read(conn)
                 if not self.done[rank] and not any(f[0] == rank for f in self.failures):
                     proc = self.procs[rank]
@@ -731,15 +989,8 @@ class _Collector:
                         (
                             rank,
                             False,
-                            WorkerError(
-                                f"worker rank {rank} (pid {proc.pid}) {_describe_exit(proc.exitcode)} "
-                                "before returning a result (workers start with the spawn method "
-                                "and import the main module: a script that trains with "
-                                "workers must guard its entry point with "
-                                "`if __name__ == \"__main__\":`)",
-                                rank=rank,
-                                exitcode=proc.exitcode,
-                            ),
+                            WorkerError(_death_message(rank, proc, self.started[rank]), rank=rank,
+                                        exitcode=proc.exitcode),
                         )
                     )
 
@@ -750,6 +1001,9 @@ class _Collector:
         except (EOFError, OSError):
             # Closed without a message: the sentinel branch reports how the worker ended.
             del self.open_conns[conn]
+            return
+        if message[0] == "started":
+            self.started[rank] = True
             return
         del self.open_conns[conn]
         if message[0] == "ok":
@@ -772,12 +1026,23 @@ class _Collector:
             )
         )
 
-    def root_cause(self):
+    def root_cause(self, timeout):
         # Peers of a failing worker report CommAborted/CommTimeout; the first failure that is
         # not such a consequence is the one to show.
         for rank, is_comm_error, err in self.failures:
             if not is_comm_error:
                 return err
+        # only timeouts: a worker that is still running and never reported kept them waiting
+        for rank, proc in enumerate(self.procs):
+            if not self.done[rank] and not any(f[0] == rank for f in self.failures) and proc.is_alive():
+                state = _process_state(proc.pid)
+                return WorkerError(
+                    f"worker rank {rank} (pid {proc.pid}) stopped responding"
+                    f"{' (process state: ' + state + ')' if state else ''}: its peers waited "
+                    f"timeout={timeout:g} s for it at a collective; it was killed",
+                    rank=rank,
+                    exitcode=None,
+                )
         return self.failures[0][2]
 
 
@@ -802,7 +1067,7 @@ def run_workers(
     *,
     args=(),
     nbytes,
-    timeout=DEFAULT_TIMEOUT,
+    timeout=None,
     blas_threads=1,
     start_method="spawn",
     grace=5.0,
@@ -820,8 +1085,9 @@ def run_workers(
         Extra picklable arguments, the same for every rank.
     nbytes : int, >= 1
         Largest collective buffer in bytes (see `SharedMemoryGroup`).
-    timeout : float, default DEFAULT_TIMEOUT
-        Seconds a rank waits at one collective before raising CommTimeoutError.
+    timeout : float or None, default None
+        Seconds a rank waits at one collective before raising CommTimeoutError; None means
+        `default_timeout` (``$MINSCALE_COMM_TIMEOUT``, else 120).
     blas_threads : int or None, default 1
         BLAS/OpenMP threads per worker (threadpoolctl), so `size` workers do not oversubscribe
         the cores; None leaves the libraries' defaults.
@@ -841,14 +1107,16 @@ def run_workers(
     WorkerError
         If a worker raised or died (e.g. SIGKILL). Raised as soon as the parent sees it (a
         process exit is seen immediately), after at most `grace` + 2 s of shutdown; the other
-        workers are stopped and the shared segment is unlinked.
+        workers are stopped and the shared segment is unlinked. A stopped or hung worker is
+        reported (as the rank that stopped responding) after `timeout` + `grace` + 2 s.
     KeyboardInterrupt
         Re-raised after the same shutdown when Ctrl-C reaches the parent (workers ignore SIGINT).
 
     Notes
     -----
     The parent does not take part in the collectives; it only monitors the workers' pipes and
-    process sentinels (``multiprocessing.connection.wait``).
+    process sentinels (``multiprocessing.connection.wait``). Workers end when the parent
+    dies (`exit_with_parent`).
 
     Examples
     --------
@@ -878,6 +1146,7 @@ def run_workers(
             ) from None
     ctx = multiprocessing.get_context(start_method)
     procs, conns = [], []
+    stop_by = None  # end of the grace period, once a failure started it
     with SharedMemoryGroup(size, nbytes, timeout=timeout, context=ctx) as group:
         try:
             for rank in range(size):
@@ -900,19 +1169,20 @@ def run_workers(
                 collector.handle(multiprocessing.connection.wait(collector.waitables()))
             if collector.failures:
                 group.abort()
-                deadline = time.monotonic() + grace
+                stop_by = time.monotonic() + grace
                 while not collector.finished():
-                    remaining = deadline - time.monotonic()
+                    remaining = stop_by - time.monotonic()
                     if remaining <= 0:
                         break
                     collector.handle(multiprocessing.connection.wait(collector.waitables(), remaining))
-                raise collector.root_cause()
+                raise collector.root_cause(group.spec.timeout)
             return collector.results
         except BaseException:
             group.abort()
             raise
         finally:
-            _shutdown(procs, grace)
+            # one grace period in all: what is left of it after a failure, else a full one
+            _shutdown(procs, grace if stop_by is None else max(0.0, stop_by - time.monotonic()))
             for conn in conns:
                 conn.close()
             for proc in procs:

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import CommError, WorkerError, shard_bounds
-from .shm import DEFAULT_TIMEOUT, SharedArray, SharedArraySpec, pack_exception, run_workers, unpack_exception
+from .base import CommError, WorkerError, check_timeout, default_timeout, shard_bounds
+from .shm import SharedArray, SharedArraySpec, pack_exception, run_workers, unpack_exception
 
 __all__ = ["fit_workers", "relink_model", "combine_epoch_losses", "synchronized_observers", "MODES"]
 
@@ -326,7 +326,7 @@ def _shared_copy(arr):
 
 def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, shuffle=True, seed=None,
                 validation_data=None, verbose=0, callbacks=None, pruning=None, pruning_method="magnitude",
-                timeout=DEFAULT_TIMEOUT, blas_threads=1, start_method="spawn"):
+                timeout=None, blas_threads=1, start_method="spawn"):
     """Train `model` data-parallel in `workers` processes on this machine; the core of
     ``fit(..., workers=k)``.
 
@@ -349,8 +349,9 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
     callbacks : list of Callback, optional
         Run inside every worker (they must be picklable; changes they make to themselves stay
         in the worker processes).
-    timeout : float, default DEFAULT_TIMEOUT
-        Seconds a worker waits at one collective before giving up.
+    timeout : float or None, default None
+        Seconds a worker waits at one collective before giving up; None means
+        ``$MINSCALE_COMM_TIMEOUT`` if set, else 120 (`minscale.parallel.base.default_timeout`).
     blas_threads : int or None, default 1
         BLAS threads per worker (threadpoolctl).
     start_method : {"spawn", "forkserver", "fork"}, default "spawn"
@@ -375,7 +376,8 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
         from the WorkerError that carries the worker's traceback.
     WorkerError
         A worker died (e.g. SIGKILL), or a collective failed: raised within about 10 s of the
-        death, after the other workers are stopped and the shared memory is unlinked.
+        death, after the other workers are stopped and the shared memory is unlinked. A
+        stopped or hung worker is reported within `timeout` + about 7 s.
     RuntimeError
         If the sync workers ended with different parameters (a callback or quantizer that
         depends on the worker's shard).
@@ -398,6 +400,7 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
     batch_size = _check_count("batch_size", batch_size, 1)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    timeout = default_timeout() if timeout is None else check_timeout(timeout)
     _check_data(model, X, y)
     n = X.shape[0]
     if mode == "async" and workers > n:
