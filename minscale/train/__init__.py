@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from .parallel.base import shard_bounds
+from ..parallel.base import shard_bounds
 
 __all__ = ["History", "DivergenceError", "BLOWUP_FACTOR", "divergence_limit", "Callback", "fit",
            "shard_bounds"]
@@ -117,7 +117,7 @@ class _PruningCallback(Callback):
 
     def on_step_begin(self, model, step):
         if self.schedule.should_prune(step):
-            from .prune import prune
+            from ..prune import prune
             prune(model, float(self.schedule.sparsity(step)), method=self.method)
 
 
@@ -134,10 +134,10 @@ def _prepare(model, X, y):
 def _compiled_fit_supports(model, options):
     # whole epochs in one compiled call (minscale.kernels._fastfit): numba backend only, so the
     # NumPy path never imports numba
-    from . import kernels
+    from .. import kernels
     if kernels.get_backend() != "numba":
         return False
-    from .kernels import _fastfit
+    from ..kernels import _fastfit
     return _fastfit.supports(model, **options)
 
 
@@ -235,7 +235,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         raise ValueError("pruning must be a sparsity schedule with should_prune(step) and "
                          f"sparsity(step), got {pruning!r}")
     if quantization is not None:
-        from .quant import prepare_qat
+        from ..quant import prepare_qat
         prepare_qat(model, quantization)
     options = dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
                    validation_data=validation_data, verbose=verbose,
@@ -247,11 +247,11 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     if workers > 1 or mode == "async":
         if comm is not None:
             raise ValueError("give either workers (processes on this machine) or comm, not both")
-        from .parallel import fit_workers
+        from ..parallel import fit_workers
         history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
     elif comm is None and checkpoint is None and resume is None \
             and _compiled_fit_supports(model, options):
-        from .kernels import _fastfit
+        from ..kernels import _fastfit
         history = _fastfit.run(model, X, y, **options)
     else:
         history = run(model, X, y, comm=comm, checkpoint=checkpoint,
@@ -298,7 +298,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     history = History()
     start_epoch, start_batch, order, loss_total = 0, 0, None, 0.0
     if checkpoint is not None or resume is not None:
-        from . import io as _io
+        from .. import io as _io
         data_sha = _io.data_digest(X, y)
     if resume is not None:
         progress = _io.restore_checkpoint(model, resume, X, y, batch_size, shuffle, run_seed,
@@ -333,7 +333,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     stack.enter_context(np.errstate(over="ignore", invalid="ignore"))
     if comm is not None and size > 1:
         # QAT activation observers must see the global batch's range, not the shard's
-        from .parallel.trainer import synchronized_observers
+        from ..parallel.trainer import synchronized_observers
         stack.enter_context(synchronized_observers(model, comm))
     try:
         for epoch in range(start_epoch, epochs):
