@@ -1,8 +1,8 @@
 """The compiled training path: whole epochs per compiled call (Numba backend only).
 
 The interface the rest of train uses is :func:`supports` and :func:`run`; the compiled epoch
-loop itself is ``minscale.kernels._fastfit``, imported on first use so that the NumPy path
-never imports Numba.
+loop itself is ``minscale.kernels._fastfit``, reached through
+:func:`minscale.kernels.compiled_epochs` so that the NumPy path never imports Numba.
 """
 from __future__ import annotations
 
@@ -28,10 +28,8 @@ def supports(model, options):
         False on the NumPy backend, else what the compiled loop accepts (optimizer, schedule,
         activations, loss and options it implements).
     """
-    if kernels.get_backend() != "numba":
-        return False
-    from ..kernels import _fastfit
-    return _fastfit.supports(model, **options)
+    fastfit = kernels.compiled_epochs()
+    return fastfit is not None and fastfit.supports(model, **options)
 
 
 def run(model, X, y, **options):
@@ -48,5 +46,4 @@ def run(model, X, y, **options):
     -------
     History
     """
-    from ..kernels import _fastfit
-    return _fastfit.run(model, X, y, **options)
+    return kernels.compiled_epochs().run(model, X, y, **options)
