@@ -11,7 +11,7 @@ def progress_bar(enabled, total):
     """A tqdm bar of `total` steps on stderr when `enabled` and stderr is a terminal, else None."""
     if not enabled or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
+    from tqdm import tqdm  # noqa: PLC0415  (optional third-party, only for a terminal)
     return tqdm(total=total, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
