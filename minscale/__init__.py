@@ -12,9 +12,8 @@ import importlib
 from . import datasets, layers, losses, optim, schedules
 from .kernels import get_backend, set_backend
 from .layers import Dense
+from ._version import __version__
 from .model import Sequential
-
-__version__ = "0.1.0"
 
 _LAZY_SUBMODULES = ("data", "train", "prune", "quant", "parallel", "io", "study", "report",
                     "testing", "kernels", "model", "export")

@@ -481,6 +481,44 @@ class Sequential:
     def __repr__(self):
         return f"Sequential({self.layers!r}, input_dim={self.input_dim}, dtype={self.dtype.name!r})"
 
+    @property
+    def grad_buffer(self):
+        """The flat gradient buffer, shape (P + 1,), the model's dtype.
+
+        ``grad_buffer[:P]`` is ``grads`` (every layer's dW and db are views into it) and
+        ``grad_buffer[P]`` holds the batch loss, so one allreduce of this buffer sums the shard
+        gradients and the shard losses together (DESIGN.md, data-parallel training). None
+        before the model is built.
+        """
+        return self._gradbuf
+
+    def relink(self):
+        """Re-create the view structure after unpickling: fresh gradient buffer, layers rebound.
+
+        Pickling copies every view (``layer.W``, ``model.grads``, ...) into an array of its
+        own, so an unpickled Sequential's layers no longer write into :attr:`grad_buffer`, the
+        buffer the training loop allreduces. This restores ``grads = grad_buffer[:P]`` (zeros)
+        and rebinds every layer to ``params``, ``grads`` and ``mask``.
+
+        Returns
+        -------
+        Sequential
+            self.
+
+        Raises
+        ------
+        ValueError
+            If the model is not built.
+        """
+        if getattr(self, "params", None) is None:
+            raise ValueError("model must be built (give input_dim or fit it once) before it is "
+                             "sent to workers")
+        n_params = self.params.size
+        self._gradbuf = np.zeros(n_params + 1, dtype=self.dtype)
+        self.grads = self._gradbuf[:n_params]
+        self.rebind(params=self.params, mask=self.mask)
+        return self
+
 
 def _serializable(optimizer):
     try:

@@ -156,6 +156,24 @@ class _Optimizer:
         for name, arr in arrays.items():
             self._buffer(name, arr)[...] = arr
 
+    def buffer(self, name, like):
+        """The optimizer's state array `name`, zeros like `like` on first use.
+
+        Parameters
+        ----------
+        name : str
+            "velocity" (SGD with momentum), "m" or "v" (Adam).
+        like : ndarray, shape (P,)
+            The parameters the state belongs to; a buffer of another shape or dtype is
+            replaced by zeros of this one.
+
+        Returns
+        -------
+        ndarray, shape and dtype of `like`
+            The stored buffer itself (updates write into it in place).
+        """
+        return self._buffer(name, like)
+
     def _buffer(self, name, like):
         buffers = self.__dict__.setdefault("_buffers", {})
         buf = buffers.get(name)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -217,7 +218,7 @@ def test_a_failing_final_write_is_one_line(saved, capsys, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     with monkeypatch.context() as m:
-        m.setattr(msio.tempfile, "mkstemp", refuse)
+        m.setattr(tempfile, "mkstemp", refuse)
         code, out, err = _run(capsys, ["prune", "m.npz", "--sparsity", "0.5", "--out",
                                        "p.npz"])
     _one_line(code, err, "cannot write 'p.npz'", "Permission denied")

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+import tempfile
 import zipfile
 
 import numpy as np
@@ -691,7 +692,7 @@ def test_saving_into_a_read_only_folder_simulated(saved, tmp_path, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(msio.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(PermissionError, match=r"cannot write .*model.npz.*Permission denied"):
         ms.save(model, path)
     assert path.read_bytes() == before

@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 
-__all__ = ["BACKENDS", "get_backend", "set_backend", "impl", "ACTIVATION_CODES"]
+__all__ = ["BACKENDS", "get_backend", "set_backend", "impl", "compiled_epochs",
+           "ACTIVATION_CODES"]
 
 BACKENDS = ("numpy", "numba")
 
@@ -105,6 +106,22 @@ def impl():
         It has every kernel function named in :mod:`minscale.kernels._numpy`.
     """
     return _module if _module is not None else _resolve()
+
+
+def compiled_epochs():
+    """The compiled epoch loop (:mod:`minscale.kernels._fastfit`) when the backend is numba.
+
+    Whole training epochs in one compiled call exist only as Numba code, so they are reached
+    through this function: the NumPy backend never imports Numba.
+
+    Returns
+    -------
+    module or None
+        ``minscale.kernels._fastfit`` when :func:`get_backend` is ``"numba"``, else None.
+    """
+    if get_backend() != "numba":
+        return None
+    return importlib.import_module("minscale.kernels._fastfit")
 
 
 def __getattr__(name):

@@ -385,8 +385,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     lr64 = learning_rates(opt.learning_rate, step0, total)
     if total and (not np.all(np.isfinite(lr64)) or lr64.min() < 0):
         # a rate the optimizer would reject: let the general loop raise at the right step
-        return _train.run(model, X, y, epochs, batch_size, shuffle, seed, validation_data,
-                          verbose, list(callbacks), pruning, pruning_method)
+        return _train.loop.run(model, X, y, epochs, batch_size, shuffle, seed, validation_data,
+                               verbose, list(callbacks), pruning, pruning_method)
     lrs = lr64.astype(dtype)
     empty = np.zeros(0, dtype=dtype)
     aux1 = aux2 = empty
@@ -430,7 +430,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     P = model.params.size
     per_call = 1 if (validation_data is not None or verbose) else max(1, epochs)
     loss_limit = None  # from the first batch, before any update, as the general loop sets it
-    bar = _train._progress(verbose, total)
+    bar = _train.progress.progress_bar(verbose, total)
     done = 0  # updates applied in this run
     # never more than _ORDER_ENTRIES shuffled row indices per call: a long run must not
     # allocate an (epochs, n) order array up front
@@ -467,9 +467,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 epoch = e0 + int(status[1])
                 model._gradbuf[P] = lossbuf_dt[0]
                 if code == 1:
-                    _train._diverged(model, backup, epoch, opt.iterations, lr_last,
+                    _train.loop.diverged(model, backup, epoch, opt.iterations, lr_last,
                                      float(lossbuf_dt[0]), loss_limit)
-                _train._diverged(model, backup, epoch, opt.iterations, lr_last, float("nan"))
+                _train.loop.diverged(model, backup, epoch, opt.iterations, lr_last, float("nan"))
             model._gradbuf[P] = lossbuf_dt[0]
             for j, epoch in enumerate(range(e0, e1)):
                 logs = {"loss": float(epoch_loss[j])}
@@ -480,7 +480,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 for key, value in logs.items():
                     history.history.setdefault(key, []).append(value)
                 if verbose:
-                    _train._report(bar, epoch, epochs, logs, verbose)
+                    _train.progress.report_epoch(bar, epoch, epochs, logs, verbose)
     finally:
         if bar is not None:
             bar.close()

@@ -36,8 +36,8 @@ import time
 
 import numpy as np
 
-from .data import plain
-from .prune import _check_int
+from ..data import plain
+from ..prune import _check_int
 
 __all__ = [
     "StudyConfig",
@@ -331,7 +331,7 @@ def fixed_point_weights(w, bits):
     >>> f, w_hat.tolist()
     (3, [0.25, -0.875])
     """
-    from .quant import QFormat, choose_frac_bits, dequantize, quantize
+    from ..quant import QFormat, choose_frac_bits, dequantize, quantize
     f = choose_frac_bits(w, bits)
     fmt = QFormat(bits, f)
     return dequantize(quantize(w, fmt), fmt), f
@@ -374,7 +374,7 @@ def gradual_schedule(total_steps, final_sparsity, fraction=0.75, n_updates=10):
     Zhu & Gupta 2017, "To prune, or not to prune"; TensorFlow Model Optimization
     ``PolynomialDecay``.
     """
-    from .prune import PolynomialDecaySparsity
+    from ..prune import PolynomialDecaySparsity
     total_steps = _check_int(total_steps, "total_steps", 2)
     fraction = _check_real(fraction, "fraction", low=0.0, high=1.0, low_open=True)
     n_updates = _check_int(n_updates, "n_updates", 1)
@@ -470,7 +470,7 @@ class StudyConfig:
     quick: bool = False
 
     def __post_init__(self):
-        from .prune import METHODS
+        from ..prune import METHODS
         object.__setattr__(self, "hidden", tuple(_check_int(h, "hidden[i]", 1)
                                                  for h in self.hidden))
         for name in ("epochs", "finetune_epochs", "worker_epochs", "batch_size",
@@ -556,8 +556,8 @@ def measure(predict, task):
         ``{"loss": float MSE (mean over rows, summed over outputs), "accuracy": float in
         [0, 1] or None}``; a non-finite loss becomes None.
     """
-    from .data import accuracy
-    from .losses import mse
+    from ..data import accuracy
+    from ..losses import mse
     y_hat = np.asarray(predict(task["X_test"]), dtype=task["y_test"].dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         loss = mse(task["y_test"], y_hat)
@@ -572,13 +572,13 @@ def _is_classification(task):
 
 
 def _new_model(task, config):
-    from .commands.train import build_model
+    from ..commands.train import build_model
     return build_model(task["X_train"].shape[1], task["y_train"].shape[1], list(config.hidden),
                        "relu", config.seed, task["X_train"].dtype.name)
 
 
 def _compile(model, learning_rate, task):
-    from .optim import Adam
+    from ..optim import Adam
     model.compile(optimizer=Adam(learning_rate),
                   metrics=["accuracy"] if _is_classification(task) else None)
     return model
@@ -590,7 +590,7 @@ def _n_batches(task, config):
 
 def _fit(model, task, config, epochs, **kwargs):
     """Fit on the training split; None on divergence (the caller records it)."""
-    from .train import DivergenceError
+    from ..train import DivergenceError
     try:
         return model.fit(task["X_train"], task["y_train"], epochs=epochs,
                          batch_size=config.batch_size, seed=config.seed, verbose=0, **kwargs)
@@ -678,9 +678,9 @@ def learning_rate_sweep(make_model, X_train, y_train, validation_data, learning_
     once per epoch, so the target is located to the end of an epoch:
     target_update = (first epoch e with val_loss[e] <= target, 1-based) * n_batches.
     """
-    from .optim import Adam
-    from .schedules import InverseTimeDecay
-    from .train import DivergenceError
+    from ..optim import Adam
+    from ..schedules import InverseTimeDecay
+    from ..train import DivergenceError
     n_batches = -(-X_train.shape[0] // batch_size)
     runs, models = [], []
     for lr0 in learning_rates:
@@ -734,7 +734,7 @@ def _weight_nnz(model):
 
 
 def _pruning_row(model, method, sparsity, task, config, diverged=False):
-    from .prune import model_nbytes, to_sparse
+    from ..prune import model_nbytes, to_sparse
     row = {"method": method, "sparsity": float(sparsity), "diverged": bool(diverged)}
     row.update(measure(model.predict, task) if not diverged else
                {"loss": None, "accuracy": None})
@@ -796,7 +796,7 @@ def pruning_part(baseline, task, config, finetune_lr, progress=None):
     :func:`gradual_schedule` to the highest sparsity within the same total budget as the
     iterative path to that level (``finetune_epochs`` times the number of levels above 0).
     """
-    from .prune import prune
+    from ..prune import prune
     rows, models = [], {}
     levels = [s for s in config.sparsities if s > 0]
     for method in config.prune_methods:
@@ -913,7 +913,7 @@ def int8_model(model, calibration_data):
     description : str
         The codes of a one-unit model, else the layer count.
     """
-    from .quant import quantize_model
+    from ..quant import quantize_model
     qmodel = quantize_model(model, weights="int8", activations="int8",
                             calibration_data=calibration_data)
     layer = qmodel.layers[0]
@@ -960,8 +960,8 @@ def quantization_part(baseline, task, config, finetune_lr, progress=None):
     at `bits` bits, float32 scales, 4-byte biases, activation scales and zero points); the
     ratio is float32 baseline bytes over them.
     """
-    from .prune import model_nbytes
-    from .quant import QATConfig, WeightSpec, convert, quantize_model
+    from ..prune import model_nbytes
+    from ..quant import QATConfig, WeightSpec, convert, quantize_model
     reference = model_nbytes(baseline, "dense", bits=FLOAT_BITS)
     X_cal = task["X_train"]
     variants = [("fixed", b, WeightSpec(b, "fixed"), None) for b in config.fixed_point_bits]
@@ -1033,7 +1033,7 @@ def combined_part(baseline, pruned, task, config, finetune_lr, progress=None):
     scales, int32 biases and activation parameters are counted as in the dense int8 model.
     A weight kept by the mask can still round to code 0; it is then not stored either.
     """
-    from .prune import model_nbytes, prune
+    from ..prune import model_nbytes, prune
     s = config.combined_sparsity
     if pruned is None:
         pruned = baseline.copy()
@@ -1130,8 +1130,8 @@ def workers_part(task, config, learning_rate, progress=None):
     whole ``fit`` call, start-up included; speedup = seconds_per_epoch(1 worker) /
     seconds_per_epoch(k workers).
     """
-    from . import parallel
-    from .optim import Adam
+    from .. import parallel
+    from ..optim import Adam
     if not hasattr(parallel, "fit_workers"):
         return {"available": False, "epochs": config.worker_epochs, "rows": [],
                 "max_loss_difference": None, "max_param_difference": None,
@@ -1277,9 +1277,9 @@ def run_study(task, config=None, progress=None):
     ``config.finetune_factor`` times the baseline's initial rate. Same seed, same numbers,
     timings aside.
     """
-    from . import __version__
-    from .kernels import get_backend
-    from .prune import model_nbytes
+    from .. import __version__
+    from ..kernels import get_backend
+    from ..prune import model_nbytes
     config = StudyConfig() if config is None else config
     if not isinstance(config, StudyConfig):
         raise TypeError(f"config must be a StudyConfig, got {type(config).__name__}")

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
-from .kernels._numpy import ROUNDING_CODES as _ROUNDING_CODES
+from .. import kernels
+from ..kernels._numpy import ROUNDING_CODES as _ROUNDING_CODES
 
 __all__ = [
     "ROUNDING_MODES",
@@ -2178,7 +2178,7 @@ def quantize_layer_weights(W, spec):
 
 
 def _apply_activation(z, name, alpha):
-    from . import layers as _layers
+    from .. import layers as _layers
 
     if name == "leaky_relu":
         return _layers.leaky_relu(z, alpha)
@@ -2186,7 +2186,7 @@ def _apply_activation(z, name, alpha):
 
 
 def _check_sequential(model):
-    from .model import Sequential
+    from ..model import Sequential
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a minscale Sequential, got {type(model).__name__}")
@@ -2225,7 +2225,7 @@ def calibration_ranges(model, X, batch_size=None):
     :mod:`minscale.layers` (quantization hooks are not applied); a :class:`MinMaxObserver` per
     tensor collects the range, as TFLite's post-training calibration does.
     """
-    from .model import check_X
+    from ..model import check_X
 
     model = _check_sequential(model)
     X = check_X(X, model.input_dim, model.dtype, "calibration_data")
@@ -2472,7 +2472,7 @@ class QuantizedModel:
         return self._integer_problem() is None
 
     def _check_X(self, X, batch_size):
-        from .model import check_X
+        from ..model import check_X
 
         X = check_X(X, self.input_dim, None)
         n = X.shape[0]
@@ -2648,9 +2648,9 @@ class QuantizedModel:
         dict
             ``{"loss": float}`` plus ``"accuracy"`` when asked.
         """
-        from . import losses
-        from .data import accuracy as _accuracy
-        from .data import check_Xy
+        from .. import losses
+        from ..data import accuracy as _accuracy
+        from ..data import check_Xy
 
         X, y = check_Xy(X, y, dtype=self.dtype)
         y_hat = self.predict(
@@ -3379,7 +3379,7 @@ class FixedPointModel:
 
     def quantize_input(self, X):
         """Input codes ``quantize(X, QFormat(bits, input_frac), rounding)``, shape (n, d_in)."""
-        from .model import check_X
+        from ..model import check_X
 
         X = check_X(X, self.input_dim, None)
         return quantize(X, QFormat(self.bits, self.input_frac), rounding=self.rounding)

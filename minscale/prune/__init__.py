@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import plain
+from ..data import plain
 
 __all__ = [
     "magnitude_mask",
@@ -194,7 +194,7 @@ def _keep_all_but_smallest(scores, k):
     pruned until the count is exactly k. The work is the ``keep_all_but_smallest`` kernel of
     the active backend (:mod:`minscale.kernels`).
     """
-    from . import kernels
+    from .. import kernels
 
     if scores.dtype not in (np.float32, np.float64):
         scores = scores.astype(np.float64)
@@ -916,7 +916,7 @@ BACKUP_KEY = "prune_backup"
 
 
 def _check_model(model, name="model"):
-    from .model import Sequential
+    from ..model import Sequential
 
     if not isinstance(model, Sequential):
         raise TypeError(f"{name} must be a minscale Sequential, got {type(model).__name__}")
@@ -1278,7 +1278,7 @@ def prune_to_tolerance(model, X, y, max_loss_increase,
 def _copy_compile_settings(src, dst):
     import copy
 
-    from . import optim
+    from .. import optim
 
     dst.reduction, dst.metrics = src.reduction, list(src.metrics)
     if src.optimizer is not None:
@@ -1325,9 +1325,9 @@ def shrink(model):
     Li et al. 2017, "Pruning Filters for Efficient ConvNets" (removing pruned channels and the
     matching inputs of the next layer).
     """
-    from . import kernels
-    from .layers import Dense
-    from .model import Sequential
+    from .. import kernels
+    from ..layers import Dense
+    from ..model import Sequential
 
     model = _check_model(model)
     layers = model.layers
@@ -1399,7 +1399,7 @@ class SparseDense:
 
     def forward(self, x):
         """Layer output for `x` (ndarray, shape (n, d_in), the weights' dtype): (n, d_out)."""
-        from . import kernels
+        from .. import kernels
 
         z = np.ascontiguousarray(np.asarray(self._Wt @ x.T).T)
         b = self.b if self.b is not None else np.zeros(0, dtype=z.dtype)
@@ -1457,7 +1457,7 @@ class SparseModel:
         ValueError
             Bad `X` (see :func:`minscale.model.check_X`) or `batch_size`.
         """
-        from .model import check_X
+        from ..model import check_X
 
         X = check_X(X, self.input_dim, self.dtype)
         n = X.shape[0]

@@ -57,7 +57,7 @@ import zipfile
 
 import numpy as np
 
-from . import _npz
+from .. import _npz
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "TrainingProgress",
@@ -761,14 +761,14 @@ def _plain(obj):
 
 
 def _library_version():
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
 def _optimizer_payload(optimizer, arrays):
     if optimizer is None:
         return None
-    from . import optim
+    from .. import optim
     try:
         config = _plain(optim.serialize(optimizer))
         _canonical_json(config)
@@ -784,7 +784,7 @@ def _optimizer_payload(optimizer, arrays):
 
 
 def _sequential_payload(model):
-    from .model import Sequential
+    from ..model import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a minscale Sequential, got {type(model).__name__}")
     if not model.built:
@@ -837,8 +837,8 @@ def _check_array(arrays, name, shape, dtype, path):
 
 def _decode_sequential(manifest, arrays, path):
     """Build a Sequential from a verified manifest; return (model, optimizer_state)."""
-    from . import optim
-    from .model import Sequential
+    from .. import optim
+    from ..model import Sequential
     config = _need(manifest, "config", dict, "manifest")
     dtype = _need(manifest, "dtype", str, "manifest")
     if dtype not in ("float32", "float64") or config.get("dtype") != dtype:
@@ -1059,7 +1059,7 @@ def _decode_model(manifest, arrays, path):
 
 
 def _is_sparse_model(model):
-    from .prune import SparseModel
+    from ..prune import SparseModel
     return isinstance(model, SparseModel)
 
 
@@ -1106,8 +1106,8 @@ def _check_csr(i, shape, nnz, data, indices, indptr, path):
 def _decode_sparse(manifest, arrays, path):
     from scipy import sparse
 
-    from .kernels import ACTIVATION_CODES
-    from .prune import SparseDense, SparseModel
+    from ..kernels import ACTIVATION_CODES
+    from ..prune import SparseDense, SparseModel
     dtype = _need(manifest, "dtype", str, "manifest")
     if dtype not in ("float32", "float64"):
         raise ModelFileError(f"{path!r}: dtype {dtype!r}; expected 'float32' or 'float64'")
@@ -1151,7 +1151,7 @@ def _decode_sparse(manifest, arrays, path):
 
 def _quantized_model_class():
     try:
-        from . import quant
+        from .. import quant
     except ImportError:
         return None
     return getattr(quant, "QuantizedModel", None)
@@ -1181,7 +1181,7 @@ def _quantized_payload(model):
 
 
 def _decode_quantized(manifest, arrays, path):
-    from .kernels import ACTIVATION_CODES
+    from ..kernels import ACTIVATION_CODES
     quant_cls = _quantized_model_class()
     if quant_cls is None:
         raise ModelFileError(f"{path!r} holds a quantized model, which this minscale cannot "
@@ -1218,7 +1218,7 @@ def _qat_observers(model):
 
 def _install_qat(model, observers, path):
     """Re-install QAT hooks from ``model.state["quantization"]`` and set observer ranges."""
-    from .quant import prepare_qat
+    from ..quant import prepare_qat
     prepare_qat(model, model.state["quantization"])
     if observers is None:
         return
@@ -1326,7 +1326,7 @@ def _check_rng_state(state, path):
 
 
 def _decode_progress(manifest, arrays, path):
-    from .train import History
+    from ..train import History
     ck = _need(manifest, "checkpoint", dict, "manifest")
     where = "manifest['checkpoint']"
     epoch = _need(ck, "epoch", int, where)
@@ -1453,7 +1453,7 @@ def restore_checkpoint(model, path, X, y, batch_size, shuffle, seed, epochs=None
         The model, data or arguments differ from the checkpointed run, naming what differs;
         `model` is then left untouched.
     """
-    from . import optim
+    from .. import optim
     ck_model, progress, opt_state = read_checkpoint(path)
     if _architecture(ck_model.get_config()) != _architecture(model.get_config()):
         raise ValueError(f"resume={os.fspath(path)!r} holds the architecture "

@@ -1,0 +1,187 @@
+"""fit: one block of argument checks, then the dispatch to the workers, the compiled loop or
+the Python loop."""
+from __future__ import annotations
+
+import math
+import os
+
+from ..data import COUNT_MAX, check_int, check_nbytes, check_output_path
+from . import compiled, loop
+
+__all__ = ["fit"]
+
+#: Bytes each optimizer update costs for the whole run, allocated up front or kept: its learning
+#: rate in ``History.history["lr"]`` (a Python float: 24-byte object + 8-byte list slot) and
+#: the compiled loop's per-update schedule (rate, Adam's bias corrections and step factors:
+#: six float64 arrays), with room for the temporary list of a chunk's rates.
+BYTES_PER_UPDATE = 96
+
+
+def check_updates(epochs, n_samples, batch_size, epochs_name="epochs",
+                  batch_size_name="batch_size"):
+    """Refuse a run whose per-update records would not fit in memory, before it starts.
+
+    Parameters
+    ----------
+    epochs : int, >= 0
+    n_samples : int, >= 1
+        Training rows.
+    batch_size : int, >= 1
+    epochs_name, batch_size_name : str
+        How the caller names the two arguments (``"--finetune-epochs"`` on the command line).
+
+    Returns
+    -------
+    int
+        The number of updates, ``epochs * ceil(n_samples / batch_size)``.
+
+    Raises
+    ------
+    ValueError
+        ``updates * BYTES_PER_UPDATE`` exceeds :func:`minscale.data.memory_limit`; the message
+        names both arguments, the bytes and the limit.
+    """
+    n_batches = math.ceil(n_samples / batch_size)
+    updates = epochs * n_batches
+    check_nbytes(updates * BYTES_PER_UPDATE,
+                 f"{epochs_name} {epochs} of {n_batches} batches ({n_samples} rows, "
+                 f"{batch_size_name} {batch_size}) make {updates:,} updates, whose records "
+                 f"(History.history['lr'] and the compiled loop's schedule, {BYTES_PER_UPDATE} "
+                 "bytes per update)",
+                 f"give fewer {epochs_name} or a larger {batch_size_name}")
+    return updates
+
+
+def _check_int(name, value, minimum):
+    return check_int(name, value, minimum, COUNT_MAX)
+
+
+def _prepare(model, X, y):
+    return model._check_Xy(X, y)
+
+
+def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
+        verbose=0, callbacks=None, pruning=None, pruning_method="magnitude", quantization=None,
+        workers=1, mode="sync", comm=None, checkpoint=None, checkpoint_every=None, resume=None):
+    """Train `model` by minibatch gradient descent on MSE.
+
+    Parameters
+    ----------
+    model : Sequential
+        Compiled (an uncompiled model gets Adam with its defaults).
+    X : array_like, shape (n, d_in)
+    y : array_like, shape (n, d_out) or (n,)
+    epochs : int, >= 0
+    batch_size : int, >= 1
+        Global batch size (split across workers in data-parallel training). The last batch of
+        an epoch may be shorter.
+    shuffle : bool, default True
+        New order every epoch from ``numpy.random.default_rng(seed)``.
+    seed : int, optional
+        Seeds the shuffling; required for reproducible runs.
+    validation_data : (X_val, y_val), optional
+    verbose : int
+        0 silent; 1 a tqdm bar on a terminal (one line per epoch otherwise); 2 one line per
+        epoch. Only rank 0 prints.
+    callbacks : list of Callback, optional
+    pruning : sparsity schedule, optional
+        An object with ``should_prune(step) -> bool`` and ``sparsity(step) -> float`` (see
+        :mod:`minscale.prune`); masks are updated before the step's forward pass.
+    pruning_method : str
+        Mask rule used by the schedule (see :func:`minscale.prune.prune`).
+    quantization : optional
+        Quantization-aware training config, passed to :func:`minscale.quant.prepare_qat`.
+    workers : int, default 1
+        Worker processes on this machine (data-parallel; see :mod:`minscale.parallel`).
+    mode : {"sync", "async"}
+        Data-parallel mode for ``workers > 1``.
+    comm : Communicator, optional
+        Train as one rank of a group (e.g. ``MPIComm()``); every rank calls fit alike.
+    checkpoint : str or os.PathLike, optional
+        Checkpoint file (see :func:`minscale.io.write_checkpoint`), written atomically with
+        parameters, masks, optimizer state, step, shuffling generator state, the epoch's
+        order and position, and history. Only rank 0 writes. Not with ``workers > 1``.
+    checkpoint_every : int, >= 1, optional
+        Write after every `checkpoint_every` optimizer updates (counted by
+        ``optimizer.iterations``) and once when training ends; default: after every epoch.
+    resume : str or os.PathLike, optional
+        Continue from a checkpoint: the model (same architecture and compile settings),
+        data, batch_size, shuffle and seed must be those of the checkpointed run, and
+        `epochs` is the total to reach. The result is bit-identical to the uninterrupted
+        run with the same arguments (checkpointing keeps a run off the compiled fast path,
+        which agrees with this loop only to rounding).
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    ValueError
+        Bad data or arguments, naming the argument: `epochs`, `batch_size`, `workers` and
+        `checkpoint_every` must lie in [minimum, :data:`minscale.data.COUNT_MAX`]; a
+        `checkpoint` path that cannot be a file (see :func:`minscale.data.check_output_path`),
+        checked before training; a run of so many updates (``epochs * ceil(n / batch_size)``)
+        that their records (:data:`BYTES_PER_UPDATE` each) exceed
+        :func:`minscale.data.memory_limit`; a `resume` checkpoint that does not fit the model,
+        data or arguments.
+    minscale.io.ModelFileError
+        A damaged or foreign `resume` file.
+    DivergenceError
+        The loss became NaN or inf, or a batch loss exceeded `BLOWUP_FACTOR` (1e10) times the
+        first batch loss of this call; the message names epoch, step and learning rate, and
+        the model keeps its last finite parameters.
+    """
+    epochs = _check_int("epochs", epochs, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    workers = _check_int("workers", workers, 1)
+    if mode not in ("sync", "async"):
+        raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    if checkpoint_every is not None:
+        checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs a checkpoint path (checkpoint=...)")
+    for name, value in (("checkpoint", checkpoint), ("resume", resume)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"{name} must be a file path, got {value!r}")
+    if (checkpoint is not None or resume is not None) and (workers > 1 or mode == "async"):
+        raise ValueError("checkpoint and resume work in one process or with comm=, not with "
+                         f"workers={workers}, mode={mode!r}")
+    if checkpoint is not None and (comm is None or comm.rank == 0):
+        # only rank 0 writes; a path that cannot be a file is refused before any training
+        check_output_path(checkpoint, "checkpoint")
+    X, y = _prepare(model, X, y)
+    check_updates(epochs, X.shape[0], batch_size)
+    if validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        validation_data = _prepare(model, *validation_data)
+    if model.optimizer is None:
+        model.compile()
+    if pruning is not None and not (hasattr(pruning, "should_prune")
+                                    and hasattr(pruning, "sparsity")):
+        raise ValueError("pruning must be a sparsity schedule with should_prune(step) and "
+                         f"sparsity(step), got {pruning!r}")
+    if quantization is not None:
+        from ..quant import prepare_qat
+        prepare_qat(model, quantization)
+    options = dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                   validation_data=validation_data, verbose=verbose,
+                   callbacks=list(callbacks or []), pruning=pruning,
+                   pruning_method=pruning_method)
+    if comm is not None and mode == "async":
+        raise ValueError("mode='async' runs worker processes on one machine; training over "
+                         "comm= is synchronous (mode='sync')")
+    if workers > 1 or mode == "async":
+        if comm is not None:
+            raise ValueError("give either workers (processes on this machine) or comm, not both")
+        from ..parallel import fit_workers
+        history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
+    elif comm is None and checkpoint is None and resume is None \
+            and compiled.supports(model, options):
+        history = compiled.run(model, X, y, **options)
+    else:
+        history = loop.run(model, X, y, comm=comm, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume, **options)
+    model.history = history
+    return history
