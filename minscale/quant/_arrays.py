@@ -84,6 +84,7 @@ def as_channels(arr, axis):
 
 
 def as_int_array(name, q):
+    """``q`` as an integer ndarray of codes, unchanged; TypeError naming `name` otherwise."""
     arr = np.asarray(q)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array of codes, got dtype {arr.dtype}")
@@ -91,12 +92,14 @@ def as_int_array(name, q):
 
 
 def channel_shape(ndim, axis):
+    """Shape that broadcasts a per-channel vector along `axis` of an `ndim`-D array."""
     shape = [1] * ndim
     shape[axis] = -1
     return tuple(shape)
 
 
 def normalize_axis(axis, ndim, name="axis"):
+    """`axis` in [0, ndim) (negative counts from the end), None unchanged; raises naming `name`."""
     if axis is None:
         return None
     axis = check_int(name, axis)

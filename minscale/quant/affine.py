@@ -140,8 +140,29 @@ def affine_qparams(
     """
     qmin, qmax = integer_range(bits, signed, narrow_range)
     symmetric = check_bool("symmetric", symmetric)
+    eps = _check_eps(eps)
+    lo, hi = _check_range(x_min, x_max)
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    if symmetric:
+        scale = np.maximum(np.maximum(-lo, hi) / ((qmax - qmin) / 2.0), eps)
+        zero_point = np.full(lo.shape, (qmin + qmax + 1) // 2, dtype=np.int64)
+    else:
+        scale = np.maximum((hi - lo) / float(qmax - qmin), eps)
+        zero_point = np.clip(qmin - np.rint(lo / scale), qmin, qmax).astype(np.int64)
+    if lo.ndim == 0:
+        return float(scale), int(zero_point)
+    return scale, zero_point
+
+
+
+def _check_eps(eps):
     if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite positive number, got {eps!r}")
+    return eps
+
+
+def _check_range(x_min, x_max):
+    """Finite float64 bounds of one shape with ``x_min <= x_max`` everywhere."""
     lo = as_float64("x_min", x_min, allow_inf=False)
     hi = as_float64("x_max", x_max, allow_inf=False)
     if lo.shape != hi.shape:
@@ -153,17 +174,7 @@ def affine_qparams(
             f"x_min must be <= x_max, got x_min={float(lo.ravel()[i])!r} > "
             f"x_max={float(hi.ravel()[i])!r}" + (f" at channel {i}" if lo.ndim else "")
         )
-    lo = np.minimum(lo, 0.0)
-    hi = np.maximum(hi, 0.0)
-    if symmetric:
-        scale = np.maximum(np.maximum(-lo, hi) / ((qmax - qmin) / 2.0), eps)
-        zero_point = np.full(lo.shape, (qmin + qmax + 1) // 2, dtype=np.int64)
-    else:
-        scale = np.maximum((hi - lo) / float(qmax - qmin), eps)
-        zero_point = np.clip(qmin - np.rint(lo / scale), qmin, qmax).astype(np.int64)
-    if lo.ndim == 0:
-        return float(scale), int(zero_point)
-    return scale, zero_point
+    return lo, hi
 
 
 def check_qparams(scale, zero_point, x_ndim, axis, qmin, qmax):
@@ -193,6 +204,7 @@ def check_qparams(scale, zero_point, x_ndim, axis, qmin, qmax):
 
 
 def check_channels(x, axis, scale):
+    """ValueError unless x has as many channels along `axis` as `scale` has entries."""
     if axis is not None and x.shape[axis] != np.asarray(scale).size:
         raise ValueError(
             f"x has {x.shape[axis]} channels along axis {axis} but scale has "
@@ -271,26 +283,8 @@ def quantize_affine(
     check_channels(x, axis, scale)
     s, zp = check_qparams(scale, zero_point, x.ndim, axis, qmin, qmax)
     if rounding != "stochastic":
-        out = np.empty(x.shape, dtype=code_dtype(bits, signed))
-        if x.size:
-            with np.errstate(
-                over="ignore", under="ignore"
-            ):  # overflow saturates, underflow is handled
-                first_nan = kernels.quantize_affine_checked(
-                    as_channels(x, axis),
-                    s.reshape(-1),
-                    zp.reshape(-1),
-                    qmin,
-                    qmax,
-                    _ROUNDING_CODES[rounding],
-                    as_channels(out, axis),
-                )
-            if first_nan >= 0:
-                idx = np.unravel_index(first_nan, x.shape) if x.ndim else ()
-                raise ValueError(
-                    f"x contains NaN (first at index {idx}); NaN cannot be quantized"
-                )
-        return out
+        dtype = code_dtype(bits, signed)
+        return _quantize_affine_kernel(x, s, zp, qmin, qmax, rounding, axis, dtype)
     x = x.astype(np.float64)
     with np.errstate(over="ignore", under="ignore"):  # overflow saturates, underflow is handled
         v = x / s
@@ -299,6 +293,23 @@ def quantize_affine(
     hi = (qmax - zp).astype(np.float64)
     r = round_values(np.clip(keep_underflow_sign(v, x), lo, hi), rounding, seed)
     return (r.astype(np.int64) + zp).astype(code_dtype(bits, signed))
+
+
+
+def _quantize_affine_kernel(x, s, zp, qmin, qmax, rounding, axis, dtype):
+    """The deterministic roundings in the backend's one-pass kernel (it also finds NaN)."""
+    out = np.empty(x.shape, dtype=dtype)
+    if not x.size:
+        return out
+    with np.errstate(over="ignore", under="ignore"):  # overflow saturates, underflow is handled
+        first_nan = kernels.quantize_affine_checked(
+            as_channels(x, axis), s.reshape(-1), zp.reshape(-1), qmin, qmax,
+            _ROUNDING_CODES[rounding], as_channels(out, axis),
+        )
+    if first_nan >= 0:
+        idx = np.unravel_index(first_nan, x.shape) if x.ndim else ()
+        raise ValueError(f"x contains NaN (first at index {idx}); NaN cannot be quantized")
+    return out
 
 
 def dequantize_affine(q, scale, zero_point, axis=None, dtype=np.float64):

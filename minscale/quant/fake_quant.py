@@ -57,7 +57,10 @@ def fake_quantize(
     >>> fake_quantize([0.3, 2.0], 0.25, 0).tolist()
     [0.25, 2.0]
     """
-    return fake_quantize_with_mask(x, scale, zero_point, bits, signed, narrow_range, axis, rounding, seed)[0]
+    out, _ = fake_quantize_with_mask(
+        x, scale, zero_point, bits, signed, narrow_range, axis, rounding, seed
+    )
+    return out
 
 
 def fake_quantize_grad_mask(
@@ -100,7 +103,10 @@ def fake_quantize_grad_mask(
     >>> fake_quantize_grad_mask(x, 1 / 127, 0, narrow_range=True).astype(int).tolist()
     [0, 1, 1, 1, 0]
     """
-    return fake_quantize_with_mask(x, scale, zero_point, bits, signed, narrow_range, axis, want_mask=True)[1]
+    _, mask = fake_quantize_with_mask(
+        x, scale, zero_point, bits, signed, narrow_range, axis, want_mask=True
+    )
+    return mask
 
 
 def fake_quantize_with_mask(

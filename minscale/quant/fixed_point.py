@@ -39,6 +39,7 @@ FRAC_BITS_LIMIT = 960
 
 
 def keep_underflow_sign(v, x):
+    """`v` with underflowed zeros of negative `x` made the tiniest negative float64."""
     # A tiny negative input whose scaled value underflowed to -0.0 must still floor to -1.
     return np.where((v == 0) & (x < 0), -np.finfo(np.float64).tiny, v)
 

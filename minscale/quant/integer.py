@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from .. import kernels
-from .._checks import check_bool, check_int
+from .._checks import check_bool, check_choice, check_int
 from ._arrays import INT32_MAX, INT32_MIN, as_int_array
 from .fixed_point import code_dtype, integer_range
 
@@ -468,52 +468,57 @@ def requantize(
     qmin, qmax = integer_range(bits, signed)
     zero_point = check_int("zero_point", zero_point, qmin, qmax)
     relu = check_bool("relu", relu)
+    acc = _accumulators(acc)
+    acc2 = acc.reshape(-1, acc.shape[-1])
+    d_out = acc2.shape[1]
+    m0 = _per_channel("quantized_multiplier", quantized_multiplier, 0, INT32_MAX, d_out)
+    sh = _per_channel("shift", shift, -31, 30, d_out)
+    b = _bias_codes(bias, d_out)
+    rounding = check_choice("rounding", rounding, REQUANTIZE_ROUNDINGS)
+    lower = max(qmin, zero_point) if relu else qmin
+    out = np.empty(acc2.shape, dtype=code_dtype(bits, signed))
+    if rounding == "single":
+        x = _int32_sum(acc2, b)
+        scaled = multiply_by_quantized_multiplier(x, m0, sh, rounding="single").astype(np.int64)
+        out[...] = np.clip(scaled + zero_point, lower, qmax)
+    elif out.size and not kernels.requantize(
+        np.ascontiguousarray(acc2, dtype=np.int32), b, m0, sh, zero_point, lower, qmax, out
+    ):
+        raise ValueError("acc + bias, or acc + bias shifted left by shift, overflows int32")
+    return out.reshape(acc.shape)
+
+
+def _accumulators(acc):
+    """``acc`` as int64, 1-D or 2-D, every value in int32."""
     a = _as_int32_values("acc", acc)
     if a.ndim not in (1, 2):
         raise ValueError(f"acc must be 1-D (d_out,) or 2-D (n, d_out), got shape {a.shape}")
-    a2 = a.reshape(-1, a.shape[-1])
-    d_out = a2.shape[1]
-    params = []
-    for name, value, lo, hi in (
-        ("quantized_multiplier", quantized_multiplier, 0, INT32_MAX),
-        ("shift", shift, -31, 30),
-    ):
-        v = as_int_array(name, value).astype(np.int64)
-        if v.ndim > 1 or (v.ndim == 1 and v.shape[0] not in (1, d_out)):
-            raise ValueError(f"{name} must be a scalar or of shape ({d_out},), got shape {v.shape}")
-        if v.size and (v.min() < lo or v.max() > hi):
-            raise ValueError(f"{name} must lie in [{lo}, {hi}], got range [{v.min()}, {v.max()}]")
-        params.append(v.reshape(-1))
-    m0, sh = params
-    if m0.size != sh.size:
-        m0, sh = np.broadcast_to(m0, (d_out,)), np.broadcast_to(sh, (d_out,))
+    return a
+
+
+def _per_channel(name, value, lo, hi, d_out):
+    """A per-tensor or per-output-channel integer parameter as a contiguous int64 (d_out,)."""
+    v = as_int_array(name, value).astype(np.int64)
+    if v.ndim > 1 or (v.ndim == 1 and v.shape[0] not in (1, d_out)):
+        raise ValueError(f"{name} must be a scalar or of shape ({d_out},), got shape {v.shape}")
+    if v.size and (v.min() < lo or v.max() > hi):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got range [{v.min()}, {v.max()}]")
+    return np.ascontiguousarray(np.broadcast_to(v.reshape(-1), (d_out,)))
+
+
+def _bias_codes(bias, d_out):
+    """int32 bias codes of shape (d_out,), or an empty int32 array for no bias."""
     if bias is None:
-        b = np.zeros(0, dtype=np.int32)
-    else:
-        b = _as_int32_values("bias", bias)
-        if b.shape != (d_out,):
-            raise ValueError(f"bias must have shape ({d_out},), got {b.shape}")
-        b = b.astype(np.int32)
-    out = np.empty(a2.shape, dtype=code_dtype(bits, signed))
-    lower = max(qmin, zero_point) if relu else qmin
-    if rounding == "single":
-        x = a2 + b if b.size else a2
-        if x.size and (x.min() < INT32_MIN or x.max() > INT32_MAX):
-            raise ValueError("acc + bias overflows int32")
-        scaled = multiply_by_quantized_multiplier(x, m0, sh, rounding="single").astype(np.int64)
-        out[...] = np.clip(scaled + zero_point, lower, qmax)
-        return out.reshape(a.shape)
-    if rounding != "double":
-        raise ValueError(f"rounding must be one of {REQUANTIZE_ROUNDINGS}, got {rounding!r}")
-    if out.size and not kernels.requantize(
-        np.ascontiguousarray(a2, dtype=np.int32),
-        b,
-        np.ascontiguousarray(m0),
-        np.ascontiguousarray(sh),
-        zero_point,
-        lower,
-        qmax,
-        out,
-    ):
-        raise ValueError("acc + bias, or acc + bias shifted left by shift, overflows int32")
-    return out.reshape(a.shape)
+        return np.zeros(0, dtype=np.int32)
+    b = _as_int32_values("bias", bias)
+    if b.shape != (d_out,):
+        raise ValueError(f"bias must have shape ({d_out},), got {b.shape}")
+    return b.astype(np.int32)
+
+
+def _int32_sum(acc, bias):
+    """``acc + bias`` in int64, refused when a sum leaves int32."""
+    x = acc + bias if bias.size else acc
+    if x.size and (x.min() < INT32_MIN or x.max() > INT32_MAX):
+        raise ValueError("acc + bias overflows int32")
+    return x

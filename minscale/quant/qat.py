@@ -133,7 +133,8 @@ class WeightFakeQuantizer:
         if f is None:
             f = choose_frac_bits(W, spec.bits, spec.signed)
         want_mask = training and spec.frac_bits is not None
-        return fake_quantize_with_mask(W, math.ldexp(1.0, -f), 0, spec.bits, spec.signed, want_mask=want_mask)
+        step = math.ldexp(1.0, -f)
+        return fake_quantize_with_mask(W, step, 0, spec.bits, spec.signed, want_mask=want_mask)
 
     def __repr__(self):
         return f"WeightFakeQuantizer({self.spec.name})"

@@ -141,6 +141,7 @@ def weight_spec(weights):
 
 
 def activation_spec(activations):
+    """`activations` when it is None or one of ACTIVATION_SPECS; ValueError otherwise."""
     if activations is not None and activations not in ACTIVATION_SPECS:
         raise ValueError(
             f"activations must be one of {ACTIVATION_SPECS} or None, got {activations!r}"

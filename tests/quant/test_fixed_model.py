@@ -11,8 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minscale as ms
-from minscale.quant import (FixedPointModel, calibration_ranges, fixed_frac_range,
-                            fixed_shift_round, quantize_fixed_model)
+from minscale.quant import (
+    FixedPointModel,
+    calibration_ranges,
+    fixed_frac_range,
+    fixed_shift_round,
+    quantize_fixed_model,
+)
 
 
 def _exact(x, shift, rounding):
