@@ -165,43 +165,56 @@ def prune(model, sparsity, method="magnitude", include_bias=False, seed=0, norm=
     s = check_sparsity("sparsity", sparsity)
     _checks.check_choice("method", method, METHODS)
     include_bias = check_flag("include_bias", include_bias)
-    new = model.mask.copy()
     if method == "structured":
-        if len(model.layers) < 2:
-            raise ValueError(
-                "model has no prunable neurons for method='structured': it has a single Dense "
-                "layer, whose outputs are the model's outputs; add a hidden layer or use an "
-                "unstructured method"
-            )
-        slices = model.layer_slices()
-        for layer, (start, stop) in zip(model.layers[:-1], slices[:-1]):
-            # combined with the previous mask, so structured pruning never brings a zero back
-            keep = structured_mask(layer.W, s, norm=norm, axis=-1, mask=layer.W_mask)
-            new[start:start + layer.W.size] = (keep & layer.W_mask).ravel()
-            if include_bias and layer.use_bias:
-                neuron_kept = keep.any(axis=0)
-                new[start + layer.W.size:stop] &= neuron_kept
+        new = _structured_keep(model, s, norm, include_bias)
     else:
-        tensors = _prunable_tensors(model, include_bias)
-        prev = [model.mask[lo:hi].reshape(v.shape) for v, lo, hi in tensors]
-        backup = model.state.get(BACKUP_KEY)
-        if backup is not None and backup.shape == model.params.shape:
-            # pruned weights are 0 now; among themselves they rank by their saved values
-            values = [np.where(m, v, backup[lo:hi].reshape(v.shape))
-                      for (v, lo, hi), m in zip(tensors, prev)]
-        else:
-            values = [v for v, _, _ in tensors]
-        if method == "global":
-            masks = global_magnitude_masks(values, s, masks=prev)
-        elif method == "magnitude":
-            masks = [magnitude_mask(v, s, mask=m) for v, m in zip(values, prev)]
-        else:
-            rng = as_rng("seed", seed)
-            masks = [random_mask(v.shape, s, rng, mask=m) for (v, _, _), m in zip(tensors, prev)]
-        for (_, lo, hi), m in zip(tensors, masks):
-            new[lo:hi] = m.ravel()
+        new = _unstructured_keep(model, s, method, include_bias, seed)
     _set_mask(model, new)
     return model
+
+
+def _structured_keep(model, s, norm, include_bias):
+    """Flat keep-mask of ``method="structured"``: hidden neurons by norm, no zero comes back."""
+    if len(model.layers) < 2:
+        raise ValueError(
+            "model has no prunable neurons for method='structured': it has a single Dense "
+            "layer, whose outputs are the model's outputs; add a hidden layer or use an "
+            "unstructured method"
+        )
+    new = model.mask.copy()
+    slices = model.layer_slices()
+    for layer, (start, stop) in zip(model.layers[:-1], slices[:-1]):
+        # combined with the previous mask, so structured pruning never brings a zero back
+        keep = structured_mask(layer.W, s, norm=norm, axis=-1, mask=layer.W_mask)
+        new[start:start + layer.W.size] = (keep & layer.W_mask).ravel()
+        if include_bias and layer.use_bias:
+            neuron_kept = keep.any(axis=0)
+            new[start + layer.W.size:stop] &= neuron_kept
+    return new
+
+
+def _unstructured_keep(model, s, method, include_bias, seed):
+    """Flat keep-mask of the per-entry rules, the current mask ranking first."""
+    tensors = _prunable_tensors(model, include_bias)
+    prev = [model.mask[lo:hi].reshape(v.shape) for v, lo, hi in tensors]
+    backup = model.state.get(BACKUP_KEY)
+    if backup is not None and backup.shape == model.params.shape:
+        # pruned weights are 0 now; among themselves they rank by their saved values
+        values = [np.where(m, v, backup[lo:hi].reshape(v.shape))
+                  for (v, lo, hi), m in zip(tensors, prev)]
+    else:
+        values = [v for v, _, _ in tensors]
+    if method == "global":
+        masks = global_magnitude_masks(values, s, masks=prev)
+    elif method == "magnitude":
+        masks = [magnitude_mask(v, s, mask=m) for v, m in zip(values, prev)]
+    else:
+        rng = as_rng("seed", seed)
+        masks = [random_mask(v.shape, s, rng, mask=m) for (v, _, _), m in zip(tensors, prev)]
+    new = model.mask.copy()
+    for (_, lo, hi), m in zip(tensors, masks):
+        new[lo:hi] = m.ravel()
+    return new
 
 
 def strip(model):
