@@ -47,3 +47,23 @@ def test_model_nbytes_csr_at_64_bits_equals_scipy_arrays():
     sparse = P.to_sparse(model)
     assert P.model_nbytes(model, "csr", bits=64) == sparse.nbytes
     assert P.model_nbytes(model, "dense", bits=64) == model.params.nbytes
+
+
+def test_sparse_model_nbytes_is_the_bytes_its_arrays_hold():
+    # SparseModel.nbytes is the minscale.sizes CSR formula; it must equal what the arrays hold,
+    # for scipy's int32 indices and for int64 ones (a large matrix or a file written so)
+    from scipy import sparse
+
+    model, X, y = trained((6, 16, 1), epochs=1)
+    P.prune(model, 0.7, method="global")
+    small = P.to_sparse(model)
+    W64 = sparse.csr_array((np.array([1.0, -2.0]), np.array([0, 2], np.int64),
+                            np.array([0, 1, 1, 2], np.int64)), shape=(3, 4))
+    assert W64.indices.dtype == np.int64
+    wide = P.SparseModel([P.SparseDense(W=W64, b=None, activation="identity")], 3, "float64")
+    for sm in (small, wide):
+        held = sum(layer.W.data.nbytes + layer.W.indices.nbytes + layer.W.indptr.nbytes
+                   + (0 if layer.b is None else layer.b.nbytes) for layer in sm.layers)
+        assert sm.nbytes == held
+    # wide: 2 values * 8 + 2 indices * 8 + 4 row pointers * 8, no bias
+    assert wide.nbytes == 64
