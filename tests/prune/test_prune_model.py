@@ -1,6 +1,5 @@
-"""Tests of minscale.prune at the model level: masks in the flat buffer, masked training,
-gradual pruning through fit, strip / restore, prune_to_tolerance, structured pruning + shrink,
-CSR inference, byte counts, the ``minscale prune`` command and the diabetes experiment.
+"""Tests of minscale.prune.model: masks in the flat buffer, masked training, strip / restore,
+prune_to_tolerance, structured pruning + shrink, bad input, save / load of a pruned model.
 
 Reference values are worked out by hand in the comments beside them.
 """
@@ -11,40 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prune_helpers import mlp, pruned_count, regression_data, trained
 
 import minscale as ms
 from minscale import prune as P
-from minscale.train import Callback
-
-
-def mlp(sizes, activations=None, seed=0, dtype="float64", use_bias=True):
-    """Sequential with layer widths sizes[1:], input width sizes[0], last layer linear."""
-    hidden = sizes[1:-1]
-    activations = activations or ["relu"] * len(hidden)
-    layers = [ms.Dense(h, activation=a, use_bias=use_bias) for h, a in zip(hidden, activations)]
-    layers.append(ms.Dense(sizes[-1], use_bias=use_bias))
-    return ms.Sequential(layers, input_dim=sizes[0], seed=seed, dtype=dtype)
-
-
-def regression_data(n=64, d_in=6, d_out=1, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d_in))
-    y = np.tanh(X @ rng.standard_normal((d_in, d_out))) + 0.1 * rng.standard_normal((n, d_out))
-    return X, y
-
-
-def trained(sizes=(6, 16, 8, 1), activations=None, epochs=20, seed=0, dtype="float64",
-            use_bias=True):
-    X, y = regression_data(d_in=sizes[0], d_out=sizes[-1], seed=seed)
-    model = mlp(sizes, activations, seed=seed, dtype=dtype, use_bias=use_bias)
-    model.compile(optimizer=ms.optim.Adam(0.01))
-    model.fit(X, y, epochs=epochs, batch_size=16, seed=seed)
-    return model, X, y
-
-
-def pruned_count(mask):
-    return int(mask.size - np.count_nonzero(mask))
-
 
 # ----------------------------------------------------------------------------------------
 # masked training: the issue's 2 x 2 case
@@ -229,54 +198,6 @@ def test_float32_model():
 
 
 # ----------------------------------------------------------------------------------------
-# gradual pruning through fit
-
-
-class _Recorder(Callback):
-    """Mask and step at every step begin (after fit's own pruning callback ran)."""
-
-    def __init__(self):
-        self.steps, self.masks = [], []
-
-    def on_step_begin(self, model, step):
-        self.steps.append(step)
-        self.masks.append(model.mask.copy())
-
-
-def test_fit_prunes_gradually_on_the_schedule():
-    X, y = regression_data(n=40)
-    model = mlp((6, 16, 1))
-    model.compile(optimizer=ms.optim.Adam(0.01))
-    sched = P.PolynomialDecaySparsity(0.0, 0.8, begin_step=0, end_step=20, frequency=5)
-    rec = _Recorder()
-    history = model.fit(X, y, epochs=6, batch_size=8, seed=0, pruning=sched, callbacks=[rec])
-    assert rec.steps == list(range(30))
-    sizes = [96, 16]
-    for step, mask in zip(rec.steps, rec.masks):
-        last_update = min(step - step % 5, 20)  # masks change at 0, 5, 10, 15, 20 only
-        expected = [round(sched(last_update) * n) for n in sizes]
-        got = [pruned_count(mask[lo:lo + n]) for (lo, _), n in zip(model.layer_slices(), sizes)]
-        assert got == expected, f"step {step}"
-    for earlier, later in zip(rec.masks, rec.masks[1:]):
-        assert not np.any(~earlier & later), "a pruned weight came back"
-    assert model.sparsity()["layers"] == pytest.approx([round(0.8 * 96) / 96, round(0.8 * 16) / 16],
-                                                     rel=1e-14)
-    assert np.all(model.params[~model.mask] == 0)
-    assert len(history.history["sparsity"]) == 6
-    assert history.history["sparsity"][-1] == model.sparsity()["total"]
-
-
-def test_fit_with_constant_sparsity_and_global_method():
-    X, y = regression_data(n=40)
-    model = mlp((6, 16, 1))
-    model.compile(optimizer=ms.optim.SGD(0.05, momentum=0.9))
-    model.fit(X, y, epochs=4, batch_size=8, seed=0, pruning=P.ConstantSparsity(0.9, 3, frequency=7),
-              pruning_method="global")
-    assert pruned_count(model.mask) == round(0.9 * 112)
-    assert np.all(model.params[~model.mask] == 0)
-
-
-# ----------------------------------------------------------------------------------------
 # strip, restore
 
 
@@ -416,48 +337,6 @@ def test_shrink_keeps_one_unit_when_all_are_pruned():
 
 
 # ----------------------------------------------------------------------------------------
-# CSR inference and byte counts
-
-
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
-def test_csr_predictions_equal_dense(dtype, rtol):
-    model, X, y = trained((6, 32, 16, 2), dtype=dtype, epochs=5)
-    P.prune(model, 0.9, method="global")
-    sparse = P.to_sparse(model)
-    nnz = [layer.W.nnz for layer in sparse.layers]
-    assert nnz == [int(np.count_nonzero(layer.W)) for layer in model.layers]
-    assert sum(nnz) == round(0.1 * (6 * 32 + 32 * 16 + 16 * 2))
-    dense_pred = model.predict(X)
-    np.testing.assert_allclose(sparse.predict(X), dense_pred, rtol=rtol, atol=rtol * 1e-2)
-    np.testing.assert_allclose(sparse.predict(X, batch_size=7), dense_pred, rtol=rtol,
-                               atol=rtol * 1e-2)
-    np.testing.assert_allclose(sparse.predict(X[:1]), dense_pred[:1], rtol=rtol, atol=rtol * 1e-2)
-    assert sparse.predict(X).dtype == np.dtype(dtype)
-
-
-def test_model_nbytes_hand_counted():
-    model = ms.Sequential([ms.Dense(2)], input_dim=3, seed=0)
-    model.layers[0].W[...] = [[0.5, -1.0], [0.1, 0.2], [3.0, 0.05]]
-    P.prune(model, 4 / 6)  # keeps -1.0 and 3.0: nnz = 2 of 6 weights, 2 biases
-    # dense:   (6 + 2) values * 4 bytes                                    = 32
-    # csr:     2 * (4 + 4) + (3 rows + 1) * 4 indptr + 2 * 4 bias           = 40
-    # bitmask: ceil(6 / 8) = 1 + 2 * 4 values + 2 * 4 bias                  = 17
-    assert [P.model_nbytes(model, f) for f in P.FORMATS] == [32, 40, 17]
-    # 8 bits: dense 6 + 2; csr 2 + 2 * 4 + 4 * 4 + 2; bitmask 1 + 2 + 2
-    assert [P.model_nbytes(model, f, bits=8) for f in P.FORMATS] == [8, 28, 5]
-    # 4 bits: dense ceil(24 / 8) + ceil(8 / 8); csr 1 + 8 + 16 + 1; bitmask 1 + 1 + 1
-    assert [P.model_nbytes(model, f, bits=4) for f in P.FORMATS] == [4, 26, 3]
-
-
-def test_model_nbytes_csr_at_64_bits_equals_scipy_arrays():
-    model, X, y = trained((6, 32, 16, 2), epochs=2)
-    P.prune(model, 0.8, method="global")
-    sparse = P.to_sparse(model)
-    assert P.model_nbytes(model, "csr", bits=64) == sparse.nbytes
-    assert P.model_nbytes(model, "dense", bits=64) == model.params.nbytes
-
-
-# ----------------------------------------------------------------------------------------
 # bad input
 
 
@@ -514,112 +393,3 @@ def test_pruned_model_survives_save_and_load_and_more_adam_steps(tmp_path):
     assert np.all(loaded.params[~loaded.mask] == 0)
     P.restore(loaded)  # the recovery backup travelled in model.state
     assert loaded.mask.all()
-
-
-# ----------------------------------------------------------------------------------------
-# the command line
-
-
-def test_cli_rejects_bad_sparsity_with_one_line(capsys, tmp_path):
-    from minscale.cli import main
-
-    code = main(["prune", str(tmp_path / "none.npz"), "--sparsity", "1.5"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "--sparsity must be in [0, 1]" in err
-
-
-def test_cli_prunes_finetunes_reports_and_saves(capsys, tmp_path):
-    io = pytest.importorskip("minscale.io")
-    from minscale.cli import main
-
-    src, out = tmp_path / "model.npz", tmp_path / "pruned.npz"
-    assert main(["train", "--hidden", "16", "--epochs", "3", "--quiet", "--save",
-                 str(src)]) == 0
-    capsys.readouterr()
-    code = main(["prune", str(src), "--sparsity", "0.5", "--method", "structured",
-                 "--finetune-epochs", "2", "--shrink", "--out", str(out)])
-    text = capsys.readouterr().out
-    assert code == 0
-    for fragment in ("before:", "pruned:", "finetuned (2 epochs):", "total sparsity",
-                     "bytes at 64 bits/value: dense", "shrunk to W shapes (10, 8) (8, 1)",
-                     f"saved {out}"):
-        assert fragment in text, fragment
-    assert io.load(out).layers[0].W.shape == (10, 8)
-    assert main(["prune", str(src), "--sparsity", "0.9", "--method", "global"]) == 0
-    text = capsys.readouterr().out
-    assert "total sparsity 0.8977" in text  # round(0.9 * 176) = 158 of 176 weights
-
-
-# ----------------------------------------------------------------------------------------
-# the diabetes experiment (10-32-1)
-
-
-@pytest.fixture(scope="module")
-def diabetes():
-    from minscale.data import standardize, train_test_split
-
-    X, y = ms.datasets.load_diabetes()
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, seed=0)
-    X_tr, X_te, _ = standardize(X_tr, X_te)
-    y_tr, y_te, _ = standardize(y_tr.reshape(-1, 1), y_te.reshape(-1, 1))
-    dense = ms.Sequential([ms.Dense(32, activation="relu", kernel_initializer="he_normal"),
-                           ms.Dense(1)], input_dim=10, seed=0)
-    dense.compile(optimizer=ms.optim.Adam(ms.schedules.InverseTimeDecay(0.01, 0.05)))
-    dense.fit(X_tr, y_tr, epochs=60, batch_size=64, seed=0)
-    return dense, X_tr, y_tr, X_te, y_te
-
-
-def _iteratively_pruned(dense, X_tr, y_tr, method, levels=(0.5, 0.7, 0.8, 0.9)):
-    """Iterative pruning (Han et al. 2015): prune, fine-tune 10 epochs, prune further, ...
-
-    Each level keeps every earlier zero (the random baseline draws nested masks), and both
-    methods get exactly the same fine-tuning. Returns {sparsity: model copy at that level}.
-    """
-    model, out = dense.copy(), {}
-    for level in levels:
-        P.prune(model, level, method=method, seed=0)
-        model.compile(optimizer=ms.optim.Adam(ms.schedules.InverseTimeDecay(0.003, 0.05)))
-        model.fit(X_tr, y_tr, epochs=10, batch_size=64, seed=1)
-        out[level] = model.copy()
-    return out
-
-
-def test_diabetes_magnitude_beats_random_after_the_same_finetuning(diabetes):
-    # standardized-target test MSE, split seed 0, dense 0.518; iterative pruning with the same
-    # fine-tuning, measured: magnitude 0.492 / 0.595 / 0.641 against random 0.667 / 0.792 /
-    # 0.886 at 0.5 / 0.8 / 0.9 (and magnitude wins at every level on split seeds 1..3 too).
-    # One-shot pruning to 0.9 of this tiny net is no contest: the layer-wise rule leaves 3 of
-    # 32 output weights whose hidden units have lost their inputs, and predictions go flat.
-    dense, X_tr, y_tr, X_te, y_te = diabetes
-    magnitude = _iteratively_pruned(dense, X_tr, y_tr, "magnitude")
-    random = _iteratively_pruned(dense, X_tr, y_tr, "random")
-    for level in (0.5, 0.8, 0.9):
-        assert magnitude[level].sparsity()["total"] == pytest.approx(level, abs=0.01)
-        assert magnitude[level].evaluate(X_te, y_te) < random[level].evaluate(X_te, y_te)
-
-
-@pytest.mark.parametrize("sparsity", [0.5, 0.8])
-def test_diabetes_magnitude_beats_random_right_after_pruning_on_training_loss(diabetes,
-                                                                              sparsity):
-    # training MSE right after one-shot pruning (dense 0.410), magnitude vs random seeds 0..4:
-    # 0.5 -> 0.516 vs min 0.734, mean 0.901; 0.8 -> 0.789 vs min 0.812, mean 1.000.
-    # At 0.9 one-shot magnitude pruning flattens this tiny net (1.094 vs mean 0.991): see the
-    # iterative protocol above, where magnitude wins at 0.9 too.
-    dense, X_tr, y_tr, X_te, y_te = diabetes
-    magnitude = P.prune(dense.copy(), sparsity).evaluate(X_tr, y_tr)
-    random = [P.prune(dense.copy(), sparsity, "random", seed=s).evaluate(X_tr, y_tr)
-              for s in range(5)]
-    assert magnitude < np.mean(random)
-
-
-def test_diabetes_gradual_pruning_to_90_percent_within_15_percent_of_dense(diabetes):
-    dense, X_tr, y_tr, X_te, y_te = diabetes
-    dense_mse = dense.evaluate(X_te, y_te)
-    model = dense.copy()
-    model.compile(optimizer=ms.optim.Adam(0.003))
-    steps = math.ceil(X_tr.shape[0] / 32)  # 12 updates per epoch
-    schedule = P.PolynomialDecaySparsity(0.0, 0.9, begin_step=0, end_step=50 * steps,
-                                         frequency=steps)
-    model.fit(X_tr, y_tr, epochs=100, batch_size=32, seed=1, pruning=schedule)
-    assert model.sparsity()["layers"] == pytest.approx([0.9, round(0.9 * 32) / 32], rel=1e-14)
-    assert model.evaluate(X_te, y_te) <= 1.15 * dense_mse
