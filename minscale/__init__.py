@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 
 from . import datasets, layers, losses, optim, schedules
+from ._version import __version__
 from .kernels import get_backend, set_backend
 from .layers import Dense
-from ._version import __version__
 from .model import Sequential
 
 _LAZY_SUBMODULES = ("data", "train", "prune", "quant", "parallel", "io", "study", "report",

@@ -15,6 +15,11 @@ import signal
 import sys
 import threading
 
+from . import commands
+from ._version import __version__
+from .kernels import set_backend
+from .parallel import CommError, WorkerError, abort_mpi_job
+
 __all__ = ["main", "build_parser", "UsageError"]
 
 
@@ -28,7 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command_modules():
-    from . import commands
     names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__)
                    if not m.name.startswith("_"))
     return [importlib.import_module(f"minscale.commands.{name}") for name in names]
@@ -41,7 +45,6 @@ def build_parser():
     -------
     argparse.ArgumentParser
     """
-    from . import __version__
     parser = _Parser(prog="minscale", description="Train, prune, quantize and scale dense "
                      "models, and measure what each does (NumPy + Numba).")
     parser.add_argument("--version", action="version", version=f"minscale {__version__}")
@@ -88,7 +91,6 @@ def main(argv=None):
                 raise UsageError("minscale: error: a command is required (try 'minscale "
                                  "--help')")
             if args.backend:
-                from .kernels import set_backend
                 set_backend(args.backend)
             code = int(args.func(args) or 0)
             # inside the try: a closed pipe shows up on this flush at the latest
@@ -96,7 +98,6 @@ def main(argv=None):
             return code
     except BrokenPipeError:
         _silence_stdout()
-        from .parallel.mpi import abort_mpi_job
         abort_mpi_job(141)
         return 141
     except UsageError as exc:
@@ -107,7 +108,6 @@ def main(argv=None):
     except OSError as exc:
         return _fail(f"minscale: error: {_describe(exc)}", 1)
     except RuntimeError as exc:
-        from .parallel.base import CommError, WorkerError
         if not isinstance(exc, (CommError, WorkerError)):
             raise
         # a failed or timed-out worker group: one line, the cause first
@@ -166,6 +166,5 @@ def _describe(exc):
 def _fail(message, code):
     print(message, file=sys.stderr)
     # under mpiexec, one rank returning quietly would leave the others blocked in a collective
-    from .parallel.mpi import abort_mpi_job
     abort_mpi_job(code)
     return code

@@ -27,7 +27,7 @@ __all__ = [
 ]
 # Argument checks shared by the package (not in __all__: internal helpers, to move into one
 # checks module): plain, check_int, COUNT_MAX, SEED_MAX, memory_limit, check_nbytes,
-# format_nbytes, check_output_path.
+# format_nbytes, check_output_path, integer_text.
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -103,10 +103,10 @@ def check_int(name, value, low=None, high=COUNT_MAX):
     value = int(value)
     if low is not None and value < low:
         raise ValueError(f"{name} must be an integer{_range_text(low, None)}, got "
-                         f"{_digits(value)}")
+                         f"{integer_text(value)}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be an integer{_range_text(None, high)}, got "
-                         f"{_digits(value)}")
+                         f"{integer_text(value)}")
     return value
 
 
@@ -122,7 +122,7 @@ def _range_text(low, high):
     return "" if high is None else f" <= {bound(high)}"
 
 
-def _digits(value):
+def integer_text(value):
     """An integer for a message: in full up to 30 digits, else its length."""
     text = str(value)
     n = len(text.lstrip("-"))

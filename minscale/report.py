@@ -12,8 +12,10 @@ import json
 import math
 import numbers
 import os
+from importlib import resources
 
 from .data import plain
+from .io import atomic_write
 
 __all__ = [
     "format_number",
@@ -413,7 +415,6 @@ def write_csv(result, path):
     OSError
         If the file cannot be written.
     """
-    from .io import atomic_write
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -437,7 +438,6 @@ def write_json(result, path):
     OSError
         If the file cannot be written.
     """
-    from .io import atomic_write
     data = (json.dumps(result, indent=1, allow_nan=False) + "\n").encode("utf-8")
     atomic_write(path, lambda fh: fh.write(data))
 
@@ -450,7 +450,6 @@ def load_schema():
     -------
     dict
     """
-    from importlib import resources
     text = resources.files("minscale").joinpath("study_schema.json").read_text("utf-8")
     return json.loads(text)
 
@@ -494,13 +493,12 @@ def plot(result, path):
     rate), log y, with the loss target dotted.
     """
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'minscale[plot]'") from None
-    from .io import atomic_write
     fmt = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if "." + fmt not in plot_formats():
         raise ValueError(f"path {os.fspath(path)!r}: expected an extension among "
@@ -604,8 +602,9 @@ def plot_formats():
         If matplotlib is not installed, with a one-line message.
     """
     try:
-        import matplotlib  # noqa: F401 -- first, so that a blocked matplotlib fails here
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        # matplotlib first, so that a blocked matplotlib fails here
+        import matplotlib  # noqa: F401, PLC0415
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'minscale[plot]'") from None
     supported = {"." + ext for ext in FigureCanvasAgg.get_supported_filetypes()}

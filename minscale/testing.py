@@ -18,6 +18,10 @@ import numbers
 import numpy as np
 
 from .data import plain
+from .layers import ACTIVATIONS
+from .losses import mse, mse_grad
+from .model import Sequential
+from .quant import FRAC_BITS_LIMIT, QFormat
 
 __all__ = [
     "numeric_gradient", "check_gradients", "relative_error", "assert_masks_preserved",
@@ -30,8 +34,8 @@ __all__ = [
 
 def _hypothesis():
     try:
-        from hypothesis import strategies as st
-        from hypothesis.extra import numpy as hnp
+        from hypothesis import strategies as st  # noqa: PLC0415
+        from hypothesis.extra import numpy as hnp  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - hypothesis is in the test extra
         raise ImportError("the minscale.testing strategies need hypothesis: "
                           "pip install 'minscale[test]'") from exc
@@ -229,7 +233,6 @@ def qformats(bits=(2, 16), *, signed=None, frac_bits=None):
     >>> test_range()
     """
     st, _ = _hypothesis()
-    from .quant import FRAC_BITS_LIMIT, QFormat
     b_lo, b_hi = _int_range("bits", bits, 2)
     if b_hi > 32:
         raise ValueError(f"bits must lie within 2..32, got {plain(bits)!r}")
@@ -320,7 +323,6 @@ def architectures(*, input_dim=(1, 4), hidden_layers=(0, 2), width=(1, 5), outpu
         Bad bounds or an unknown activation, naming the argument.
     """
     st, _ = _hypothesis()
-    from .layers import ACTIVATIONS
     d_in = _int_range("input_dim", input_dim, 1)
     n_hidden = _int_range("hidden_layers", hidden_layers, 0)
     units = _int_range("width", width, 1)
@@ -367,7 +369,6 @@ def models(**architecture_kwargs):
     hypothesis.strategies.SearchStrategy of Sequential
         Built (weights initialized from the drawn seed), not compiled, all masks True.
     """
-    from .model import Sequential
     return architectures(**architecture_kwargs).map(Sequential.from_config)
 
 
@@ -515,7 +516,6 @@ def assert_masks_preserved(model, mask=None, *, exact=False, check_optimizer=Tru
     ``model.params`` and ``model.mask`` (True = kept). ``0.0 == -0.0``, so a pruned weight
     that became -0.0 passes.
     """
-    from .model import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a minscale Sequential, got {type(model).__name__}")
     if not model.built:
@@ -662,8 +662,6 @@ def check_gradients(model_or_fn, X, y=None, eps=1e-6, rtol=1e-5):
     Central differences have truncation error O(eps^2) and rounding error O(u / eps) with u the
     unit roundoff, so eps = 1e-6 suits float64 (CS231n notes on gradient checking).
     """
-    from .losses import mse, mse_grad
-    from .model import Sequential
     X = np.asarray(X, dtype=np.float64)
     errors = {}
     if isinstance(model_or_fn, Sequential):

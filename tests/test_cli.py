@@ -1,5 +1,4 @@
 """The command line: a real run, and bad input as one line on stderr with exit code 2."""
-import os
 import subprocess
 import sys
 

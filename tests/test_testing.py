@@ -10,7 +10,6 @@ import minscale as ms
 from minscale import testing as mt
 from minscale.quant import QFormat
 
-
 # --- weight_arrays ---------------------------------------------------------------------------
 
 @settings(max_examples=60)

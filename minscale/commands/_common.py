@@ -5,6 +5,12 @@ import argparse
 import math
 import os
 
+import numpy as np
+
+from .. import data
+from ..data import COUNT_MAX, SEED_MAX, integer_text, one_hot, standardize, train_test_split
+from ..datasets import load
+
 
 def _short(text):
     return repr(text) if len(text) <= 40 else f"{text[:30]!r}... ({len(text)} characters)"
@@ -16,7 +22,6 @@ def hidden_sizes(text):
     Each size lies in [1, :data:`minscale.data.COUNT_MAX`]; whether the model fits in memory
     is checked when it is built (:meth:`minscale.model.Sequential.build`).
     """
-    from ..data import COUNT_MAX
     if text.strip() == "":
         return []
     try:
@@ -28,9 +33,8 @@ def hidden_sizes(text):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {_short(text)}")
     big = [s for s in sizes if s > COUNT_MAX]
     if big:
-        from ..data import _digits
         raise argparse.ArgumentTypeError(f"--hidden sizes must be at most 2**31 - 1 = "
-                                         f"{COUNT_MAX}, got {_digits(big[0])}")
+                                         f"{COUNT_MAX}, got {integer_text(big[0])}")
     return sizes
 
 
@@ -42,21 +46,19 @@ def integer(text):
     (``--batch-size`` with 31 digits) away from NumPy and the compiled kernels, which take
     int64. argparse prefixes the message with ``argument --NAME:``.
     """
-    from ..data import COUNT_MAX, _digits
     value = _parse_int(text)
     if abs(value) > COUNT_MAX:
         raise argparse.ArgumentTypeError(f"must be an integer of magnitude at most 2**31 - 1 = "
-                                         f"{COUNT_MAX}, got {_digits(value)}")
+                                         f"{COUNT_MAX}, got {integer_text(value)}")
     return value
 
 
 def seed(text):
     """argparse type of ``--seed``: an int in [0, :data:`minscale.data.SEED_MAX`]."""
-    from ..data import SEED_MAX, _digits
     value = _parse_int(text)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got "
-                                         f"{_digits(value)}")
+                                         f"{integer_text(value)}")
     return value
 
 
@@ -106,8 +108,7 @@ def check_output_path(path, argument, suffixes=None):
     checkpoint paths with it too); `argument` is the option, e.g. ``"--out"``, that every
     message starts with.
     """
-    from ..data import check_output_path as check
-    return check(path, argument, suffixes)
+    return data.check_output_path(path, argument, suffixes)
 
 
 def check_input_path(path, argument):
@@ -166,7 +167,6 @@ def divergence_reported():
     on the command line) when it is not finite; the RuntimeWarnings numpy prints on the way
     there would only add lines before that message.
     """
-    import numpy as np
     return np.errstate(over="ignore", invalid="ignore")
 
 
@@ -191,10 +191,6 @@ def load_task(args, dtype="float64"):
         overflows (values too large; the message names ``--data`` and the features or the
         target).
     """
-    import numpy as np
-
-    from ..data import one_hot, standardize, train_test_split
-    from ..datasets import load
     X, y, info = load(args.data, target=args.target)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
     source = f"--data {str(args.data)!r}"

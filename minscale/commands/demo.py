@@ -13,6 +13,17 @@ import time
 
 import numpy as np
 
+from .. import report, study
+from ..datasets import make_linear
+from ..layers import Dense
+from ..losses import mse
+from ..model import Sequential
+from ..optim import Adam
+from ..prune import prune, random_mask
+from ..quant import QFormat, choose_frac_bits, quantize
+from ._common import load_task
+from ._common import seed as seed_option
+
 NAME = "demo"
 HELP = "the classic y = 2x + 1 example end to end, then a quick study on diabetes"
 
@@ -28,8 +39,7 @@ RANDOM_SEEDS = 10
 
 def add_arguments(parser):
     """Register the demo's options on `parser`."""
-    from ._common import seed
-    parser.add_argument("--seed", type=seed, default=0,
+    parser.add_argument("--seed", type=seed_option, default=0,
                         help="seed of the initial weights, random masks and the study's split "
                              "(default: %(default)s); the classic data always use seed 42")
     parser.add_argument("--no-study", action="store_true",
@@ -58,13 +68,12 @@ def least_squares_line(X, y):
 
 
 def _mse(X, y, w, b):
-    return float(np.mean((X[:, 0] * w + b - y[:, 0]) ** 2))
+    return float(mse(y, X * w + b))
 
 
 def _classic_model(seed):
-    import minscale as ms
-    model = ms.Sequential([ms.Dense(1)], input_dim=1, seed=seed, dtype="float64")
-    model.compile(loss="mse", optimizer=ms.optim.Adam(learning_rate=LEARNING_RATE))
+    model = Sequential([Dense(1)], input_dim=1, seed=seed, dtype="float64")
+    model.compile(loss="mse", optimizer=Adam(learning_rate=LEARNING_RATE))
     return model
 
 
@@ -74,8 +83,6 @@ def _wb(model):
 
 def _classic(seed, out):
     """Train the classic model and print it beside least squares; return (model, X, y)."""
-    from ..datasets import make_linear
-    from ..report import format_table
     X, y = make_linear(N_SAMPLES, seed=DATA_SEED)
     model = _classic_model(seed)
     model.fit(X, y, epochs=EPOCHS, batch_size=BATCH_SIZE, shuffle=False, seed=seed)
@@ -88,7 +95,7 @@ def _classic(seed, out):
     rows = [["learned (minscale)", f"{w:.4f}", f"{b:.4f}", f"{_mse(X, y, w, b):.4f}"],
             ["least squares", f"{w_ls:.4f}", f"{b_ls:.4f}", f"{_mse(X, y, w_ls, b_ls):.4f}"],
             ["generating line", "2", "1", f"{_mse(X, y, 2.0, 1.0):.4f}"]]
-    out(format_table(["line", "w", "b", "MSE on the 100 points"], rows))
+    out(report.format_table(["line", "w", "b", "MSE on the 100 points"], rows))
     out(f"   |learned - least squares|: w {abs(w - w_ls):.4f}, b {abs(b - b_ls):.4f}. Least "
         "squares is the best line for these 100 points; it differs from (2, 1) by sampling "
         "noise")
@@ -97,8 +104,6 @@ def _classic(seed, out):
 
 def _sweep(seed, X, y, out):
     """The learning-rate grid on the classic model, loss target 1% above least squares."""
-    from ..report import format_number, format_table
-    from ..study import learning_rate_sweep
     w_ls, b_ls = least_squares_line(X, y)
     floor = _mse(X, y, w_ls, b_ls)
     target = 1.01 * floor
@@ -106,9 +111,9 @@ def _sweep(seed, X, y, out):
     def make():
         return _classic_model(seed)
 
-    runs, _, _ = learning_rate_sweep(make, X, y, (X, y), (0.1, 0.01, 0.001), (0.0, 0.1, 1.0),
-                                     EPOCHS, BATCH_SIZE, seed=seed, shuffle=False,
-                                     target=target)
+    runs, _, _ = study.learning_rate_sweep(make, X, y, (X, y), (0.1, 0.01, 0.001),
+                                           (0.0, 0.1, 1.0), EPOCHS, BATCH_SIZE, seed=seed,
+                                           shuffle=False, target=target)
     out("")
     out(f"2. Learning rate: Adam with inverse-time decay, eta(t) = eta0 / (1 + decay * t / 10) "
         f"(per epoch of 10 updates), {EPOCHS} epochs each;")
@@ -119,16 +124,14 @@ def _sweep(seed, X, y, out):
         reached = ("diverged" if r["diverged"] else "not reached" if r["target_update"] is None
                    else f"update {r['target_update']:,} (epoch {r['target_epoch']})")
         rows.append([f"{r['initial_learning_rate']:g}", f"{r['decay_rate']:g}",
-                     format_number(r["final_loss"], 5), reached])
-    out(format_table(["eta0", "decay", "final MSE", "target reached at"], rows,
+                     report.format_number(r["final_loss"], 5), reached])
+    out(report.format_table(["eta0", "decay", "final MSE", "target reached at"], rows,
                      "rrrl"))
     return runs
 
 
 def _pruning(model, X, y, seed, out):
     """Magnitude vs random pruning of one of the model's two parameters, then fine-tuning."""
-    from ..prune import prune, random_mask
-    from ..report import format_table
     out("")
     out("3. Pruning the classic model: sparsity 0.5 over its two parameters w and b removes "
         "one of them;")
@@ -160,11 +163,11 @@ def _pruning(model, X, y, seed, out):
                  f"w {n_w}x, b {RANDOM_SEEDS - n_w}x",
                  f"{np.mean([d[1] for d in draws]):.4f}",
                  f"{np.mean([d[2] for d in draws]):.4f}"])
-    out(format_table(["rule", "pruned", "MSE after pruning", "after fine-tuning"], rows,
+    out(report.format_table(["rule", "pruned", "MSE after pruning", "after fine-tuning"], rows,
                      "llrr"))
     w, b = _wb(model)
     x, t = X[:, 0], y[:, 0]
-    through_origin = float(np.mean((x * (x @ t / (x @ x)) - t) ** 2))
+    through_origin = float(mse(t[:, None], (x * (x @ t / (x @ x)))[:, None]))
     out(f"   magnitude removes the parameter of smaller |value|: b (|b| = {abs(b):.4f} < |w| = "
         f"{abs(w):.4f}). Yet without b the best line")
     out(f"   through 0 has MSE {through_origin:.4f}, while without w the best constant, mean(y), "
@@ -175,9 +178,6 @@ def _pruning(model, X, y, seed, out):
 
 def _quantization(model, X, y, out):
     """8-bit fixed point (frac bits chosen per tensor) and int8 affine of the classic model."""
-    from ..quant import QFormat, choose_frac_bits, quantize
-    from ..report import format_table
-    from ..study import int8_model
     out("")
     out("4. 8-bit quantization of the classic model")
     w, b = _wb(model)
@@ -193,11 +193,11 @@ def _quantization(model, X, y, out):
     wq, bq = _wb(q)
     rows.append(["fixed point, 8 bits", f"{wq:.6f}", f"{bq:.6f}", "; ".join(codes),
                  f"{q.evaluate(X, y):.6f}"])
-    qmodel, description = int8_model(model, X)
+    qmodel, description = study.int8_model(model, X)
     y_hat = qmodel.predict(X)
-    mse = float(np.mean((y_hat - y) ** 2))
-    rows.append(["int8 affine", "-", "-", description, f"{mse:.6f}"])
-    out(format_table(["model", "w", "b", "codes", "MSE"], rows, "lrrlr"))
+    rows.append(["int8 affine", "-", "-", description,
+                 f"{float(mse(y.astype(y_hat.dtype), y_hat)):.6f}"])
+    out(report.format_table(["model", "w", "b", "codes", "MSE"], rows, "lrrlr"))
     out("   fixed point: code = round(value * 2**frac_bits), frac_bits the largest that does "
         "not saturate;")
     out("   int8: integer-only inference (int8 input, weights and output, int32 accumulator "
@@ -206,17 +206,14 @@ def _quantization(model, X, y, out):
 
 def _study(seed, out):
     """``minscale study --quick`` on the diabetes data, printed."""
-    from ..report import render_text
-    from ..study import StudyConfig, run_study
-    from ._common import load_task
     out("")
     out("5. A quick study on real data: minscale study --data diabetes --quick "
         f"--seed {seed}")
     out("")
     task = load_task(argparse.Namespace(data="diabetes", target=None, test_size=0.2,
                                         seed=seed))
-    result = run_study(task, StudyConfig.preset(quick=True, seed=seed))
-    out(render_text(result).rstrip("\n"))
+    result = study.run_study(task, study.StudyConfig.preset(quick=True, seed=seed))
+    out(report.render_text(result).rstrip("\n"))
     return result
 
 

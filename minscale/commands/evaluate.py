@@ -5,7 +5,16 @@ import argparse
 import os
 import sys
 
-from ._common import add_recorded_data_arguments, integer
+from ..data import accuracy
+from ..io import load
+from ..losses import mse
+from ._common import (
+    add_recorded_data_arguments,
+    check_at_least,
+    check_input_path,
+    integer,
+    load_task,
+)
 
 NAME = "evaluate"
 HELP = "evaluate a saved model on the held-out split of a data set"
@@ -99,8 +108,6 @@ def evaluate_model(model, X, y, classification, batch_size=None, integer=False):
         The model's input or output width differs from the data's; `integer` for a model
         that is not quantized.
     """
-    from ..data import accuracy
-    from ..losses import mse
     if integer:
         if type(model).__name__ != "QuantizedModel":
             raise ValueError(f"--integer needs a quantized model, the file holds a "
@@ -119,8 +126,6 @@ def evaluate_model(model, X, y, classification, batch_size=None, integer=False):
 
 def run(args):
     """Load the model, rebuild the held-out split and print loss (and accuracy)."""
-    from ..io import load
-    from ._common import check_at_least, check_input_path, load_task
     if args.batch_size is not None:
         check_at_least(args.batch_size, "--batch-size", 1)
     model = load(check_input_path(args.path, "path"))

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 import os
 
-from ._common import add_recorded_data_arguments
+from ..export import c_size_report, to_c, to_onnx
+from ..export.plan import check_name
+from ..io import load
+from ..model import Sequential
+from ..quant import QuantizedModel, quantize_fixed_model
+from ._common import add_recorded_data_arguments, check_input_path, check_output_path, load_task
+from .evaluate import data_options
 
 NAME = "export"
 HELP = "export a saved model to C99 (header + source) or ONNX, and print its flash/RAM bytes"
@@ -61,9 +67,6 @@ def format_size(rep):
 
 
 def _load_model(path):
-    from ..io import load
-    from ..model import Sequential
-    from ..quant import QuantizedModel
     model = load(path)
     if not isinstance(model, (Sequential, QuantizedModel)):
         raise ValueError(f"model {path!r} holds a {type(model).__name__}; export reads a float "
@@ -73,10 +76,6 @@ def _load_model(path):
 
 def run(args):
     """Load, check, export; print what was written and its size."""
-    from ..export import c_size_report, to_c, to_onnx
-    from ..export.plan import check_name
-    from ..model import Sequential
-    from ._common import check_input_path, check_output_path
     given = [opt for opt, v in (("--data", args.data), ("--target", args.target),
                                 ("--test-size", args.test_size), ("--seed", args.seed),
                                 ("--fixed-rounding", args.fixed_rounding)) if v is not None]
@@ -118,10 +117,6 @@ def run(args):
 
 def _fixed(model, args):
     """The float model quantized to fixed point, calibrated on its training split."""
-    from ..model import Sequential
-    from ..quant import quantize_fixed_model
-    from ._common import load_task
-    from .evaluate import data_options
     if not isinstance(model, Sequential):
         raise ValueError(f"--fixed needs a float Sequential model; {args.model!r} holds a "
                          f"{type(model).__name__}")

@@ -12,6 +12,13 @@ difference printed (float32 graph against the float64 model).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from ..export import from_onnx
+from ..export.onnx_export import run_onnx
+from ..io import save
+from ._common import check_input_path, check_output_path
+
 NAME = "import-onnx"
 HELP = "read an ONNX MLP into a minscale model file (.npz)"
 
@@ -24,11 +31,6 @@ def add_arguments(parser):
 
 def run(args):
     """Read, verify against onnxruntime when present, save."""
-    import numpy as np
-
-    from ..export import from_onnx
-    from ..io import save
-    from ._common import check_input_path, check_output_path
     check_input_path(args.onnx_file, "MODEL.onnx")
     check_output_path(args.out, "--out", suffixes=(".npz",))
     model = from_onnx(args.onnx_file)
@@ -36,7 +38,6 @@ def run(args):
                                                     for layer in model.layers])
     print(f"read {args.onnx_file}: {len(model.layers)} dense layers, {shapes}")
     try:
-        from ..export.onnx_export import run_onnx
         X = np.random.default_rng(0).standard_normal((256, model.input_dim))
         ref = run_onnx(args.onnx_file, X.astype(np.float32)).astype(np.float64)
         diff = float(np.abs(model.predict(X.astype(np.float32).astype(np.float64)) - ref).max())

@@ -4,6 +4,11 @@ from __future__ import annotations
 import json
 import os
 
+from ..export import c_size_report
+from ..io import layer_table, load_with_manifest
+from ._common import check_input_path
+from .export import format_size
+
 NAME = "info"
 HELP = "show a model file's manifest and per-layer shapes, sparsity, bits and bytes"
 
@@ -33,7 +38,6 @@ def format_info(path, model, manifest):
         the fraction of zero (masked, or not stored) weights of W; ``bits`` the bits per
         stored weight; ``bytes`` the bytes of the layer's stored parameters.
     """
-    from ..io import layer_table
     rows = layer_table(model)
     n_params = sum(r["n_params"] for r in rows)
     lines = [
@@ -93,8 +97,6 @@ def format_info(path, model, manifest):
 
 def _c_export_line(model):
     """What ``minscale export --format c`` would generate for `model`, or why it cannot."""
-    from ..export import c_size_report
-    from .export import format_size
     try:
         return f"C export    {format_size(c_size_report(model))}"
     except (TypeError, ValueError) as exc:
@@ -103,8 +105,6 @@ def _c_export_line(model):
 
 def run(args):
     """Load and verify the file, then print its summary (or manifest with --json)."""
-    from ..io import load_with_manifest
-    from ._common import check_input_path
     model, manifest = load_with_manifest(check_input_path(args.path, "path"))
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))

@@ -10,11 +10,26 @@ the split and standardization are those of training.
 """
 from __future__ import annotations
 
+import math
 import sys
 
-from ._common import (add_recorded_data_arguments, check_at_least, check_input_path,
-                      check_output_path, check_positive, divergence_reported, integer,
-                      load_task)
+from .._checks import check_sparsity
+from ..io import load, save
+from ..model import Sequential
+from ..optim import Adam
+from ..prune import FORMATS, METHODS, model_nbytes, prune, shrink
+from ..train import check_updates
+from ._common import (
+    add_recorded_data_arguments,
+    check_at_least,
+    check_input_path,
+    check_output_path,
+    check_positive,
+    divergence_reported,
+    integer,
+    load_task,
+)
+from .evaluate import data_options
 
 NAME = "prune"
 HELP = "prune a saved model (magnitude, global, random or structured) and report the cost"
@@ -22,8 +37,6 @@ HELP = "prune a saved model (magnitude, global, random or structured) and report
 
 def add_arguments(parser):
     """Register the prune command's options on `parser`."""
-    from ..prune import METHODS
-
     parser.add_argument("model", help="saved model (.npz, as written by minscale train --save)")
     parser.add_argument("--sparsity", type=float, required=True,
                         help="fraction of zeros in [0, 1] (of neurons for structured)")
@@ -73,11 +86,7 @@ def check_options(args):
         either without --finetune-epochs; --shrink without --method structured; --bits
         outside [1, 64]; an --out that cannot be written.
     """
-    import math
-
-    from ..prune import METHODS, _check_sparsity
-
-    _check_sparsity(args.sparsity, "--sparsity")
+    check_sparsity("--sparsity", args.sparsity)
     if args.method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {args.method!r}")
     if args.finetune_epochs < 0:
@@ -106,13 +115,6 @@ def check_options(args):
 
 def run(args):
     """Load, prune (and fine-tune), print the report, save; return the exit code."""
-    from ..io import load, save
-    from ..model import Sequential
-    from ..optim import Adam
-    from ..prune import FORMATS, model_nbytes, prune, shrink
-    from ..train import check_updates
-    from .evaluate import data_options
-
     check_options(args)  # argument mistakes are reported before any file is read
     model = load(check_input_path(args.model, "model"))
     if not isinstance(model, Sequential):

@@ -26,7 +26,22 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_recorded_data_arguments, integer
+from ..io import load, save
+from ..model import Sequential
+from ..optim import Adam
+from ..quant import QATConfig, WeightSpec, convert, quantize_model, strip_qat
+from ..train import check_updates
+from ._common import (
+    add_recorded_data_arguments,
+    check_at_least,
+    check_input_path,
+    check_output_path,
+    check_positive,
+    divergence_reported,
+    integer,
+    load_task,
+)
+from .evaluate import data_options, evaluate_model
 
 #: QAT defaults and the integer path's default rounding, when the option is not given
 LEARNING_RATE, BATCH_SIZE, ROUNDING = 1e-3, 32, "double"
@@ -117,8 +132,6 @@ def weight_spec_from_args(args):
         --bits outside 2..32, --per-channel without --affine, --frac-bits outside
         [-bits, 2 * bits].
     """
-    from ..quant import WeightSpec
-
     if not 2 <= args.bits <= 32:
         raise ValueError(f"--bits must be in 2..32, got {args.bits}")
     if args.per_channel and not args.affine:
@@ -171,8 +184,6 @@ def check_options(args):
         --batch-size (< 1) given, or given without --qat-epochs; --calibration-rows < 1, or
         it or --requantize-rounding without --calibrate; an --out that cannot be written.
     """
-    from ._common import check_at_least, check_output_path, check_positive
-
     spec = weight_spec_from_args(args)
     if args.qat_epochs < 0:
         raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
@@ -201,13 +212,6 @@ def check_options(args):
 
 def run(args):
     """Load, quantize (and QAT-fine-tune), print the report, save; return the exit code."""
-    from ..io import load
-    from ..model import Sequential
-    from ..optim import Adam
-    from ..quant import QATConfig, convert, quantize_model, strip_qat
-    from ..train import check_updates
-    from ._common import check_input_path, divergence_reported, load_task
-    from .evaluate import data_options, evaluate_model
 
     spec = check_options(args)  # argument mistakes before any file is read
     model = load(check_input_path(args.model, "model"))
@@ -278,7 +282,6 @@ def run(args):
         f"(ratio {size['ratio_packed']:.2f})"
     )
     if args.out:
-        from ..io import save
         save(qmodel, args.out)
         print(f"saved {args.out}")
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import (add_data_arguments, check_output_path, hidden_sizes, integer,
-                      load_task)
+from .. import report, study
+from ..study.runs import new_model
+from ._common import add_data_arguments, check_output_path, hidden_sizes, integer, load_task
 
 NAME = "study"
 HELP = ("measure learning rate, pruning, quantization and data-parallel workers on one data "
@@ -59,8 +60,7 @@ def check_outputs(args):
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     suffixes = {"json": None, "csv": None, "plot": None}
     if args.plot is not None:
-        from ..report import plot_formats
-        suffixes["plot"] = plot_formats()  # ImportError without matplotlib
+        suffixes["plot"] = report.plot_formats()  # ImportError without matplotlib
         # a name ending in a separator is a folder: check_output_path says so below
         if args.plot and not os.path.splitext(args.plot)[1] \
                 and not args.plot.endswith((os.sep, os.altsep or os.sep)):
@@ -80,20 +80,18 @@ def check_outputs(args):
 
 def run(args):
     """Run the study, print its tables and write the asked-for files."""
-    from .. import report
-    from ..study import StudyConfig, _new_model, run_study
     check_outputs(args)
-    config = StudyConfig.preset(quick=args.quick, epochs=args.epochs,
-                                batch_size=args.batch_size, seed=args.seed,
-                                hidden=None if args.hidden is None else tuple(args.hidden))
+    config = study.StudyConfig.preset(quick=args.quick, epochs=args.epochs,
+                                      batch_size=args.batch_size, seed=args.seed,
+                                      hidden=None if args.hidden is None else tuple(args.hidden))
     task = load_task(args)
     try:
         # the study's model, built once here: one too large for the memory is refused now,
         # under the option's name, not in the middle of the study
-        _new_model(task, config)
+        new_model(task, config)
     except ValueError as exc:
         raise ValueError(f"--hidden {','.join(map(str, config.hidden))}: {exc}") from None
-    result = run_study(task, config, progress=False if args.no_progress else None)
+    result = study.run_study(task, config, progress=False if args.no_progress else None)
     sys.stdout.write(report.render_text(result))
     if args.json:
         report.write_json(result, args.json)

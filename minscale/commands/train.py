@@ -3,8 +3,22 @@ from __future__ import annotations
 
 import os
 
-from ._common import (add_data_arguments, check_at_least, check_output_path, divergence_reported,
-                      hidden_sizes, integer, load_task)
+from ..datasets import NAMES
+from ..io import save
+from ..optim import get as get_optimizer
+from ..parallel import MPIComm
+from ..schedules import InverseTimeDecay
+from ..study.runs import build_model
+from ..train import check_updates
+from ._common import (
+    add_data_arguments,
+    check_at_least,
+    check_output_path,
+    divergence_reported,
+    hidden_sizes,
+    integer,
+    load_task,
+)
 
 NAME = "train"
 HELP = "train a dense network with inverse-time learning-rate decay"
@@ -35,17 +49,6 @@ def add_arguments(parser):
                         help="mpi: run as one rank under mpiexec")
     parser.add_argument("--save", default=None, metavar="PATH", help="save the model (.npz)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
-
-
-def build_model(n_features, n_outputs, hidden, activation="relu", seed=0, dtype="float64"):
-    """A Sequential MLP: hidden Dense layers with `activation`, a linear output layer."""
-    from ..layers import Dense
-    from ..model import Sequential
-    layers = [Dense(h, activation=activation,
-                    kernel_initializer="he_normal" if "relu" in activation else "glorot_uniform")
-              for h in hidden]
-    layers.append(Dense(n_outputs))
-    return Sequential(layers, input_dim=n_features, seed=seed, dtype=dtype)
 
 
 def check_parallel_options(args):
@@ -86,15 +89,11 @@ def recorded_data(data):
     An absolute path lets ``minscale evaluate`` / ``prune`` / ``quantize`` find the file
     from another folder.
     """
-    from ..datasets import NAMES
     return data if data in NAMES else os.path.abspath(data)
 
 
 def run(args):
     """Train and print the final train and test loss (and accuracy on classification)."""
-    from ..optim import get as get_optimizer
-    from ..schedules import InverseTimeDecay
-    from ..train import check_updates
     # argument mistakes are reported before any data is read or anything is printed
     check_at_least(args.epochs, "--epochs", 0)
     check_at_least(args.batch_size, "--batch-size", 1)
@@ -103,7 +102,6 @@ def run(args):
         check_output_path(args.save, "--save")
     comm = None
     if args.comm == "mpi":
-        from ..parallel import MPIComm
         comm = MPIComm()
     rank = 0 if comm is None else comm.rank
     task = load_task(args, args.dtype)
@@ -138,7 +136,6 @@ def run(args):
             print(f"final train accuracy {train['accuracy']:.4f}, "
                   f"test accuracy {test['accuracy']:.4f}")
         if args.save:
-            from ..io import save
             # lets `minscale evaluate` rebuild the same split and standardization
             model.state["data"] = {"data": recorded_data(args.data), "target": args.target,
                                    "test_size": args.test_size, "seed": args.seed}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _npz
-from ..data import _float_dtype
+from .._checks import check_float_dtype
 
 __all__ = [
     "NAMES",
@@ -113,7 +113,7 @@ def _parse_csv(handle, source, target, dtype):
     """Parse an open text file of CSV with a header row; see `load_csv` for the contract."""
     if target is not None and not isinstance(target, str):
         raise TypeError(f"target must be a column name (str) or None, got {target!r}")
-    dt = _float_dtype(dtype)
+    dt = check_float_dtype("dtype", dtype)
     reader = csv.reader(handle)
     header = next(reader, None)
     while header is not None and len(header) == 0:  # leading blank lines
@@ -410,7 +410,7 @@ def load_npz(path, x_key="X", y_key="y", dtype="float64"):
     for value, name in ((x_key, "x_key"), (y_key, "y_key")):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, got {value!r}")
-    dt = _float_dtype(dtype)
+    dt = check_float_dtype("dtype", dtype)
     p = _check_path(path)
     source = str(p)
     with open(p, "rb") as fh:

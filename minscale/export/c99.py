@@ -23,6 +23,9 @@ import tempfile
 
 import numpy as np
 
+from .._version import __version__
+from ..model import Sequential
+from ..quant import FixedPointModel
 from .layout import LAYOUTS, choose_layout, encode, index_dtype, layout_nbytes
 from .plan import check_name, fixed_plan, float_plan, integer_plan
 
@@ -45,8 +48,6 @@ _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t",
 def _plan(model, kind):
     if kind not in (None, "integer", "float"):
         raise ValueError(f"kind must be 'integer', 'float' or None, got {kind!r}")
-    from ..model import Sequential
-    from ..quant import FixedPointModel
     if isinstance(model, FixedPointModel) and kind in (None, "integer"):
         return fixed_plan(model)
     if kind == "integer" or (kind is None and not isinstance(model, Sequential)):
@@ -366,7 +367,6 @@ def c_sources(model, name="model", rounding="double", kind=None):
     plan = _plan(model, kind)
     encs, idx = _layouts(plan)
     rep = c_size_report(model, kind)
-    from .. import __version__
     N, U = name, name.upper()
     CT, WT = plan.code_ctype, plan.weight_ctype
     integer = plan.kind == "integer"

@@ -43,6 +43,7 @@ import tempfile
 
 import numpy as np
 
+from .._version import __version__
 from ..quant import FixedPointModel
 from .plan import fixed_plan, float_plan, integer_plan
 
@@ -56,7 +57,7 @@ OPSET = 17
 
 def _onnx():
     try:
-        import onnx
+        import onnx  # noqa: PLC0415
     except ImportError as exc:  # optional dependency
         raise ImportError("ONNX export needs the onnx package: pip install onnx "
                           "(or the minscale[test] extra)") from exc
@@ -247,7 +248,6 @@ def onnx_model(model, mode="integer", rounding="double"):
     else:
         plan = float_plan(model) if mode == "float" else integer_plan(model)
     onnx = _onnx()
-    from .. import __version__
     g = _Graph(onnx)
     helper, TP = onnx.helper, onnx.TensorProto
     if mode == "float":
@@ -343,7 +343,7 @@ def run_onnx(model_or_path, inputs):
         The graph's one input.
     """
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError("running ONNX graphs needs onnxruntime: pip install onnxruntime") \
             from exc

@@ -69,8 +69,8 @@ def from_onnx(path):
     ``W = alpha * B'`` and ``b = beta * C`` (broadcast to ``(d_out,)``).
     """
     try:
-        import onnx
-        from onnx import numpy_helper
+        import onnx  # noqa: PLC0415
+        from onnx import numpy_helper  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError("ONNX import needs the onnx package: pip install onnx") from exc
     path = os.fspath(path)
@@ -160,7 +160,7 @@ def from_onnx(path):
         raise ValueError(f"the chain ends at {cur!r}, not at the output "
                          f"{graph.output[0].name!r}")
     weights, dense, d = [], [], d_in
-    for i, L in enumerate(layers):
+    for L in layers:
         W, b = L["W"], L["b"]
         if W.shape[0] != d:
             raise ValueError(f"{_describe(L['node'])}: W has shape {W.shape}, the layer input "

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minscale as ms
-from minscale.export.layout import (LAYOUTS, choose_layout, encode, index_dtype,
-                                    layout_nbytes)
+from minscale.export.layout import LAYOUTS, choose_layout, encode, index_dtype, layout_nbytes
 
 
 def _decode(enc, shape):
