@@ -4,9 +4,17 @@
 - `SharedMemoryComm`: k processes on one machine (multiprocessing + shared memory),
   launched by `run_workers`.
 - `MPIComm`: k processes anywhere, over mpi4py (imported only when an MPIComm is created).
+- `synchronized_observers`: QAT observers that see the global batch (:mod:`.observers`).
 - `fit_workers`: ``fit(..., workers=k, mode="sync"|"async")`` on one machine.
-"""
 
+`fit_workers`, `relink_model`, `combine_epoch_losses` and `MODES` are defined in
+:mod:`minscale.train.workers` (training sits above the communicators) and loaded on first
+access (PEP 562 ``__getattr__``): a static import would make parallel and train import each
+other. ``from minscale.parallel import fit_workers`` works as before.
+"""
+import importlib
+
+from . import trainer  # noqa: F401  (the public path minscale.parallel.trainer, as before)
 from .base import (
     CommAbortedError,
     CommError,
@@ -18,6 +26,7 @@ from .base import (
 )
 from .local import LocalComm
 from .mpi import MPIComm, abort_mpi_job, abort_on_error, install_abort_excepthook
+from .observers import synchronized_observers
 from .shm import (
     SharedArray,
     SharedArraySpec,
@@ -26,7 +35,6 @@ from .shm import (
     SharedMemoryGroup,
     run_workers,
 )
-from .trainer import MODES, combine_epoch_losses, fit_workers, relink_model, synchronized_observers
 
 __all__ = [
     "Communicator",
@@ -53,3 +61,19 @@ __all__ = [
     "synchronized_observers",
     "MODES",
 ]
+
+#: name -> module that defines it, imported on first access
+_MOVED = {name: "minscale.train.workers"
+          for name in ("fit_workers", "relink_model", "combine_epoch_losses", "MODES")}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        value = getattr(importlib.import_module(_MOVED[name]), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MOVED))

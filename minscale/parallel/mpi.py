@@ -46,7 +46,7 @@ def import_mpi():
         If mpi4py (or an MPI library) is missing, saying how to install it.
     """
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # noqa: PLC0415  (optional third-party: the mpi extra)
     except ImportError as exc:
         raise ImportError(
             "MPIComm needs mpi4py and an MPI library: pip install 'minscale[mpi]' "

@@ -763,7 +763,7 @@ class SharedMemoryComm:
 def _limit_blas(blas_threads):
     if blas_threads is None:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415  (third-party, loaded when used)
 
     return threadpool_limits(limits=blas_threads)
 
@@ -1029,7 +1029,7 @@ class _Collector:
     def root_cause(self, timeout):
         # Peers of a failing worker report CommAborted/CommTimeout; the first failure that is
         # not such a consequence is the one to show.
-        for rank, is_comm_error, err in self.failures:
+        for _rank, is_comm_error, err in self.failures:
             if not is_comm_error:
                 return err
         # only timeouts: a worker that is still running and never reported kept them waiting

@@ -8,7 +8,9 @@ rank applies the same update.
 
 Modules: :mod:`~minscale.train.history` (History, DivergenceError, the divergence limit),
 :mod:`~minscale.train.callbacks`, :mod:`~minscale.train.progress`, :mod:`~minscale.train.loop`
-(the loop), :mod:`~minscale.train.compiled` (the compiled path), :mod:`~minscale.train.fit`.
+(the loop), :mod:`~minscale.train.compiled` (the compiled path), :mod:`~minscale.train.workers`
+(k worker processes on one machine, over :mod:`minscale.parallel`'s communicators),
+:mod:`~minscale.train.fit`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Training callbacks: the hook base class, and the one the loop installs for gradual pruning."""
 from __future__ import annotations
 
+from ..prune import prune
+
 # PruningCallback is installed by the loop itself (fit's pruning=), not by users
 __all__ = ["Callback"]
 
@@ -34,5 +36,4 @@ class PruningCallback(Callback):
 
     def on_step_begin(self, model, step):
         if self.schedule.should_prune(step):
-            from ..prune import prune
             prune(model, float(self.schedule.sparsity(step)), method=self.method)

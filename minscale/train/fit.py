@@ -6,7 +6,9 @@ import math
 import os
 
 from ..data import COUNT_MAX, check_int, check_nbytes, check_output_path
+from ..quant import prepare_qat, qat_config
 from . import compiled, loop
+from .workers import MODES, fit_workers
 
 __all__ = ["fit"]
 
@@ -124,7 +126,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         checked before training; a run of so many updates (``epochs * ceil(n / batch_size)``)
         that their records (:data:`BYTES_PER_UPDATE` each) exceed
         :func:`minscale.data.memory_limit`; a `resume` checkpoint that does not fit the model,
-        data or arguments.
+        data or arguments. Every argument is checked (a bad `quantization` config too, raising
+        what :func:`minscale.quant.qat_config` raises) before fit compiles the model or installs
+        QAT hooks, so a refused call leaves the model as it was (an unbuilt model may have been
+        built from the width of `X`, which is checked last).
     minscale.io.ModelFileError
         A damaged or foreign `resume` file.
     DivergenceError
@@ -132,10 +137,12 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         first batch loss of this call; the message names epoch, step and learning rate, and
         the model keeps its last finite parameters.
     """
+    # every check first, the data last (an unbuilt model takes its input width from X):
+    # a refused call leaves the model as it was
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     workers = _check_int("workers", workers, 1)
-    if mode not in ("sync", "async"):
+    if mode not in MODES:
         raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
     if checkpoint_every is not None:
         checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
@@ -147,41 +154,43 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     if (checkpoint is not None or resume is not None) and (workers > 1 or mode == "async"):
         raise ValueError("checkpoint and resume work in one process or with comm=, not with "
                          f"workers={workers}, mode={mode!r}")
+    if comm is not None and mode == "async":
+        raise ValueError("mode='async' runs worker processes on one machine; training over "
+                         "comm= is synchronous (mode='sync')")
+    if comm is not None and workers > 1:
+        raise ValueError("give either workers (processes on this machine) or comm, not both")
+    if pruning is not None and not (hasattr(pruning, "should_prune")
+                                    and hasattr(pruning, "sparsity")):
+        raise ValueError("pruning must be a sparsity schedule with should_prune(step) and "
+                         f"sparsity(step), got {pruning!r}")
+    if validation_data is not None and not (isinstance(validation_data, (tuple, list))
+                                            and len(validation_data) == 2):
+        raise ValueError("validation_data must be a pair (X_val, y_val)")
+    if quantization is not None:
+        quantization = qat_config(quantization)
     if checkpoint is not None and (comm is None or comm.rank == 0):
         # only rank 0 writes; a path that cannot be a file is refused before any training
         check_output_path(checkpoint, "checkpoint")
     X, y = _prepare(model, X, y)
     check_updates(epochs, X.shape[0], batch_size)
     if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
         validation_data = _prepare(model, *validation_data)
+
     if model.optimizer is None:
         model.compile()
-    if pruning is not None and not (hasattr(pruning, "should_prune")
-                                    and hasattr(pruning, "sparsity")):
-        raise ValueError("pruning must be a sparsity schedule with should_prune(step) and "
-                         f"sparsity(step), got {pruning!r}")
     if quantization is not None:
-        from ..quant import prepare_qat
         prepare_qat(model, quantization)
     options = dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
                    validation_data=validation_data, verbose=verbose,
                    callbacks=list(callbacks or []), pruning=pruning,
                    pruning_method=pruning_method)
-    if comm is not None and mode == "async":
-        raise ValueError("mode='async' runs worker processes on one machine; training over "
-                         "comm= is synchronous (mode='sync')")
     if workers > 1 or mode == "async":
-        if comm is not None:
-            raise ValueError("give either workers (processes on this machine) or comm, not both")
-        from ..parallel import fit_workers
         history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
     elif comm is None and checkpoint is None and resume is None \
             and compiled.supports(model, options):
         history = compiled.run(model, X, y, **options)
     else:
         history = loop.run(model, X, y, comm=comm, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, resume=resume, **options)
+                           checkpoint_every=checkpoint_every, resume=resume, **options)
     model.history = history
     return history

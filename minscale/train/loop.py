@@ -13,7 +13,9 @@ import math
 
 import numpy as np
 
+from ..io import TrainingProgress, data_digest, restore_checkpoint, write_checkpoint
 from ..parallel.base import shard_bounds
+from ..parallel.observers import synchronized_observers
 from .callbacks import PruningCallback
 from .history import BLOWUP_FACTOR, DivergenceError, History, divergence_limit
 from .progress import progress_bar, report_epoch
@@ -60,11 +62,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     history = History()
     start_epoch, start_batch, order, loss_total = 0, 0, None, 0.0
     if checkpoint is not None or resume is not None:
-        from .. import io as _io
-        data_sha = _io.data_digest(X, y)
+        data_sha = data_digest(X, y)
     if resume is not None:
-        progress = _io.restore_checkpoint(model, resume, X, y, batch_size, shuffle, run_seed,
-                                          epochs)
+        progress = restore_checkpoint(model, resume, X, y, batch_size, shuffle, run_seed, epochs)
         rng.bit_generator.state = progress.rng_state
         history = progress.history
         start_epoch, start_batch = progress.epoch, progress.batch
@@ -77,7 +77,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
             # a checkpoint is always a finite snapshot to resume from
             diverged(model, backup, epoch, optimizer.iterations, lr, float("nan"))
         if rank == 0:
-            _io.write_checkpoint(checkpoint, model, _io.TrainingProgress(
+            write_checkpoint(checkpoint, model, TrainingProgress(
                 epoch=epoch, batch=batch, loss_total=loss_total, order=order,
                 rng_state=rng.bit_generator.state, history=history, seed=run_seed,
                 batch_size=batch_size, shuffle=bool(shuffle), n_samples=n,
@@ -95,7 +95,6 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     stack.enter_context(np.errstate(over="ignore", invalid="ignore"))
     if comm is not None and size > 1:
         # QAT activation observers must see the global batch's range, not the shard's
-        from ..parallel.trainer import synchronized_observers
         stack.enter_context(synchronized_observers(model, comm))
     try:
         for epoch in range(start_epoch, epochs):
@@ -115,10 +114,11 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 step = optimizer.iterations
                 for cb in callbacks:
                     cb.on_step_begin(model, step)
-                model._gradbuf[P] = model.compute_gradients(Xb, yb, n_total=hi - lo)
+                # grads (P values) and the batch loss share one buffer: one allreduce sums both
+                model.grad_buffer[P] = model.compute_gradients(Xb, yb, n_total=hi - lo)
                 if size > 1:
-                    comm.allreduce(model._gradbuf)
-                batch_loss = float(model._gradbuf[P])
+                    comm.allreduce(model.grad_buffer)
+                batch_loss = float(model.grad_buffer[P])
                 if loss_limit is None:
                     loss_limit = divergence_limit(batch_loss)
                 if not math.isfinite(batch_loss) or batch_loss > loss_limit:

@@ -34,7 +34,7 @@ from minscale.parallel import (
 from minscale.parallel import shm as shm_module
 from minscale.train import Callback, DivergenceError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parent
 
 _spec = importlib.util.spec_from_file_location("mpi_fit_cases", TESTS / "mpi_fit.py")
@@ -459,7 +459,7 @@ def spy(cls, *a, **k):
     print("segment", out.spec.name, flush=True)
     return out
 shm.SharedArray.create = classmethod(spy)
-from test_parallel_fit import cases, WritePidOnTrainBegin
+from test_workers import cases, WritePidOnTrainBegin
 if __name__ == "__main__":
     model, X, y, kw = cases.equivalence_case()
     kw["epochs"] = 10**6
@@ -564,6 +564,36 @@ def test_relink_model_restores_views_after_pickling():
     loss = copy.compute_gradients(X, y)
     assert loss == pytest.approx(model.compute_gradients(X, y), rel=1e-15)
     np.testing.assert_array_equal(copy._gradbuf[:-1], model.grads)
+
+
+_LAZY_IMPORT_SCRIPT = """
+import pickle, sys
+sys.path[:0] = [{root!r}]
+import minscale.parallel
+assert not [m for m in sys.modules if m.startswith("minscale.train")], "parallel imported train"
+from minscale.parallel import fit_workers
+from minscale.parallel.trainer import MODES, relink_model
+from minscale.train import workers
+assert fit_workers is workers.fit_workers and relink_model is workers.relink_model
+assert MODES is workers.MODES == ("sync", "async")
+# spawn pickles the worker entry point and the job by qualified name
+assert pickle.loads(pickle.dumps(workers._train_worker)) is workers._train_worker
+print(fit_workers.__module__, workers._Job.__module__, minscale.parallel.synchronized_observers.__module__)
+"""
+
+
+def test_the_trainer_lives_in_train_and_parallel_loads_it_on_first_access():
+    # parallel sits below train: it re-exports the trainer's names lazily, never at import time
+    proc = subprocess.run([sys.executable, "-c", _LAZY_IMPORT_SCRIPT.format(root=str(ROOT))],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["minscale.train.workers", "minscale.train.workers",
+                                   "minscale.parallel.observers"]
+    import minscale.parallel.trainer as trainer
+    from minscale.train import workers
+    assert sorted(trainer.__all__) == sorted([*workers.__all__, "synchronized_observers"])
+    for name in workers.__all__:
+        assert getattr(ms.parallel, name) is getattr(trainer, name) is getattr(workers, name)
 
 
 def test_only_rank_zero_prints(capfd):

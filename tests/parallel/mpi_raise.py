@@ -1,7 +1,7 @@
 """Run under ``mpiexec -n 2``: rank 1 fails before the first allreduce, rank 0 waits in it.
 
-``python tests/mpi_raise.py`` -- rank 1 raises: MPIComm's excepthook must turn the exception
-into MPI_Abort. ``python tests/mpi_raise.py exit-code`` -- rank 1 prints an error line and
+``python tests/parallel/mpi_raise.py`` -- rank 1 raises: MPIComm's excepthook must turn the exception
+into MPI_Abort. ``python tests/parallel/mpi_raise.py exit-code`` -- rank 1 prints an error line and
 calls ``abort_mpi_job(2)``, as a command line that returns exit code 2 would. Either way
 mpiexec must end the whole job non-zero instead of leaving rank 0 blocked forever.
 """

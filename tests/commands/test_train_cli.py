@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--data", "diabetes", "--epochs", "3", "--batch-size", "16", "--seed", "0", "--quiet"]
 LOSS_LINE = re.compile(r"final train loss (\S+), test loss (\S+)")
 # long enough to be still training when the test intervenes

@@ -1,7 +1,7 @@
 """Run under ``mpiexec -n 2``: rank 1 misbehaves at update 5 of ``model.fit(comm=MPIComm())``.
 
-``python tests/mpi_stall.py stop`` -- rank 1 stops itself (SIGSTOP), as a debugger or a
-swapped-out node would; ``python tests/mpi_stall.py exit`` -- rank 1 leaves with exit status 0
+``python tests/parallel/mpi_stall.py stop`` -- rank 1 stops itself (SIGSTOP), as a debugger or a
+swapped-out node would; ``python tests/parallel/mpi_stall.py exit`` -- rank 1 leaves with exit status 0
 mid-training. Either way rank 0 is left waiting in its next allreduce: the per-collective
 timeout (``MINSCALE_COMM_TIMEOUT``) must turn that into an abort with a message and a
 non-zero exit instead of a hang or a silent exit 0. A second argument ``single`` starts MPI

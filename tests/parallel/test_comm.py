@@ -40,7 +40,7 @@ from minscale.parallel import (
 from minscale.parallel.base import check_buffer, default_timeout
 from minscale.parallel.shm import BoundedBarrier, process_gone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parent
 SHM_DIR = Path("/dev/shm")
 
@@ -547,7 +547,7 @@ shm.SharedArray.create = classmethod(spy)
 
 def test_no_resource_tracker_warnings_after_success_and_failure(tmp_path):
     body = f"""
-    from test_parallel_comm import _allreduce_many, _killed_mid_training
+    from test_comm import _allreduce_many, _killed_mid_training
     if __name__ == "__main__":
         run_workers(_allreduce_many, 2, args=(10, 2, "float64", {str(tmp_path / 'a')!r}), nbytes=80)
         try:
@@ -584,7 +584,7 @@ def test_ctrl_c_in_parent_stops_workers_and_unlinks(tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     body = f"""
-    from test_parallel_comm import _loop_until_stopped
+    from test_comm import _loop_until_stopped
     import minscale.parallel.shm as shm
     created = []
     original = shm.SharedArray.create.__func__
@@ -632,7 +632,7 @@ def test_script_without_main_guard_gets_the_hint(tmp_path):
     # each spawned worker re-runs the unguarded top level, whose run_workers call then fails
     script = tmp_path / "unguarded.py"
     script.write_text(_CHILD_PRELUDE + textwrap.dedent("""
-    from test_parallel_comm import _exits_silently
+    from test_comm import _exits_silently
     try:
         run_workers(_exits_silently, 2, nbytes=8)
     except WorkerError as exc:
@@ -651,7 +651,7 @@ def test_sigstopped_worker_ends_the_run_within_the_timeout_plus_10s(tmp_path):
     body = _SEGMENT_SPY + textwrap.dedent(f"""
     import threading
     from pathlib import Path
-    from test_parallel_comm import _loop_until_stopped
+    from test_comm import _loop_until_stopped
     def stop_rank_1():
         while True:
             try:

@@ -1,7 +1,7 @@
 """Run under ``mpiexec -n K``: ``model.fit(..., comm=MPIComm())`` on the cases of
-tests/test_parallel_fit.py; also importable, so the test builds the same single-process oracle.
+tests/train/test_workers.py; also importable, so the test builds the same single-process oracle.
 
-Usage: ``mpiexec -n 2 python tests/mpi_fit.py OUT_DIR``. Each rank saves its final parameters
+Usage: ``mpiexec -n 2 python tests/train/mpi_fit.py OUT_DIR``. Each rank saves its final parameters
 as ``OUT_DIR/<case>_rank<r>.npy`` and the seconds the fit took as ``<case>_rank<r>.seconds``.
 """
 

@@ -1,8 +1,8 @@
 """Run under ``mpiexec -n 2``: MPIComm allreduce (sum/max/min, float64/float32) and broadcast.
 
-Usage: ``mpiexec -n 2 python tests/mpi_allreduce.py OUT_DIR``. Each rank writes what it received
+Usage: ``mpiexec -n 2 python tests/parallel/mpi_allreduce.py OUT_DIR``. Each rank writes what it received
 to ``OUT_DIR/rank<r>.json`` (files, not stdout, because mpiexec interleaves the ranks' output);
-tests/test_parallel_comm.py checks them.
+tests/parallel/test_comm.py checks them.
 """
 
 import json
