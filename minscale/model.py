@@ -607,24 +607,10 @@ class Sequential:
         metrics = manifest_field(compiled, "metrics", list, "manifest['compile']")
         loss = manifest_field(compiled, "loss", str, "manifest['compile']")
         opt = manifest.get("optimizer")
-        opt_state = None
+        opt_state = _optimizer_state(opt, arrays, n_params, dtype, path)
         optimizer = "adam"
-        if opt is not None:
-            if not isinstance(opt, dict):
-                raise ModelFileError(f"{path!r}: manifest['optimizer'] must be an object or "
-                                     "null")
-            iterations = manifest_field(opt, "iterations", int, "manifest['optimizer']")
-            names = manifest_field(opt, "arrays", list, "manifest['optimizer']")
-            opt_class = manifest_field(opt, "class", str, "manifest['optimizer']")
-            if iterations < 0 or not all(isinstance(n, str) for n in names):
-                raise ModelFileError(f"{path!r}: bad optimizer state {opt!r}")
-            buffers = {n: manifest_array(arrays, f"optimizer/{n}", (n_params,), dtype, path)
-                       for n in names}
-            config_opt = opt.get("config")
-            if config_opt is not None:
-                optimizer = _optim.deserialize(config_opt)
-            opt_state = {"class": opt_class, "config": config_opt, "iterations": iterations,
-                         "arrays": buffers}
+        if opt_state is not None and opt_state["config"] is not None:
+            optimizer = _optim.deserialize(opt_state["config"])
         try:
             model.compile(loss=loss, optimizer=optimizer, reduction=reduction, metrics=metrics)
         except (ValueError, TypeError) as exc:
@@ -721,6 +707,23 @@ def _optimizer_payload(optimizer, arrays):
         arrays[f"optimizer/{name}"] = np.ascontiguousarray(buf)
     return {"class": type(optimizer).__name__, "config": config,
             "iterations": int(getattr(optimizer, "iterations", 0)), "arrays": sorted(buffers)}
+
+
+def _optimizer_state(opt, arrays, n_params, dtype, path):
+    """The stored optimizer state of a manifest's ``optimizer`` field, checked (None: none)."""
+    if opt is None:
+        return None
+    if not isinstance(opt, dict):
+        raise ModelFileError(f"{path!r}: manifest['optimizer'] must be an object or null")
+    iterations = manifest_field(opt, "iterations", int, "manifest['optimizer']")
+    names = manifest_field(opt, "arrays", list, "manifest['optimizer']")
+    opt_class = manifest_field(opt, "class", str, "manifest['optimizer']")
+    if iterations < 0 or not all(isinstance(n, str) for n in names):
+        raise ModelFileError(f"{path!r}: bad optimizer state {opt!r}")
+    buffers = {n: manifest_array(arrays, f"optimizer/{n}", (n_params,), dtype, path)
+               for n in names}
+    return {"class": opt_class, "config": opt.get("config"), "iterations": iterations,
+            "arrays": buffers}
 
 
 def _check_batch_size(batch_size, n):
