@@ -27,7 +27,7 @@ ACTIVATIONS = tuple(kernels.ACTIVATION_CODES)
 
 # --- formulas ------------------------------------------------------------------------------
 
-def dense_forward(x, W, b=None):
+def dense_forward(x, W, b=None, *, out=None):
     """Affine map of a batch: ``z = x @ W + b``.
 
     Parameters
@@ -35,18 +35,21 @@ def dense_forward(x, W, b=None):
     x : ndarray, shape (n, d_in)
     W : ndarray, shape (d_in, d_out)
     b : ndarray, shape (d_out,), or None
+    out : ndarray, shape (n, d_out), optional
+        Written in place and returned (the dtype of ``x @ W``).
 
     Returns
     -------
     z : ndarray, shape (n, d_out), dtype of ``x @ W``
+        The product first, then ``+ b`` per element (one rounding each).
     """
-    z = x @ W
+    z = np.matmul(x, W, out=out)
     if b is not None:
         z += b
     return z
 
 
-def dense_backward(x, W, dz):
+def dense_backward(x, W, dz, *, dW=None, db=None, need_dx=True):
     """Gradients of a dense layer from dL/dz.
 
     Parameters
@@ -57,10 +60,16 @@ def dense_backward(x, W, dz):
         The weights used in the forward pass.
     dz : ndarray, shape (n, d_out)
         dL/dz.
+    dW : ndarray, shape (d_in, d_out), optional
+        Written in place (e.g. a view into the model's gradient buffer).
+    db : ndarray, shape (d_out,), optional
+        Written in place.
+    need_dx : bool, default True
+        False skips ``dx`` (the first layer's input gradient is not used).
 
     Returns
     -------
-    dx : ndarray, shape (n, d_in)
+    dx : ndarray, shape (n, d_in), or None
         ``dz @ W.T``
     dW : ndarray, shape (d_in, d_out)
         ``x.T @ dz``
@@ -71,7 +80,9 @@ def dense_backward(x, W, dz):
     -----
     From z_ij = sum_k x_ik W_kj + b_j by the chain rule (e.g. Goodfellow et al. 2016, 6.5).
     """
-    return dz @ W.T, x.T @ dz, dz.sum(axis=0)
+    dW = np.matmul(x.T, dz, out=dW)
+    db = np.sum(dz, axis=0, out=db)
+    return (dz @ W.T if need_dx else None), dW, db
 
 
 def identity(z):
@@ -313,9 +324,10 @@ class Dense:
         self._kernel_pass = None
         if self.kernel_quantizer is not None:
             W, self._kernel_pass = self.kernel_quantizer(W, training)
-        z = x @ W
-        b = self.b if self.use_bias else _EMPTY.get(z.dtype)
-        a = kernels.bias_act(z, b, kernels.ACTIVATION_CODES[self.activation], self.alpha)
+        z = dense_forward(x, W, self.b if self.use_bias else None)
+        # the bias is in z already: the kernel applies the activation only
+        a = kernels.bias_act(z, _EMPTY.get(z.dtype), kernels.ACTIVATION_CODES[self.activation],
+                             self.alpha)
         self._a = a
         self._output_pass = None
         if self.output_quantizer is not None:
@@ -341,12 +353,11 @@ class Dense:
             da *= self._output_pass
         dz = kernels.act_backward(self._a, da, kernels.ACTIVATION_CODES[self.activation],
                                   self.alpha, da)
-        np.matmul(self._x.T, dz, out=self.dW)
+        dx, _, _ = dense_backward(self._x, self._W_used, dz, dW=self.dW,
+                                  db=self.db if self.use_bias else None, need_dx=need_dx)
         if self._kernel_pass is not None:
             self.dW *= self._kernel_pass
-        if self.use_bias:
-            np.sum(dz, axis=0, out=self.db)
-        return dz @ self._W_used.T if need_dx else None
+        return dx
 
     def __repr__(self):
         return f"Dense({self.units}, activation={self.activation!r}, use_bias={self.use_bias})"

@@ -9,12 +9,24 @@ save/load and shared memory deal with one array each.
 from __future__ import annotations
 
 import copy as _copy
+import re
 
 import numpy as np
 
 from . import losses
-from .data import COUNT_MAX, check_array, check_int, check_nbytes, check_Xy
 from . import optim as _optim
+from .data import COUNT_MAX, accuracy, check_array, check_int, check_nbytes, check_Xy
+from .io import codecs
+from .io.container import (
+    ModelFileError,
+    canonical_json,
+    decode_state,
+    encode_state,
+    expected_param_count,
+    manifest_array,
+    manifest_field,
+    plain,
+)
 from .layers import Dense
 
 __all__ = ["Sequential", "check_X"]
@@ -149,7 +161,7 @@ class Sequential:
         self._bind(np.zeros(total, dtype=self.dtype), self._gradbuf[:total],
                    np.ones(total, dtype=bool))
         self.prunable = np.zeros(total, dtype=bool)
-        for layer, (start, stop) in zip(self.layers, self.layer_slices()):
+        for layer, (start, _stop) in zip(self.layers, self.layer_slices()):
             self.prunable[start:start + layer.W.size] = True
         rng = np.random.default_rng(self.seed)
         for layer in self.layers:
@@ -316,7 +328,7 @@ class Sequential:
         -------
         History
         """
-        from .train import fit
+        from .train import fit  # noqa: PLC0415 (the one documented upward call)
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, **kwargs)
 
     def predict(self, X, batch_size=None):
@@ -372,7 +384,6 @@ class Sequential:
         y_hat = self.predict(X, batch_size)
         result = {"loss": losses.mse(y, y_hat, self.reduction)}
         if "accuracy" in self.metrics:
-            from .data import accuracy
             result["accuracy"] = float(accuracy(y, y_hat))
         if return_dict:
             return result
@@ -478,6 +489,158 @@ class Sequential:
         lines.append(f"total params: {self.count_params()}")
         return "\n".join(lines)
 
+    # model files (the "Sequential" codec of minscale.io) -------------------------------------
+    def layer_table(self):
+        """Per-layer rows for ``minscale info`` (the keys of :func:`minscale.io.layer_table`).
+
+        Returns
+        -------
+        list of dict
+            ``index``, ``W_shape``, ``b_shape`` (or None), ``activation``, ``n_params``,
+            ``sparsity`` (masked fraction of W), ``bits`` (itemsize * 8) and ``nbytes``
+            (``n_params * itemsize``; masks not counted).
+        """
+        self._require_built()
+        rows = []
+        sparsity = self.sparsity()["layers"]
+        for i, (layer, (a, b)) in enumerate(zip(self.layers, self.layer_slices())):
+            rows.append({"index": i, "W_shape": tuple(layer.W.shape),
+                         "b_shape": None if layer.b is None else tuple(layer.b.shape),
+                         "activation": layer.activation, "n_params": b - a,
+                         "sparsity": sparsity[i], "bits": self.dtype.itemsize * 8,
+                         "nbytes": (b - a) * self.dtype.itemsize})
+        return rows
+
+    def to_payload(self):
+        """Manifest fields and arrays of a model file (see :mod:`minscale.io`).
+
+        Returns
+        -------
+        fields : dict
+            JSON-ready: ``config``, ``dtype``, ``compile``, ``optimizer`` (class, config or
+            None when it cannot be serialized, iterations, buffer names), ``state`` (arrays
+            replaced by references), ``summary`` and ``qat_observers`` (filled by the ``qat``
+            extension when layers carry QAT observers, else None).
+        arrays : dict of str -> ndarray
+            ``params`` (P,), ``mask`` (P,) bool, ``optimizer/<name>`` (P,), ``state/<i>``.
+
+        Raises
+        ------
+        ValueError
+            The model is not built, or an optimizer buffer name cannot be stored.
+        TypeError
+            ``model.state`` holds something a file cannot store (naming where).
+        """
+        if not self.built:
+            raise ValueError("model is not built: give input_dim or train it before saving")
+        arrays = {"params": self.params, "mask": self.mask}
+        fields = {
+            "config": plain(self.get_config()),
+            "dtype": self.dtype.name,
+            "compile": {"loss": self.loss, "reduction": self.reduction,
+                        "metrics": list(self.metrics)},
+            "optimizer": _optimizer_payload(self.optimizer, arrays),
+            "state": encode_state(self.state, arrays),
+            "summary": {"n_params": self.count_params(), "sparsity": self.sparsity()},
+            "qat_observers": None,
+        }
+        if "quantization" in self.state or any(
+                getattr(layer.output_quantizer, "observer", None) is not None
+                for layer in self.layers):
+            codecs.lookup_extension("qat").encode(self, fields, arrays)
+        return fields, arrays
+
+    @classmethod
+    def from_payload(cls, manifest, arrays, path=None, optimizer_state=False):
+        """Build a model from a verified manifest and its arrays (the inverse of
+        :meth:`to_payload`).
+
+        Parameters
+        ----------
+        manifest : dict
+        arrays : dict of str -> ndarray
+        path : str, optional
+            The file, named in error messages.
+        optimizer_state : bool, default False
+            Also return the stored optimizer state ``{"class", "config", "iterations",
+            "arrays"}`` (or None), which a checkpoint needs even when the optimizer could not
+            be rebuilt from its config (a custom schedule: ``model.optimizer`` is then None).
+
+        Returns
+        -------
+        Sequential, or (Sequential, dict or None)
+
+        Raises
+        ------
+        minscale.io.ModelFileError
+            Fields or arrays that do not describe a valid model (naming the field).
+        """
+        config = manifest_field(manifest, "config", dict, "manifest")
+        dtype = manifest_field(manifest, "dtype", str, "manifest")
+        if dtype not in ("float32", "float64") or config.get("dtype") != dtype:
+            raise ModelFileError(f"{path!r}: dtype {dtype!r} (config says "
+                                 f"{config.get('dtype')!r}); expected 'float32' or 'float64'")
+        try:
+            n_params = expected_param_count(config)
+        except ValueError as exc:
+            raise ModelFileError(f"{path!r}: bad architecture: {exc}") from None
+        params = manifest_array(arrays, "params", (n_params,), dtype, path)
+        mask = manifest_array(arrays, "mask", (n_params,), np.bool_, path)
+        for i, lc in enumerate(config["layers"]):
+            allowed = {"units", "activation", "use_bias", "kernel_initializer",
+                       "bias_initializer", "alpha"}
+            if set(lc) - allowed:
+                raise ModelFileError(f"{path!r}: config['layers'][{i}] has unknown fields "
+                                     f"{sorted(set(lc) - allowed)}")
+        seed = config.get("seed", 0)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ModelFileError(f"{path!r}: config['seed'] must be a non-negative int or "
+                                 f"null, got {seed!r}")
+        try:
+            model = cls.from_config(config)
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{path!r}: bad architecture: {exc}") from None
+        model.params[...] = params
+        model.mask[...] = mask
+        compiled = manifest_field(manifest, "compile", dict, "manifest")
+        reduction = manifest_field(compiled, "reduction", str, "manifest['compile']")
+        metrics = manifest_field(compiled, "metrics", list, "manifest['compile']")
+        loss = manifest_field(compiled, "loss", str, "manifest['compile']")
+        opt = manifest.get("optimizer")
+        opt_state = _optimizer_state(opt, arrays, n_params, dtype, path)
+        optimizer = "adam"
+        if opt_state is not None and opt_state["config"] is not None:
+            optimizer = _optim.deserialize(opt_state["config"])
+        try:
+            model.compile(loss=loss, optimizer=optimizer, reduction=reduction, metrics=metrics)
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{path!r}: bad compile settings: {exc}") from None
+        if opt is None or opt.get("config") is None:
+            # never compiled, or its class could not be rebuilt from the file
+            model.optimizer = None
+        if opt_state is not None and model.optimizer is not None:
+            model.set_optimizer_state(opt_state)
+        state = decode_state(manifest.get("state", {}), arrays)
+        if not isinstance(state, dict):
+            raise ModelFileError(f"{path!r}: manifest['state'] must be an object")
+        model.state = state
+        if "quantization" in state:
+            codecs.lookup_extension("qat").decode(model, manifest, arrays, path)
+        return (model, opt_state) if optimizer_state else model
+
+    def set_optimizer_state(self, opt_state):
+        """Put a stored optimizer state (:meth:`from_payload`'s) into ``self.optimizer``.
+
+        Parameters
+        ----------
+        opt_state : dict
+            ``{"iterations": int, "arrays": {name: ndarray (P,)}, ...}``; the buffers are
+            converted to the model's dtype.
+        """
+        self.optimizer.set_state(opt_state["iterations"],
+                                 {name: np.asarray(arr, dtype=self.params.dtype)
+                                  for name, arr in opt_state["arrays"].items()})
+
     def __repr__(self):
         return f"Sequential({self.layers!r}, input_dim={self.input_dim}, dtype={self.dtype.name!r})"
 
@@ -528,7 +691,49 @@ def _serializable(optimizer):
         return False
 
 
+def _optimizer_payload(optimizer, arrays):
+    """The manifest's ``optimizer`` field; its buffers go into `arrays` as ``optimizer/<name>``."""
+    if optimizer is None:
+        return None
+    try:
+        config = plain(_optim.serialize(optimizer))
+        canonical_json(config)
+    except (TypeError, ValueError, AttributeError):
+        config = None  # e.g. a custom schedule: the state is kept, the config cannot be
+    buffers = optimizer.state_arrays() if hasattr(optimizer, "state_arrays") else {}
+    for name, buf in sorted(buffers.items()):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ValueError(f"optimizer buffer name {name!r} cannot be stored")
+        arrays[f"optimizer/{name}"] = np.ascontiguousarray(buf)
+    return {"class": type(optimizer).__name__, "config": config,
+            "iterations": int(getattr(optimizer, "iterations", 0)), "arrays": sorted(buffers)}
+
+
+def _optimizer_state(opt, arrays, n_params, dtype, path):
+    """The stored optimizer state of a manifest's ``optimizer`` field, checked (None: none)."""
+    if opt is None:
+        return None
+    if not isinstance(opt, dict):
+        raise ModelFileError(f"{path!r}: manifest['optimizer'] must be an object or null")
+    iterations = manifest_field(opt, "iterations", int, "manifest['optimizer']")
+    names = manifest_field(opt, "arrays", list, "manifest['optimizer']")
+    opt_class = manifest_field(opt, "class", str, "manifest['optimizer']")
+    if iterations < 0 or not all(isinstance(n, str) for n in names):
+        raise ModelFileError(f"{path!r}: bad optimizer state {opt!r}")
+    buffers = {n: manifest_array(arrays, f"optimizer/{n}", (n_params,), dtype, path)
+               for n in names}
+    return {"class": opt_class, "config": opt.get("config"), "iterations": iterations,
+            "arrays": buffers}
+
+
 def _check_batch_size(batch_size, n):
     if batch_size is None:
         return n
     return check_int("batch_size", batch_size, 1, COUNT_MAX)
+
+
+def _decode(manifest, arrays, path):
+    return Sequential.from_payload(manifest, arrays, path)
+
+
+codecs.register("Sequential", Sequential.to_payload, _decode, Sequential.layer_table)

@@ -7,9 +7,19 @@ from hypothesis.extra.numpy import arrays
 
 import minscale as ms
 from minscale import kernels
-from minscale.layers import (ACTIVATIONS, Dense, activation_derivative, dense_backward,
-                             dense_forward, glorot_uniform, he_normal, leaky_relu, relu,
-                             sigmoid, tanh)
+from minscale.layers import (
+    ACTIVATIONS,
+    Dense,
+    activation_derivative,
+    dense_backward,
+    dense_forward,
+    glorot_uniform,
+    he_normal,
+    leaky_relu,
+    relu,
+    sigmoid,
+    tanh,
+)
 from minscale.testing import check_gradients
 
 # compares computations for equality: run again by `make test-lane` with CPU vector code off
@@ -39,6 +49,43 @@ def test_dense_forward_backward_reference():
     np.testing.assert_array_equal(dx, [[3, -1]])           # dz @ W.T
     np.testing.assert_array_equal(dW, [[1, 0, 1], [2, 0, 2]])  # x.T @ dz
     np.testing.assert_array_equal(db, [1, 0, 1])
+
+
+def test_dense_formulas_write_into_given_buffers():
+    # the same reference as above, written in place: Dense passes views of its flat buffers
+    x = np.array([[1.0, 2.0]])
+    W = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])
+    out = np.full((1, 3), np.nan)
+    assert dense_forward(x, W, np.ones(3), out=out) is out
+    np.testing.assert_array_equal(out, [[2, 3, 1]])
+    grads = np.zeros(9)
+    dW, db = grads[:6].reshape(2, 3), grads[6:]
+    dx, dW_got, db_got = dense_backward(x, W, np.array([[1.0, 0.0, 1.0]]), dW=dW, db=db,
+                                        need_dx=False)
+    assert dx is None and dW_got is dW and db_got is db
+    np.testing.assert_array_equal(grads, [1, 0, 1, 2, 0, 2, 1, 0, 1])
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(1, 4),
+       st.sampled_from(["identity", "relu", "leaky_relu", "tanh", "sigmoid"]),
+       st.integers(0, 2**16))
+def test_dense_layer_equals_its_formulas_bit_for_bit(n, d_in, d_out, activation, seed):
+    # Dense.forward/backward are dense_forward/dense_backward plus the activation kernels
+    model = ms.Sequential([ms.Dense(d_out, activation=activation)], input_dim=d_in, seed=seed)
+    layer = model.layers[0]
+    x = np.random.default_rng(seed).normal(size=(n, d_in))
+    a = layer.forward(x)
+    z = dense_forward(x, layer.W, layer.b)
+    assert a.tobytes() == kernels.bias_act(z, np.zeros(0), kernels.ACTIVATION_CODES[activation],
+                                           layer.alpha).tobytes()
+    da = np.random.default_rng(seed + 1).normal(size=(n, d_out))
+    dz = kernels.act_backward(a, da.copy(), kernels.ACTIVATION_CODES[activation], layer.alpha,
+                              np.empty_like(da))
+    dx, dW, db = dense_backward(x, layer.W, dz)
+    dx_layer = layer.backward(da.copy())
+    assert dx_layer.tobytes() == dx.tobytes()
+    assert layer.dW.tobytes() == dW.tobytes() and layer.db.tobytes() == db.tobytes()
 
 
 finite = st.floats(-3, 3, allow_nan=False, allow_infinity=False)

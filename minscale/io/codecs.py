@@ -1,21 +1,25 @@
 """The codec registry of the model file: which code writes and reads each kind of model.
 
 A model file's manifest names its ``"kind"`` (the model's class name: ``"Sequential"``,
-``"SparseModel"``, ``"QuantizedModel"``). Each kind has one :class:`Codec` (encode a model to
+``"SparseModel"``, ``"QuantizedModel"``, ``"FixedPointModel"``). Each kind has one :class:`Codec` (encode a model to
 manifest fields and arrays, decode them back, and describe its layers); an extension (QAT
 observer ranges, checkpoint progress) adds fields to a model of any kind. The module that
 defines a model registers its codec at import; the provider table says which module that is,
 so reading a file imports only the code its kind needs, and the container code (band 1)
 never imports a model module (band 2 and up).
 
-The registry starts empty; :mod:`minscale.io` does not dispatch through it yet.
+:func:`minscale.io.save`, :func:`minscale.io.load` and :func:`minscale.io.layer_table`
+dispatch through it. Providers: ``Sequential`` in :mod:`minscale.model`, ``SparseModel`` in
+:mod:`minscale.prune.codec`, ``QuantizedModel`` and ``FixedPointModel`` and the ``qat``
+extension in :mod:`minscale.quant.codec`, the ``checkpoint`` extension in
+:mod:`minscale.train.checkpoints`.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Callable, NamedTuple
 
-from . import ModelFileError
+from .container import ModelFileError
 
 __all__ = ["Codec", "Extension", "register", "register_extension", "lookup",
            "lookup_extension", "registered_extensions", "kind_of"]
@@ -28,8 +32,9 @@ class Codec(NamedTuple):
     ----------
     encode : callable(model) -> (dict, dict of str -> ndarray)
         Manifest fields and named arrays of `model`.
-    decode : callable(fields, arrays) -> model
-        The inverse; raises :class:`minscale.io.ModelFileError` for malformed content.
+    decode : callable(manifest, arrays, path) -> model
+        The inverse, given the whole verified manifest and the file's path (named in
+        messages); raises :class:`minscale.io.ModelFileError` for malformed content.
     layer_table : callable(model) -> list of dict
         One row per layer (what ``minscale info`` prints).
     """
@@ -59,7 +64,7 @@ _EXTENSIONS: dict = {}
 
 #: kind -> module that registers its codec on import (in the order error messages list them)
 _PROVIDERS = {"Sequential": "minscale.model", "SparseModel": "minscale.prune.codec",
-              "QuantizedModel": "minscale.quant.codec"}
+              "QuantizedModel": "minscale.quant.codec", "FixedPointModel": "minscale.quant.codec"}
 #: extension -> module that registers it on import
 _EXTENSION_PROVIDERS = {"qat": "minscale.quant.codec", "checkpoint": "minscale.train.checkpoints"}
 
@@ -154,8 +159,8 @@ def lookup(kind, path=None):
     Raises
     ------
     minscale.io.ModelFileError
-        ``"'f.npz': unknown model kind 'X'; expected 'Sequential', 'SparseModel' or
-        'QuantizedModel'"`` (the kinds this version knows).
+        ``"'f.npz': unknown model kind 'X'; expected 'Sequential', 'SparseModel',
+        'QuantizedModel' or 'FixedPointModel'"`` (the kinds this version knows).
     """
     if kind not in _KINDS and isinstance(kind, str) and kind in _PROVIDERS:
         importlib.import_module(_PROVIDERS[kind])

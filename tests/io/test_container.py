@@ -1,4 +1,5 @@
-"""Model files: round trips, the corrupt-file cases, atomic writes, fuzzing, and the CLI.
+"""The model-file container: pure helpers, corrupt and foreign files, atomic writes, hostile
+zip directories, error messages naming the file, non-finite parameters, stale temporaries.
 
 Reference values are worked out by hand in the comments; the file-format properties (every
 flipped bit is caught or harmless, random bytes and random manifests only ever raise
@@ -14,93 +15,31 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from io_helpers import (
+    FUZZ,
+    equal_state,
+    make_data,
+    make_model,
+    rewrite,
+    same_model,
+    save_trained,
+    trained,
+    write_raw,
+)
 
 import minscale as ms
 from minscale import io as msio
 from minscale import prune
 from minscale.cli import main
-from minscale.io import ModelFileError
-from minscale.optim import SGD, Adam
-from minscale.schedules import InverseTimeDecay
-
-FUZZ = settings(deadline=None, max_examples=60,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-# ------------------------------------------------------------------------------------------
-# helpers
-
-
-def make_data(n=29, d_in=3, d_out=2, seed=0, dtype="float64"):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d_in)).astype(dtype)
-    y = (np.tanh(X @ rng.normal(size=(d_in, d_out))) + 0.1).astype(dtype)
-    return X, y
-
-
-def make_model(dtype="float64", optimizer=None, seed=1):
-    model = ms.Sequential([ms.Dense(5, activation="tanh"), ms.Dense(2, use_bias=False)],
-                          input_dim=3, seed=seed, dtype=dtype)
-    model.compile(optimizer=optimizer or Adam(InverseTimeDecay(0.05, decay_rate=0.1)))
-    return model
-
-
-def trained(dtype="float64", optimizer=None, epochs=2):
-    model = make_model(dtype, optimizer)
-    X, y = make_data(dtype=dtype)
-    model.fit(X, y, epochs=epochs, batch_size=4, seed=3)
-    return model, X, y
-
-
-def write_raw(path, manifest, arrays, manifest_bytes=None, compression=zipfile.ZIP_STORED):
-    """An .npz written member by member, bypassing every check of minscale.io."""
-    text = manifest_bytes if manifest_bytes is not None else json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w", compression=compression) as zf:
-        members = [("manifest", np.frombuffer(text, dtype=np.uint8)), *arrays.items()]
-        for name, arr in members:
-            with zf.open(name + ".npy", "w") as f:
-                np.lib.format.write_array(f, np.asarray(arr), allow_pickle=True)
-
-
-def rewrite(path, out, edit_manifest=None, edit_arrays=None, rehash=True):
-    """Copy a model file with edited arrays (the manifest's specs follow them) and/or an
-    edited manifest, optionally re-hashed."""
-    manifest, arrays = msio._read_container(path)
-    arrays = {k: v.copy() for k, v in arrays.items()}
-    if edit_arrays:
-        edit_arrays(arrays)
-        manifest["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str}
-                              for k, v in arrays.items()}
-    if edit_manifest:
-        edit_manifest(manifest)
-    if rehash:
-        manifest["sha256"] = msio.buffers_digest(manifest, arrays)
-    write_raw(out, manifest, arrays)
-    return out
-
-
-def same_model(a, b):
-    assert a.get_config() == b.get_config()
-    assert a.params.dtype == b.params.dtype
-    assert a.params.tobytes() == b.params.tobytes()
-    assert np.array_equal(a.mask, b.mask)
-    assert (a.reduction, a.metrics) == (b.reduction, b.metrics)
-    assert a.optimizer.get_config() == b.optimizer.get_config()
-    assert a.optimizer.iterations == b.optimizer.iterations
-    sa, sb = a.optimizer.state_arrays(), b.optimizer.state_arrays()
-    assert sorted(sa) == sorted(sb)
-    for k in sa:
-        assert sa[k].tobytes() == sb[k].tobytes()
+from minscale.io import ModelFileError, container
+from minscale.optim import SGD
 
 
 @pytest.fixture
 def saved(tmp_path):
-    model, X, y = trained()
-    path = tmp_path / "model.npz"
-    ms.save(model, path)
-    return model, path, X, y
+    return save_trained(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -162,25 +101,13 @@ state_st = st.recursive(
     max_leaves=10)
 
 
-def _equal(a, b):
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
-    if isinstance(a, float) and a != a:
-        return isinstance(b, float) and b != b
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
-
-
 @settings(deadline=None, max_examples=80)
 @given(state_st)
 def test_state_encoding_round_trips_through_strict_json(value):
     arrays = {}
     encoded = msio.encode_state(value, arrays)
     text = json.dumps(encoded, allow_nan=False)  # strict JSON: no NaN literals
-    assert _equal(msio.decode_state(json.loads(text), arrays), value)
+    assert equal_state(msio.decode_state(json.loads(text), arrays), value)
 
 
 @pytest.mark.parametrize("state, match", [
@@ -195,182 +122,6 @@ def test_state_that_cannot_be_stored_is_refused_naming_where(tmp_path, state, ma
     with pytest.raises(TypeError, match=match):
         ms.save(model, tmp_path / "m.npz")
     assert os.listdir(tmp_path) == []
-
-
-# ------------------------------------------------------------------------------------------
-# round trips
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("optimizer", [lambda: SGD(0.05, momentum=0.9, nesterov=True),
-                                       lambda: Adam(InverseTimeDecay(0.05, decay_rate=0.1))])
-def test_round_trip_is_exact_and_training_continues_identically(tmp_path, dtype, optimizer):
-    model, X, y = trained(dtype, optimizer())
-    model.state["note"] = {"tuple": (1, 2.5, None), "nan": float("nan"),
-                           "codes": np.array([-3, 7], dtype=np.int8)}
-    ms.save(model, tmp_path / "m.npz")
-    loaded = ms.load(tmp_path / "m.npz")
-    same_model(model, loaded)
-    assert loaded.params.dtype == np.dtype(dtype)
-    assert loaded.predict(X).tobytes() == model.predict(X).tobytes()
-    assert _equal(loaded.state, model.state)
-    # optimizer counter and buffers came back: one more epoch gives the same bits
-    model.fit(X, y, epochs=1, batch_size=4, seed=9)
-    loaded.fit(X, y, epochs=1, batch_size=4, seed=9)
-    same_model(model, loaded)
-
-
-def test_untrained_uncompiled_and_metric_models_round_trip(tmp_path):
-    bare = ms.Sequential([ms.Dense(2)], input_dim=4, seed=5)
-    ms.save(bare, tmp_path / "bare.npz")
-    loaded = ms.load(tmp_path / "bare.npz")
-    assert loaded.optimizer is None and loaded.params.tobytes() == bare.params.tobytes()
-    clf = ms.Sequential([ms.Dense(3)], input_dim=2).compile(
-        optimizer="momentum", reduction="half_sum", metrics=["accuracy"])
-    ms.save(clf, tmp_path / "clf.npz")
-    loaded = ms.load(tmp_path / "clf.npz")
-    assert loaded.reduction == "half_sum" and loaded.metrics == ["accuracy"]
-    assert loaded.optimizer.get_config() == clf.optimizer.get_config()
-
-
-def test_unbuilt_model_and_non_model_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="not built"):
-        ms.save(ms.Sequential([ms.Dense(1)]), tmp_path / "m.npz")
-    with pytest.raises(TypeError, match="Sequential"):
-        ms.save({"W": np.ones(2)}, tmp_path / "m.npz")
-
-
-def test_custom_schedule_keeps_state_but_not_the_optimizer(tmp_path):
-    model = make_model(optimizer=SGD(lambda step: 0.01, momentum=0.5))
-    X, y = make_data()
-    model.fit(X, y, epochs=1, batch_size=8, seed=0)
-    manifest = ms.save(model, tmp_path / "m.npz")
-    assert manifest["optimizer"]["config"] is None
-    assert manifest["optimizer"]["iterations"] == 4  # ceil(29 / 8) updates
-    loaded = ms.load(tmp_path / "m.npz")
-    assert loaded.optimizer is None
-    assert loaded.params.tobytes() == model.params.tobytes()
-
-
-def test_pruned_model_round_trips_and_keeps_its_zeros_while_training(tmp_path):
-    model, X, y = trained()
-    prune.prune(model, 0.6, method="global")
-    ms.save(model, tmp_path / "p.npz")
-    loaded = ms.load(tmp_path / "p.npz")
-    same_model(model, loaded)
-    assert loaded.sparsity() == model.sparsity()
-    # 0.6 of the 3*5 + 5*2 = 25 weights: round(15.0) = 15 pruned
-    assert int((~loaded.mask[loaded.prunable]).sum()) == 15
-    assert loaded.predict(X).tobytes() == model.predict(X).tobytes()
-    pruned = ~loaded.mask
-    loaded.fit(X, y, epochs=3, batch_size=4, seed=1)
-    assert np.all(loaded.params[pruned] == 0.0)
-    assert np.array_equal(loaded.mask, model.mask)
-    assert not np.array_equal(loaded.params, model.params)  # it did train
-    # the recovery backup survived the file: restore() gives back the pre-pruning values
-    fresh = ms.load(tmp_path / "p.npz")
-    prune.restore(fresh)
-    prune.restore(model)
-    assert fresh.params.tobytes() == model.params.tobytes()
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_sparse_model_round_trips(tmp_path, dtype):
-    model, X, y = trained(dtype)
-    prune.prune(model, 0.5)
-    sparse = prune.to_sparse(model)
-    ms.save(sparse, tmp_path / "s.npz")
-    loaded = ms.load(tmp_path / "s.npz")
-    assert type(loaded).__name__ == "SparseModel" and loaded.dtype == np.dtype(dtype)
-    assert loaded.predict(X).tobytes() == sparse.predict(X).tobytes()
-    assert loaded.nbytes == sparse.nbytes
-    for a, b in zip(loaded.layers, sparse.layers):
-        assert a.W.nnz == b.W.nnz and (a.W != b.W).nnz == 0
-        assert (a.b is None) == (b.b is None)
-
-
-def test_sparse_model_with_broken_csr_is_refused(tmp_path):
-    model, X, y = trained()
-    prune.prune(model, 0.5)
-    ms.save(prune.to_sparse(model), tmp_path / "s.npz")
-
-    def bad_index(arrays):
-        arrays["layers/0/indices"][0] = 99  # column 99 of a 5-column W
-    rewrite(tmp_path / "s.npz", tmp_path / "bad.npz", edit_arrays=bad_index)
-    with pytest.raises(ModelFileError, match="column indices"):
-        ms.load(tmp_path / "bad.npz")
-
-
-QUANTIZATIONS = [
-    dict(weights="int8", activations="int8"),
-    dict(weights="int4", activations=None),
-    dict(weights="int8/tensor", activations="uint8"),
-    dict(weights="fixed", activations="int8"),
-]
-
-
-@pytest.mark.parametrize("kwargs", QUANTIZATIONS, ids=lambda k: f"{k['weights']}-{k['activations']}")
-def test_quantized_model_round_trips(tmp_path, kwargs):
-    from minscale import quant
-    model = ms.Sequential([ms.Dense(6, activation="relu"), ms.Dense(2)], input_dim=3, seed=4)
-    model.compile(optimizer="adam")
-    X, y = make_data()
-    model.fit(X, y, epochs=2, batch_size=8, seed=0)
-    weights = {"int8/tensor": quant.WeightSpec(8, per_channel=False),
-               "fixed": quant.QFormat(8, 5)}.get(kwargs["weights"], kwargs["weights"])
-    qmodel = quant.quantize_model(model, weights=weights, activations=kwargs["activations"],
-                                  calibration_data=X if kwargs["activations"] else None)
-    qmodel.state["data"] = {"data": "diabetes", "seed": 3}
-    ms.save(qmodel, tmp_path / "q.npz")
-    loaded = ms.load(tmp_path / "q.npz")
-    assert type(loaded) is quant.QuantizedModel
-    assert loaded.predict(X).tobytes() == qmodel.predict(X).tobytes()
-    if kwargs["activations"] is not None:
-        assert np.array_equal(loaded.predict_codes(X), qmodel.predict_codes(X))
-        assert loaded.input_qparams == qmodel.input_qparams
-    for a, b in zip(loaded.layers, qmodel.layers):
-        assert a.codes.dtype == b.codes.dtype and a.codes.dtype.kind in "iu"
-        assert np.array_equal(a.codes, b.codes)
-        assert a.weight_scale.dtype == np.float64
-        assert a.weight_scale.tobytes() == b.weight_scale.tobytes()
-        assert a.output_qparams == b.output_qparams and a.frac_bits == b.frac_bits
-        if b.bias_codes is not None:
-            assert a.bias_codes.dtype == np.int32 and np.array_equal(a.bias_codes, b.bias_codes)
-    assert msio.layer_table(loaded) == msio.layer_table(qmodel)
-    assert loaded.size_report() == qmodel.size_report()
-    assert loaded.state == {"data": {"data": "diabetes", "seed": 3}}
-
-
-def test_quantized_model_with_a_foreign_activation_name_is_refused(tmp_path):
-    from minscale import quant
-    model, X, y = trained()
-    ms.save(quant.quantize_model(model, "int8", None), tmp_path / "q.npz")
-
-    def rename(manifest):
-        manifest["layers"][0]["activation"] = "glorot_uniform"  # a function of layers.py
-    rewrite(tmp_path / "q.npz", tmp_path / "bad.npz", edit_manifest=rename)
-    with pytest.raises(ModelFileError, match="activation 'glorot_uniform'"):
-        ms.load(tmp_path / "bad.npz")
-
-    def recode(arrays):
-        arrays["layers/0/codes"] = arrays["layers/0/codes"].astype(np.int16)
-    rewrite(tmp_path / "q.npz", tmp_path / "bad2.npz", edit_arrays=recode)
-    with pytest.raises(ModelFileError, match="does not fit"):
-        ms.load(tmp_path / "bad2.npz")
-
-
-def test_qat_model_round_trips_with_hooks_and_observer_ranges(tmp_path):
-    model = make_model()
-    X, y = make_data()
-    model.fit(X, y, epochs=2, batch_size=4, seed=1, quantization="int8")
-    ms.save(model, tmp_path / "qat.npz")
-    loaded = ms.load(tmp_path / "qat.npz")
-    assert loaded.state["quantization"] == model.state["quantization"]
-    for a, b in zip(loaded.layers, model.layers):
-        assert (a.output_quantizer.observer.min_val, a.output_quantizer.observer.max_val) == \
-            (b.output_quantizer.observer.min_val, b.output_quantizer.observer.max_val)
-    # the fake-quantized forward pass is the same, so predictions are identical
-    assert loaded.predict(X).tobytes() == model.predict(X).tobytes()
 
 
 # ------------------------------------------------------------------------------------------
@@ -486,7 +237,7 @@ def test_unknown_format_version_name_or_kind(saved, tmp_path, field, value, matc
 
 def test_npz_with_a_pickled_object_array_is_refused_unread(saved, tmp_path, no_unpickling):
     model, path, _, _ = saved
-    manifest, arrays = msio._read_container(path)
+    manifest, arrays = container.read_container(path)
 
     class Boom:
         def __reduce__(self):
@@ -572,7 +323,7 @@ def valid_files(tmp_path_factory):
     ms.save(prune.to_sparse(make_model()), folder / "sparse.npz")
     ms.save(quant.quantize_model(make_model(), "int8", "int8", calibration_data=X),
             folder / "q.npz")
-    return [msio._read_container(folder / name) for name in ("ck.npz", "sparse.npz", "q.npz")]
+    return [container.read_container(folder / name) for name in ("ck.npz", "sparse.npz", "q.npz")]
 
 
 def _load_all_ways(path):
@@ -727,145 +478,6 @@ def test_saving_into_a_read_only_system_folder():
 
 
 # ------------------------------------------------------------------------------------------
-# the CLI
-
-
-def test_info_prints_manifest_and_layer_table(tmp_path, capsys):
-    model = make_model(dtype="float32")
-    prune.prune(model, 0.4)  # W0: round(0.4 * 15) = 6 of 15; W1: round(0.4 * 10) = 4 of 10
-    ms.save(model, tmp_path / "m.npz")
-    assert main(["info", str(tmp_path / "m.npz")]) == 0
-    out = capsys.readouterr().out
-    assert "format      minscale-model version 1" in out
-    assert "kind        Sequential, dtype float32, 30 stored parameters" in out
-    assert "state       prune_backup" in out
-    lines = out.splitlines()
-    # layer 0: 3*5 + 5 = 20 float32 parameters = 80 bytes, sparsity 6/15 = 0.4
-    assert lines[-3].split() == ["0", "(3,", "5)", "(5,)", "tanh", "20", "0.4000", "32", "80"]
-    # layer 1: 5*2 = 10 parameters, no bias = 40 bytes, sparsity 4/10
-    assert lines[-2].split() == ["1", "(5,", "2)", "-", "identity", "10", "0.4000", "32", "40"]
-    assert lines[-1].split() == ["total", "30", "0.4000", "120"]
-
-
-def test_info_json_and_checkpoint_lines(tmp_path, capsys):
-    model = make_model()
-    X, y = make_data()
-    model.fit(X, y, epochs=1, batch_size=4, seed=3, checkpoint=tmp_path / "ck.npz",
-              checkpoint_every=5)
-    assert main(["info", str(tmp_path / "ck.npz")]) == 0
-    out = capsys.readouterr().out
-    # 29 rows / 4 = 8 batches: the last write is the end-of-training one, epoch 1 batch 0
-    assert "checkpoint  epoch 1, next batch 0, step 8; run: seed 3, batch_size 4" in out
-    assert main(["info", "--json", str(tmp_path / "ck.npz")]) == 0
-    manifest = json.loads(capsys.readouterr().out)
-    assert manifest["checkpoint"]["step"] == 8 and manifest["format_version"] == 1
-
-
-def test_info_on_a_sparse_model(tmp_path, capsys):
-    model = make_model()
-    prune.prune(model, 0.4)
-    ms.save(prune.to_sparse(model), tmp_path / "s.npz")
-    assert main(["info", str(tmp_path / "s.npz")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    # layer 0: 9 nonzero weights: data 9*8 + indices 9*4 + indptr 4*4 + bias 5*8 = 164 bytes
-    assert lines[-3].split() == ["0", "(3,", "5)", "(5,)", "tanh", "14", "0.4000", "64", "164"]
-
-
-def test_info_on_a_quantized_model(tmp_path, capsys):
-    from minscale import quant
-    model = make_model()
-    X, _ = make_data()
-    ms.save(quant.quantize_model(model, "int4", None), tmp_path / "q.npz")
-    assert main(["info", str(tmp_path / "q.npz")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    # layer 0: 15 int4 codes at 1 byte + 5 float32 scales + 5 float32 biases = 55 bytes
-    row = lines[-3].split()
-    assert row[:6] == ["0", "(3,", "5)", "(5,)", "tanh", "20"] and row[7:] == ["4", "55"]
-    # layer 1: 10 codes + 2 scales, no bias = 18 bytes
-    assert lines[-2].split()[7:] == ["4", "18"]
-
-
-def test_info_on_a_damaged_file_is_one_line_and_exit_2(saved, tmp_path, capsys):
-    _, path, _, _ = saved
-    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])
-    assert main(["info", str(tmp_path / "cut.npz")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "truncated or damaged" in err
-
-
-def test_evaluate_matches_the_model_on_the_held_out_split(tmp_path, capsys):
-    from argparse import Namespace
-
-    from minscale.commands._common import load_task
-    from minscale.commands.train import build_model
-    task = load_task(Namespace(data="diabetes", target=None, test_size=0.25, seed=4))
-    model = build_model(10, 1, [6], seed=4)
-    model.compile(optimizer=Adam(0.01))
-    model.fit(task["X_train"], task["y_train"], epochs=3, batch_size=32, seed=4)
-    model.state["data"] = {"data": "diabetes", "target": None, "test_size": 0.25, "seed": 4}
-    ms.save(model, tmp_path / "m.npz")
-    assert main(["evaluate", str(tmp_path / "m.npz")]) == 0
-    captured = capsys.readouterr()
-    expected = model.evaluate(task["X_test"], task["y_test"])
-    assert f"loss {expected:.6g} (mse of the standardized target" in captured.out
-    assert "111 held-out rows (test_size 0.25, seed 4)" in captured.out  # 442 * 0.25 -> 111
-    assert captured.err == ""
-    # a different split on the command line is allowed but noted
-    assert main(["evaluate", str(tmp_path / "m.npz"), "--seed", "5"]) == 0
-    assert "--seed 5 (trained with 4)" in capsys.readouterr().err
-
-
-def test_evaluate_classification_reports_accuracy(tmp_path, capsys):
-    from argparse import Namespace
-
-    from minscale.commands._common import load_task
-    from minscale.commands.train import build_model
-    from minscale.data import accuracy
-    task = load_task(Namespace(data="digits", target=None, test_size=0.2, seed=0))
-    model = build_model(64, 10, [], seed=0)
-    model.compile(optimizer=Adam(0.01), metrics=["accuracy"])
-    model.fit(task["X_train"], task["y_train"], epochs=2, batch_size=64, seed=0)
-    ms.save(model, tmp_path / "d.npz")
-    assert main(["evaluate", str(tmp_path / "d.npz"), "--data", "digits"]) == 0
-    captured = capsys.readouterr()
-    acc = accuracy(task["y_test"], model.predict(task["X_test"]))
-    assert f"accuracy {acc:.4f}" in captured.out
-    assert "records no training data settings" in captured.err
-
-
-def test_evaluate_a_quantized_model_on_the_integer_path(tmp_path, capsys):
-    from argparse import Namespace
-
-    from minscale import quant
-    from minscale.commands._common import load_task
-    from minscale.commands.train import build_model
-    task = load_task(Namespace(data="diabetes", target=None, test_size=0.2, seed=1))
-    model = build_model(10, 1, [8], seed=1)
-    model.compile(optimizer=Adam(0.01))
-    model.fit(task["X_train"], task["y_train"], epochs=3, batch_size=32, seed=1)
-    model.state["data"] = {"data": "diabetes", "target": None, "test_size": 0.2, "seed": 1}
-    qmodel = quant.quantize_model(model, "int8", "int8", calibration_data=task["X_train"])
-    ms.save(qmodel, tmp_path / "q.npz")
-    assert main(["evaluate", str(tmp_path / "q.npz"), "--integer"]) == 0
-    out = capsys.readouterr().out
-    expected = qmodel.evaluate(task["X_test"], task["y_test"], integer=True)["loss"]
-    assert "(QuantizedModel, integer-only inference)" in out
-    assert f"loss {expected:.6g} (mse" in out
-    assert main(["evaluate", str(tmp_path / "q.npz")]) == 0
-    expected = qmodel.evaluate(task["X_test"], task["y_test"])["loss"]
-    assert f"loss {expected:.6g} (mse" in capsys.readouterr().out
-    ms.save(model, tmp_path / "f.npz")
-    assert main(["evaluate", str(tmp_path / "f.npz"), "--integer"]) == 2
-    assert "--integer needs a quantized model" in capsys.readouterr().err
-
-
-def test_evaluate_on_data_of_the_wrong_width(tmp_path, capsys):
-    ms.save(make_model(), tmp_path / "m.npz")
-    assert main(["evaluate", str(tmp_path / "m.npz"), "--data", "diabetes"]) == 2
-    assert "expects 3 features but 'diabetes' has 10" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------
 # hostile files: the zip directory is checked before any member is read
 
 
@@ -878,7 +490,7 @@ def test_overlapping_members_are_refused_before_any_is_read(tmp_path, monkeypatc
 
     def no_reading(*args):
         raise AssertionError("a member was read before the directory was checked")
-    monkeypatch.setattr(msio, "_read_member", no_reading)
+    monkeypatch.setattr(container, "_read_member", no_reading)
     with pytest.raises(ModelFileError, match=r"overlap.npz'?: members 'a0.npy' and 'a1.npy' "
                                              r"overlap"):
         ms.load(path)
@@ -911,12 +523,12 @@ def test_peak_memory_of_info_on_overlapping_members(tmp_path):
 
 
 def _compressed(path, out):
-    manifest, arrays = msio._read_container(path)
+    manifest, arrays = container.read_container(path)
     write_raw(out, manifest, arrays, compression=zipfile.ZIP_DEFLATED)
 
 
 def _fortran(path, out):
-    manifest, arrays = msio._read_container(path)
+    manifest, arrays = container.read_container(path)
     arrays["params"] = np.asfortranarray(arrays["params"].reshape(5, -1))
     manifest["arrays"]["params"]["shape"] = list(arrays["params"].shape)
     write_raw(out, manifest, arrays)
