@@ -54,10 +54,11 @@ def _per_row(fn, rows):
 
 
 def run(rounds=5):
+    from threadpoolctl import threadpool_limits
+
     import minscale as ms
     from minscale.export.harness import cortex_m4_size, find_compiler, run_c
     from minscale.export.onnx_export import onnx_model, qdq_disagreement
-    from threadpoolctl import threadpool_limits
 
     m, models, X_tr, X_te, y_te = _digits_models()
     rows = [X_te[i:i + 1] for i in range(X_te.shape[0])]
@@ -103,7 +104,7 @@ def run(rounds=5):
                 for name, q in models.items():
                     py[f"{backend} {name}"].append(_per_row(q.predict_codes, rows))
             for name, (sess, codes) in ort_sessions.items():
-                ort_s[name].append(_per_row(lambda c: sess.run(None, {"input_codes": c}),
+                ort_s[name].append(_per_row(lambda c, sess=sess: sess.run(None, {"input_codes": c}),
                                             codes))
     ms.set_backend(None)
     med = statistics.median

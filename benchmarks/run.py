@@ -23,8 +23,7 @@ import types
 
 import numpy as np
 
-from . import (common, import_time, w1_classic, w2_mlp, w3_prune, w3_sparse, w4_quant,
-               w5_parallel)
+from . import common, import_time, w1_classic, w2_mlp, w3_prune, w3_sparse, w4_quant, w5_parallel
 
 # W5allreduce lives in w5_parallel beside W5; this gives it the NAME / run / targets of a module
 _w5_allreduce = types.SimpleNamespace(NAME=w5_parallel.NAME_ALLREDUCE,

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 

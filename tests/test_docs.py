@@ -15,8 +15,8 @@
 """
 import ast
 import importlib
-import linecache
 import inspect
+import linecache
 import pkgutil
 import re
 import types
