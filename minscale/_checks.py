@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "plain",
     "ArgumentTypeError",
     "check_int",
     "check_bool",
@@ -28,6 +29,26 @@ __all__ = [
     "check_finite_array",
     "check_int_array",
 ]
+
+
+def plain(value):
+    """`value` for an error message: a NumPy scalar as the Python number it holds.
+
+    ``repr(np.int64(0))`` is ``'np.int64(0)'`` on NumPy >= 2; messages show ``0``.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    object
+        ``value.item()`` for a NumPy scalar (``numpy.generic``); a tuple or list with its
+        items converted so (recursively); else `value` unchanged.
+    """
+    if isinstance(value, (tuple, list)):
+        return type(value)(plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -70,7 +91,7 @@ def check_int(name, value, lo=None, hi=None):
     Raises
     ------
     ArgumentTypeError
-        ``"{name} must be an integer, got {value!r} of type {type}"``.
+        ``"{name} must be an integer, got {plain(value)!r} of type {type}"``.
     ValueError
         ``"{name} must be an integer in [lo, hi], got v"`` (or ``>= lo`` / ``<= hi``).
 
@@ -81,7 +102,7 @@ def check_int(name, value, lo=None, hi=None):
     """
     if not _is_int(value):
         raise ArgumentTypeError(
-            f"{name} must be an integer, got {value!r} of type {type(value).__name__}"
+            f"{name} must be an integer, got {plain(value)!r} of type {type(value).__name__}"
         )
     value = int(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -95,11 +116,11 @@ def check_bool(name, value):
     Raises
     ------
     ArgumentTypeError
-        ``"{name} must be a bool, got {value!r}"`` (an int 0/1 is refused: it is usually a
+        ``"{name} must be a bool, got {plain(value)!r}"`` (an int 0/1 is refused: it is usually a
         positional argument in the wrong place).
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise ArgumentTypeError(f"{name} must be a bool, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be a bool, got {plain(value)!r}")
     return bool(value)
 
 
@@ -123,12 +144,12 @@ def check_real(name, value, lo=None, hi=None, *, lo_open=False, hi_open=False):
     Raises
     ------
     ArgumentTypeError
-        ``"{name} must be a real number, got {value!r}"``.
+        ``"{name} must be a real number, got {plain(value)!r}"``.
     ValueError
         ``"{name} must not be NaN"`` or ``"{name} must be > 0, got -1.0"`` (the interval).
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{name} must be a real number, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be a real number, got {plain(value)!r}")
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
@@ -136,7 +157,7 @@ def check_real(name, value, lo=None, hi=None, *, lo_open=False, hi_open=False):
     bad_hi = hi is not None and (value > hi or (hi_open and value == hi))
     if bad_lo or bad_hi:
         raise ValueError(
-            f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {value!r}"
+            f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {plain(value)!r}"
         )
     return value
 
@@ -154,12 +175,12 @@ def check_sparsity(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(
             f"{name} must be a real number in [0, 1] (a fraction of zeros, not a percent), "
-            f"got {value!r} of type {type(value).__name__}"
+            f"got {plain(value)!r} of type {type(value).__name__}"
         )
     number = float(value)
     if math.isnan(number) or not 0.0 <= number <= 1.0:
         raise ValueError(
-            f"{name} must be in [0, 1] (a fraction of zeros, not a percent), got {value!r}"
+            f"{name} must be in [0, 1] (a fraction of zeros, not a percent), got {plain(value)!r}"
         )
     return number
 
@@ -170,10 +191,10 @@ def check_choice(name, value, choices):
     Raises
     ------
     ValueError
-        ``"{name} must be one of {choices}, got {value!r}"``.
+        ``"{name} must be one of {choices}, got {plain(value)!r}"``.
     """
     if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {plain(value)!r}")
     return value
 
 
@@ -189,15 +210,15 @@ def check_step(name, step):
         ``"{name} must be >= 0 (updates taken so far), got …"``.
     """
     if isinstance(step, (bool, np.bool_)):
-        raise ArgumentTypeError(f"{name} must be an integer (optimizer updates), got {step!r}")
+        raise ArgumentTypeError(f"{name} must be an integer (optimizer updates), got {plain(step)!r}")
     if isinstance(step, numbers.Integral):
         if step < 0:
-            raise ValueError(f"{name} must be >= 0 (updates taken so far), got {step!r}")
+            raise ValueError(f"{name} must be >= 0 (updates taken so far), got {plain(step)!r}")
         return int(step)
     arr = np.asarray(step)
     if arr.dtype.kind not in "iu":
         raise ArgumentTypeError(
-            f"{name} must be an integer or an integer ndarray (optimizer updates), got {step!r}"
+            f"{name} must be an integer or an integer ndarray (optimizer updates), got {plain(step)!r}"
         )
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be >= 0 (updates taken so far), got min {arr.min()}")
@@ -218,10 +239,10 @@ def as_rng(name, seed):
         return seed
     if not _is_int(seed):
         raise ArgumentTypeError(
-            f"{name} must be an integer >= 0 or a numpy.random.Generator, got {seed!r}"
+            f"{name} must be an integer >= 0 or a numpy.random.Generator, got {plain(seed)!r}"
         )
     if seed < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {seed!r}")
+        raise ValueError(f"{name} must be an integer >= 0, got {plain(seed)!r}")
     return np.random.default_rng(int(seed))
 
 
@@ -259,7 +280,7 @@ def check_finite_array(name, arr):
     first = np.unravel_index(bad[0], arr.shape)
     raise ValueError(
         f"{name} must be finite, got {bad.size} non-finite entr"
-        f"{'y' if bad.size == 1 else 'ies'}, the first {arr.ravel()[bad[0]]!r} at index "
+        f"{'y' if bad.size == 1 else 'ies'}, the first {plain(arr.ravel()[bad[0]])!r} at index "
         f"{tuple(int(i) for i in first)}"
     )
 

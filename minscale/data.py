@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from ._checks import plain
+
 __all__ = [
     "check_array",
     "check_Xy",
@@ -33,26 +35,6 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # --------------------------------------------------------------------------- helpers
-
-def plain(value):
-    """`value` for an error message: a NumPy scalar as the Python number it holds.
-
-    ``repr(np.int64(0))`` is ``'np.int64(0)'`` on NumPy >= 2; messages show ``0``.
-
-    Parameters
-    ----------
-    value : object
-
-    Returns
-    -------
-    object
-        ``value.item()`` for a NumPy scalar (``numpy.generic``); a tuple or list with its
-        items converted so (recursively); else `value` unchanged.
-    """
-    if isinstance(value, (tuple, list)):
-        return type(value)(plain(v) for v in value)
-    return value.item() if isinstance(value, np.generic) else value
-
 
 def _describe(value):
     """Short repr for error messages, so a huge array does not flood the message."""
