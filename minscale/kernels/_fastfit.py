@@ -29,7 +29,9 @@ from numba import njit
 from .. import optim as _optim
 from .. import schedules as _schedules
 from . import ACTIVATION_CODES
-from ._numba import _adam_range, _momentum_range, _sgd_range
+from ._rules import adam_range as _adam_range
+from ._rules import momentum_range as _momentum_range
+from ._rules import sgd_range as _sgd_range
 
 __all__ = ["supports", "run", "learning_rates", "bias_corrections"]
 
