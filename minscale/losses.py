@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_choice
+
 __all__ = ["REDUCTIONS", "mse", "mse_grad", "check_reduction"]
 
 REDUCTIONS = ("mean", "sum", "half_sum")
@@ -28,9 +30,7 @@ def check_reduction(reduction):
     ValueError
         If `reduction` is not one of ``mean``, ``sum``, ``half_sum``.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
+    return check_choice("reduction", reduction, REDUCTIONS)
 
 
 def _count(y_true, n_total):

@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 from . import kernels, schedules
+from ._checks import check_int
 from .data import plain
 
 __all__ = ["sgd_step", "adam_step", "SGD", "Adam", "get", "serialize", "deserialize"]
@@ -146,15 +147,14 @@ class _Optimizer:
         Raises
         ------
         ValueError
-            Negative `iterations`.
+            Negative `iterations`; a non-integer raises
+            :class:`minscale._checks.ArgumentTypeError`, which is a ValueError too.
         """
-        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
-                or iterations < 0:
-            raise ValueError(f"iterations must be an integer >= 0, got {plain(iterations)!r}")
+        iterations = check_int("iterations", iterations, 0)
         self.reset()
-        self.iterations = int(iterations)
+        self.iterations = iterations
         for name, arr in arrays.items():
-            self._buffer(name, arr)[...] = arr
+            self.buffer(name, arr)[...] = arr
 
     def buffer(self, name, like):
         """The optimizer's state array `name`, zeros like `like` on first use.
@@ -172,9 +172,6 @@ class _Optimizer:
         ndarray, shape and dtype of `like`
             The stored buffer itself (updates write into it in place).
         """
-        return self._buffer(name, like)
-
-    def _buffer(self, name, like):
         buffers = self.__dict__.setdefault("_buffers", {})
         buf = buffers.get(name)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
@@ -218,7 +215,7 @@ class SGD(_Optimizer):
             The learning rate used.
         """
         lr = self.current_learning_rate()
-        velocity = self._buffer("velocity", params) if self.momentum else None
+        velocity = self.buffer("velocity", params) if self.momentum else None
         sgd_step(params, grads, lr, velocity, self.momentum, self.nesterov, mask)
         self.iterations += 1
         return lr
@@ -268,8 +265,8 @@ class Adam(_Optimizer):
             The learning rate used.
         """
         lr = self.current_learning_rate()
-        m = self._buffer("m", params)
-        v = self._buffer("v", params)
+        m = self.buffer("m", params)
+        v = self.buffer("v", params)
         adam_step(params, grads, m, v, self.iterations, lr, self.beta_1, self.beta_2,
                   self.epsilon, mask)
         self.iterations += 1

@@ -51,7 +51,8 @@ def test_mse_is_nonnegative_and_zero_on_equal(shape, data):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match=r"^reduction must be one of \('mean', 'sum', "
+                                         r"'half_sum'\), got 'avg'$"):
         mse(Y, P, "avg")
     with pytest.raises(ValueError, match="shape"):
         mse(Y, P[:1])

@@ -107,6 +107,20 @@ def test_bad_arguments(make, name):
         make()
 
 
+def test_set_state_checks_iterations_and_copies_the_buffers():
+    opt = Adam()
+    with pytest.raises(ValueError, match=r"^iterations must be an integer >= 0, got -1$"):
+        opt.set_state(-1, {})
+    for bad in (1.5, True, "3"):
+        with pytest.raises(ValueError, match=r"^iterations must be an integer"):
+            opt.set_state(bad, {})
+    m = np.ones(2)
+    opt.set_state(np.int64(3), {"m": m})
+    assert opt.iterations == 3 and type(opt.iterations) is int
+    assert opt.buffer("m", np.zeros(2)) is not m          # copied, not shared
+    np.testing.assert_array_equal(opt.state_arrays()["m"], [1.0, 1.0])
+
+
 def test_serialize_round_trip():
     opt = Adam(InverseTimeDecay(0.1, 0.5))
     again = ms.optim.deserialize(ms.optim.serialize(opt))

@@ -3,12 +3,18 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from minscale import schedules
-from minscale.schedules import (ExponentialDecay, InverseTimeDecay, PolynomialDecay,
-                                exponential_decay, inverse_time_decay, polynomial_decay)
+from minscale.schedules import (
+    ExponentialDecay,
+    InverseTimeDecay,
+    PolynomialDecay,
+    exponential_decay,
+    inverse_time_decay,
+    polynomial_decay,
+)
 
 # compares computations for equality: run again by `make test-lane` with CPU vector code off
 pytestmark = pytest.mark.exactness

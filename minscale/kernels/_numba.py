@@ -11,6 +11,10 @@ contraction), so elementwise arithmetic rounds as NumPy's does.
 
 The wrappers' docstrings append the reference docstring of their NumPy twin, which states the
 formula, the shapes and the sources.
+
+The per-element rules of the activations and optimizer updates are compiled once, in
+:mod:`minscale.kernels._rules`, and shared with the compiled epoch loop
+(:mod:`minscale.kernels._fastfit`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _numpy as _ref
+from ._rules import act_backward_range, adam_range, bias_act_rows, momentum_range, sgd_range
 
 # GNU OpenMP (the "omp" layer of the PyPI wheels) aborts a process that forks after using it;
 # minscale's data-parallel workers fork. "forksafe" picks TBB, a fork-safe OpenMP or Numba's
@@ -62,36 +67,8 @@ def _nchunks(n):
 # --- activations ---------------------------------------------------------------------------
 
 @njit(cache=True)
-def _bias_act_rows(z, b, act, alpha, one, r0, r1):
-    d = z.shape[1]
-    has_b = b.shape[0] > 0
-    for i in range(np.uint64(r0), np.uint64(r1)):
-        row = z[i]
-        if has_b:
-            for j in range(d):
-                row[j] = row[j] + b[j]
-        if act == 1:
-            for j in range(d):
-                # max(z, 0) as np.maximum: NaN propagates
-                v = row[j]
-                row[j] = v if (v >= 0 or v != v) else one - one
-        elif act == 2:
-            for j in range(d):
-                v = row[j]
-                row[j] = v * (one if v > 0 else alpha)
-        elif act == 3:
-            for j in range(d):
-                row[j] = np.tanh(row[j])
-        elif act == 4:
-            for j in range(d):
-                v = row[j]
-                e = np.exp(-np.abs(v))
-                row[j] = (one if v >= 0 else e) / (one + e)
-
-
-@njit(cache=True)
 def _bias_act_serial(z, b, act, alpha, one):
-    _bias_act_rows(z, b, act, alpha, one, 0, z.shape[0])
+    bias_act_rows(z, b, act, alpha, one, 0, z.shape[0])
 
 
 @njit(cache=True, parallel=True)
@@ -100,7 +77,7 @@ def _bias_act_parallel(z, b, act, alpha, one, rows_per_item):
     items = (n + rows_per_item - 1) // rows_per_item
     for c in prange(items):
         r0 = c * rows_per_item
-        _bias_act_rows(z, b, act, alpha, one, r0, min(n, r0 + rows_per_item))
+        bias_act_rows(z, b, act, alpha, one, r0, min(n, r0 + rows_per_item))
 
 
 @_twin
@@ -116,34 +93,15 @@ def bias_act(z, b, act, alpha):
 
 
 @njit(cache=True)
-def _act_backward_range(a, da, act, alpha, one, out, lo, hi):
-    if act == 0:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            out[i] = da[i]
-    elif act == 1:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            out[i] = da[i] * (one if a[i] > 0 else one - one)
-    elif act == 2:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            out[i] = da[i] * (one if a[i] > 0 else alpha)
-    elif act == 3:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            out[i] = da[i] * (one - a[i] * a[i])
-    elif act == 4:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            out[i] = da[i] * (a[i] * (one - a[i]))
-
-
-@njit(cache=True)
 def _act_backward_serial(a, da, act, alpha, one, out):
-    _act_backward_range(a, da, act, alpha, one, out, 0, a.size)
+    act_backward_range(a, da, act, alpha, one, out, 0, a.size)
 
 
 @njit(cache=True, parallel=True)
 def _act_backward_parallel(a, da, act, alpha, one, out):
     n = a.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _act_backward_range(a, da, act, alpha, one, out, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+        act_backward_range(a, da, act, alpha, one, out, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
 @_twin
@@ -163,29 +121,15 @@ def act_backward(a, da, act, alpha, out):
 # --- optimizer updates ---------------------------------------------------------------------
 
 @njit(cache=True)
-def _sgd_range(theta, grad, lr, mask, has_mask, one, lo, hi):
-    zero = one - one
-    if has_mask:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            mk = one if mask[i] else zero
-            g = grad[i] * mk
-            grad[i] = g
-            theta[i] = (theta[i] - lr * g) * mk
-    else:
-        for i in range(np.uint64(lo), np.uint64(hi)):
-            theta[i] = theta[i] - lr * grad[i]
-
-
-@njit(cache=True)
 def _sgd_serial(theta, grad, lr, mask, has_mask, one):
-    _sgd_range(theta, grad, lr, mask, has_mask, one, 0, theta.size)
+    sgd_range(theta, grad, lr, mask, has_mask, one, 0, theta.size)
 
 
 @njit(cache=True, parallel=True)
 def _sgd_parallel(theta, grad, lr, mask, has_mask, one):
     n = theta.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _sgd_range(theta, grad, lr, mask, has_mask, one, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+        sgd_range(theta, grad, lr, mask, has_mask, one, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
 @_twin
@@ -197,30 +141,8 @@ def sgd_update(theta, grad, lr, mask):
 
 
 @njit(cache=True)
-def _momentum_range(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one, lo, hi):
-    zero = one - one
-    for i in range(np.uint64(lo), np.uint64(hi)):
-        mk = one
-        g = grad[i]
-        if has_mask:
-            mk = one if mask[i] else zero
-            g = g * mk
-            grad[i] = g
-        v = velocity[i] * momentum + g
-        if nesterov:
-            t = theta[i] - lr * (g + momentum * v)
-        else:
-            t = theta[i] - lr * v
-        if has_mask:
-            v = v * mk
-            t = t * mk
-        velocity[i] = v
-        theta[i] = t
-
-
-@njit(cache=True)
 def _momentum_serial(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one):
-    _momentum_range(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one, 0,
+    momentum_range(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one, 0,
                     theta.size)
 
 
@@ -228,7 +150,7 @@ def _momentum_serial(theta, grad, velocity, lr, momentum, nesterov, mask, has_ma
 def _momentum_parallel(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one):
     n = theta.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _momentum_range(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one,
+        momentum_range(theta, grad, velocity, lr, momentum, nesterov, mask, has_mask, one,
                         c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
@@ -242,33 +164,9 @@ def momentum_update(theta, grad, velocity, lr, momentum, nesterov, mask):
 
 
 @njit(cache=True)
-def _adam_range(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon, mask,
-                has_mask, one, lo, hi):
-    zero = one - one
-    for i in range(np.uint64(lo), np.uint64(hi)):
-        mk = one
-        g = grad[i]
-        if has_mask:
-            mk = one if mask[i] else zero
-            g = g * mk
-            grad[i] = g
-        mi = m[i] * beta_1 + c1 * g
-        vi = v[i] * beta_2 + c2 * (g * g)
-        denom = np.sqrt(vi) / sqrt_bc2 + epsilon
-        t = theta[i] - step_size * (mi / denom)
-        if has_mask:
-            mi = mi * mk
-            vi = vi * mk
-            t = t * mk
-        m[i] = mi
-        v[i] = vi
-        theta[i] = t
-
-
-@njit(cache=True)
 def _adam_serial(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon, mask,
                  has_mask, one):
-    _adam_range(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon, mask,
+    adam_range(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon, mask,
                 has_mask, one, 0, theta.size)
 
 
@@ -277,7 +175,7 @@ def _adam_parallel(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc
                    has_mask, one):
     n = theta.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _adam_range(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon,
+        adam_range(theta, grad, m, v, step_size, beta_1, c1, beta_2, c2, sqrt_bc2, epsilon,
                     mask, has_mask, one, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
@@ -315,6 +213,11 @@ def adam_update(theta, grad, m, v, lr, beta_1, beta_2, epsilon, bias_correction_
     mk, has = (_EMPTY_BOOL, False) if mask is None else (mask, True)
     body = _adam_parallel if _parallel(theta.size) else _adam_serial
     body(theta, grad, m, v, step_size, b1, c1, b2, c2, sq, dt(epsilon), mk, has, dt(1))
+
+
+#: Adam's bias corrections stay the Python expression of the general loop on this backend too:
+#: a compiled ``pow`` could differ from the C library's in the last bit (see the NumPy twin)
+bias_corrections = _ref.bias_corrections
 
 
 # --- rounding and the fixed-point quantizer ------------------------------------------------

@@ -1,9 +1,9 @@
-"""Numba kernels against their NumPy twins, and the compiled fit loop against the general one.
+"""Numba kernels against their NumPy twins, and minscale importing and training without Numba.
 
 Integer paths (codes, accumulators, masks) must agree bit for bit; float paths to a few ulps
 (``exp``/``tanh`` come from different libraries). Reference values are worked out in the
-comments; the compiled fit loop must reproduce the general loop (numpy backend) within 1e-12
-in float64: parameters, per-epoch loss, per-step learning rate, optimizer state.
+comments. The compiled epoch loop is tested against the general loop in
+``tests/train/test_compiled.py``.
 """
 from __future__ import annotations
 
@@ -14,21 +14,21 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
 from minscale.kernels import _numpy as R
 
 nb = pytest.importorskip("numba")
-from minscale.kernels import _fastfit, _numba as N  # noqa: E402
+from minscale.kernels import _numba as N  # noqa: E402
 
 # compares computations for equality: run again by `make test-lane` with CPU vector code off
 pytestmark = pytest.mark.exactness
 
 SETTINGS = settings(deadline=None, max_examples=40,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 float_dtypes = st.sampled_from([np.float64, np.float32])
 
@@ -131,6 +131,41 @@ def test_parallel_bodies_equal_serial(monkeypatch):
     b = rng.standard_normal(300)
     np.testing.assert_allclose(N.bias_act(z.copy(), b, 3, 0.01), R.bias_act(z.copy(), b, 3, 0.01),
                                rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("impl", [R, N], ids=["numpy", "numba"])
+@pytest.mark.parametrize("beta", [0.9, 0.999, 0.95, 0.5, 0.123456789])
+def test_bias_corrections_equal_python(impl, beta):
+    # the compiled loop's Adam corrections are optim.adam_step's own expression, bit for bit,
+    # on both backends (no compiled pow)
+    assert impl.bias_corrections(beta, 3, 5000).tolist() == \
+        [1 - beta ** t for t in range(3, 5003)]
+    assert impl.bias_corrections(beta, 1, 0).shape == (0,)
+
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction, expected", [("mean", 1.25), ("sum", 5.0), ("half_sum", 2.5)])
+def test_mse_forward_backward_is_the_twin_of_losses(dtype, reduction, expected):
+    # the compiled loop's loss and gradient against minscale.losses (the formula's one home)
+    from minscale import losses
+    from minscale.kernels import _fastfit
+
+    y_true = np.array([[1.0, 2.0], [3.0, 4.0]], dtype)
+    y_pred = np.array([[0.0, 2.0], [3.0, 6.0]], dtype)   # squared errors 1, 0, 0, 4
+    code = _fastfit.REDUCTION_CODES[reduction]
+    d_pred, loss = np.empty_like(y_pred), np.zeros(2, dtype)
+    got = _fastfit.mse_forward_backward(y_pred, y_true, d_pred, code, loss, dtype(1))
+    assert got == expected == losses.mse(y_true, y_pred, reduction) and loss[0] == expected
+    np.testing.assert_array_equal(d_pred, losses.mse_grad(y_true, y_pred, reduction))
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.standard_normal((2, 9, 3)).astype(dtype)
+    got = _fastfit.mse_forward_backward(y_pred, y_true, d_pred := np.empty_like(y_pred), code,
+                                        loss, dtype(1))
+    # the gradient bit for bit; the loss up to summation order (np.dot sums in another one)
+    np.testing.assert_array_equal(d_pred, losses.mse_grad(y_true, y_pred, reduction))
+    np.testing.assert_allclose(got, losses.mse(y_true, y_pred, reduction),
+                               rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
 # --- fixed-point and affine quantization ---------------------------------------------------
@@ -573,229 +608,6 @@ def test_selection_on_large_arrays(kind, dtype):
                                   R.keep_all_but_smallest(s, k, np.empty(n, bool)))
 
 
-# --- the compiled fit loop -----------------------------------------------------------------
-
-def _classic_data(n=100):
-    # y = 2x + 1 + N(0, 1), the classic one-unit example
-    rng = np.random.default_rng(42)
-    X = rng.uniform(-1, 1, (n, 1))
-    return X, 2 * X + 1 + rng.standard_normal((n, 1))
-
-
-def _fit_both(make, X, y, **kw):
-    import minscale as ms
-    from minscale import kernels
-
-    previous = kernels._forced
-    try:
-        ms.set_backend("numpy")
-        m_ref = make()
-        h_ref = m_ref.fit(X, y, **kw)
-        ms.set_backend("numba")
-        m_jit = make()
-        assert _fastfit.supports(m_jit, callbacks=[], **{k: v for k, v in kw.items()
-                                                         if k != "validation_data"})
-        h_jit = m_jit.fit(X, y, **kw)
-    finally:
-        kernels.set_backend(previous)
-    return m_ref, h_ref, m_jit, h_jit
-
-
-def _assert_same_training(m_ref, h_ref, m_jit, h_jit, tol=1e-12):
-    np.testing.assert_allclose(m_jit.params, m_ref.params, rtol=tol, atol=tol)
-    np.testing.assert_allclose(m_jit.grads, m_ref.grads, rtol=tol, atol=tol)
-    assert sorted(h_jit.history) == sorted(h_ref.history)
-    for key in h_ref.history:
-        np.testing.assert_allclose(h_jit.history[key], h_ref.history[key], rtol=tol, atol=tol)
-    assert h_jit.history["lr"] == h_ref.history["lr"]
-    assert h_jit.epoch == h_ref.epoch
-    assert m_jit.optimizer.iterations == m_ref.optimizer.iterations
-    s_ref, s_jit = m_ref.optimizer.state_arrays(), m_jit.optimizer.state_arrays()
-    assert sorted(s_ref) == sorted(s_jit)
-    for key in s_ref:
-        np.testing.assert_allclose(s_jit[key], s_ref[key], rtol=tol, atol=tol)
-
-
-def _model(optimizer, layers=None, input_dim=1, dtype="float64", reduction="mean"):
-    import minscale as ms
-
-    def make():
-        m = ms.Sequential(layers() if layers else [ms.Dense(1)], input_dim=input_dim, seed=0,
-                          dtype=dtype)
-        m.compile(loss="mse", optimizer=optimizer(), reduction=reduction)
-        return m
-    return make
-
-
-def test_fast_fit_classic_example_equals_general_loop():
-    from minscale import optim, schedules
-
-    X, y = _classic_data()
-    make = _model(lambda: optim.Adam(schedules.InverseTimeDecay(0.1, decay_rate=0.01)))
-    result = _fit_both(make, X, y, epochs=100, batch_size=10, seed=42)
-    _assert_same_training(*result)
-    assert result[2].optimizer.iterations == 1000
-    # the fit recovers y = 2x + 1 (weights near 2 and 1 on this noisy sample)
-    np.testing.assert_allclose(result[2].params, [2.0, 1.0], atol=0.35)
-
-
-@pytest.mark.parametrize("case", ["sgd", "momentum", "nesterov", "adam_exp", "sum", "half_sum",
-                                  "deep", "no_shuffle", "validation"])
-def test_fast_fit_equals_general_loop(case):
-    import minscale as ms
-    from minscale import optim, schedules
-
-    rng = np.random.default_rng(5)
-    X = rng.standard_normal((53, 4))
-    y = np.tanh(X @ rng.standard_normal((4, 2))) + 0.1 * rng.standard_normal((53, 2))
-
-    def deep():
-        return [ms.Dense(16, "tanh"), ms.Dense(9, "relu"), ms.Dense(7, "sigmoid"),
-                ms.Dense(5, "leaky_relu", use_bias=False), ms.Dense(2)]
-
-    def mlp():
-        return [ms.Dense(6, "relu"), ms.Dense(2)]
-
-    kw = dict(epochs=7, batch_size=8, seed=11)
-    opt, layers, reduction = (lambda: optim.SGD(0.05)), mlp, "mean"
-    if case == "momentum":
-        opt = lambda: optim.SGD(schedules.PolynomialDecay(0.05, 30), momentum=0.9)  # noqa: E731
-    elif case == "nesterov":
-        opt = lambda: optim.SGD(0.02, momentum=0.8, nesterov=True)  # noqa: E731
-    elif case == "adam_exp":
-        opt = lambda: optim.Adam(schedules.ExponentialDecay(0.01, 10, 0.9, staircase=True))  # noqa
-    elif case in ("sum", "half_sum"):
-        reduction = case
-        opt = lambda: optim.SGD(0.002)  # noqa: E731
-    elif case == "deep":
-        opt, layers = (lambda: optim.Adam(0.003)), deep
-    elif case == "no_shuffle":
-        kw["shuffle"] = False
-    elif case == "validation":
-        kw["validation_data"] = (X[:10], y[:10])
-    make = _model(opt, layers, input_dim=4, reduction=reduction)
-    _assert_same_training(*_fit_both(make, X, y, **kw))
-
-
-def test_fast_fit_respects_masks_and_continues_training():
-    from minscale import optim
-
-    X, y = _classic_data()
-
-    def make():
-        import minscale as ms
-        m = ms.Sequential([ms.Dense(5, "tanh"), ms.Dense(1)], input_dim=1, seed=0)
-        m.compile(optimizer=optim.Adam(0.01))
-        m.mask[[0, 3, 7]] = False
-        m.params[~m.mask] = 0.0
-        m.fit(X, y, epochs=2, batch_size=16, seed=1)  # a second fit starts from iterations > 0
-        return m
-    result = _fit_both(make, X, y, epochs=3, batch_size=16, seed=2)
-    _assert_same_training(*result)
-    assert np.all(result[2].params[[0, 3, 7]] == 0)
-
-
-def test_fast_fit_float32_close_to_general_loop():
-    import minscale as ms
-    from minscale import optim
-
-    X, y = _classic_data()
-    make = _model(lambda: optim.Adam(0.01),
-                  lambda: [ms.Dense(8, "tanh"), ms.Dense(1)], dtype="float32")
-    m_ref, h_ref, m_jit, h_jit = _fit_both(make, X, y, epochs=5, batch_size=16, seed=3)
-    assert m_jit.params.dtype == np.float32
-    np.testing.assert_allclose(m_jit.params, m_ref.params, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(h_jit["loss"], h_ref["loss"], rtol=1e-4)
-
-
-@pytest.mark.parametrize("lr", [1e3, 1e30])
-def test_fast_fit_divergence_same_as_general_loop(lr):
-    import minscale as ms
-    from minscale import kernels, optim
-    from minscale.train import DivergenceError
-
-    X, y = _classic_data()
-    errors, params = [], []
-    previous = kernels._forced
-    try:
-        for name in ("numpy", "numba"):
-            ms.set_backend(name)
-            m = ms.Sequential([ms.Dense(4, "relu"), ms.Dense(1)], input_dim=1, seed=0)
-            m.compile(optimizer=optim.SGD(lr))
-            with pytest.raises(DivergenceError) as info:
-                m.fit(X * 1e3, y * 1e3, epochs=50, batch_size=10, seed=0)
-            errors.append(info.value)
-            params.append(m.params.copy())
-            assert m.optimizer.iterations == info.value.step
-    finally:
-        kernels.set_backend(previous)
-    ref, jit = errors
-    assert str(ref) == str(jit)
-    assert (ref.epoch, ref.step, ref.learning_rate) == (jit.epoch, jit.step, jit.learning_rate)
-    np.testing.assert_allclose(params[1], params[0], rtol=1e-12)
-    assert np.isfinite(params[1]).all()
-
-
-def test_fast_fit_not_used_where_unsupported():
-    import minscale as ms
-    from minscale import kernels, optim, train
-
-    previous = kernels._forced
-    try:
-        ms.set_backend("numba")
-        m = ms.Sequential([ms.Dense(1)], input_dim=1)
-        m.compile(optimizer=optim.Adam(lambda step: 0.1))  # a user schedule: general loop
-        assert not _fastfit.supports(m)
-        m.compile(optimizer=optim.Adam(0.1))
-        assert _fastfit.supports(m)
-        assert not _fastfit.supports(m, callbacks=[train.Callback()])
-        assert not _fastfit.supports(m, pruning=object())
-        m.layers[0].kernel_quantizer = lambda w, training: (w, None)
-        assert not _fastfit.supports(m)
-        ms.set_backend("numpy")
-        m.layers[0].kernel_quantizer = None
-        assert not _fastfit.supports(m)
-    finally:
-        kernels.set_backend(previous)
-
-
-@pytest.mark.parametrize("schedule", [
-    ("InverseTimeDecay", dict(initial_learning_rate=0.1, decay_rate=0.01)),
-    ("InverseTimeDecay", dict(initial_learning_rate=0.3, decay_rate=0.5, decay_steps=7,
-                              staircase=True)),
-    ("ExponentialDecay", dict(initial_learning_rate=0.1, decay_steps=13, decay_rate=0.96)),
-    ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=300, power=2.0)),
-    ("Constant", dict(learning_rate=0.05)),
-])
-def test_vectorized_learning_rates_equal_scalar_calls(schedule):
-    from minscale import schedules
-
-    sched = getattr(schedules, schedule[0])(**schedule[1])
-    rates = _fastfit.learning_rates(sched, 17, 700)
-    assert rates.tolist() == [float(sched(t)) for t in range(17, 717)]
-
-
-@pytest.mark.parametrize("beta", [0.9, 0.999, 0.95, 0.5, 0.123456789])
-def test_bias_corrections_equal_python(beta):
-    assert _fastfit.bias_corrections(beta, 3, 5000).tolist() == \
-        [1 - beta ** t for t in range(3, 5003)]
-
-
-def test_training_converges_under_both_backends(backend):
-    # the `backend` fixture: the same fit under numpy and numba reaches the same loss
-    import minscale as ms
-    from minscale import optim, schedules
-
-    X, y = _classic_data()
-    m = ms.Sequential([ms.Dense(1)], input_dim=1, seed=0)
-    m.compile(optimizer=optim.Adam(schedules.InverseTimeDecay(0.1, decay_rate=0.01)))
-    h = m.fit(X, y, epochs=100, batch_size=10, seed=42)
-    assert ms.get_backend() == backend
-    # the least-squares line of this sample has MSE about 0.8 (noise variance 1)
-    assert h["loss"][-1] < 1.2
-    assert len(h["lr"]) == 1000
-
-
 # --- importing without numba ---------------------------------------------------------------
 
 def _run_python(code, env_extra=None):
@@ -840,37 +652,3 @@ def test_minscale_trains_with_numba_unimportable():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
-
-
-def test_fast_fit_in_chunks_of_epochs_is_bit_identical(monkeypatch):
-    # a long run goes to the compiled loop a few epochs at a time (at most _ORDER_ENTRIES
-    # shuffled indices per call) instead of one (epochs, n) order array up front
-    import minscale as ms
-    from minscale import kernels, optim
-
-    X, y = _classic_data(50)
-
-    def train(entries):
-        monkeypatch.setattr(_fastfit, "_ORDER_ENTRIES", entries)
-        m = ms.Sequential([ms.Dense(3, "tanh"), ms.Dense(1)], input_dim=1, seed=1)
-        m.compile(optimizer=optim.Adam(ms.schedules.InverseTimeDecay(0.05, decay_rate=0.1)))
-        h = m.fit(X, y, epochs=7, batch_size=8, seed=3)
-        return m, h
-
-    previous = kernels._forced
-    try:
-        ms.set_backend("numba")
-        calls = []
-        original = _fastfit._train_epochs
-        monkeypatch.setattr(_fastfit, "_train_epochs",
-                            lambda *a: calls.append(a[4]) or original(*a))
-        m_one, h_one = train(2**22)
-        assert calls == [7]  # all seven epochs in one call
-        calls.clear()
-        m_chunks, h_chunks = train(3 * 50)  # three epochs of 50 rows per call
-        assert calls == [3, 3, 1]
-    finally:
-        kernels.set_backend(previous)
-    assert m_chunks.params.tobytes() == m_one.params.tobytes()
-    assert h_chunks.history == h_one.history and h_chunks.epoch == h_one.epoch
-    assert m_chunks.optimizer.iterations == m_one.optimizer.iterations == 7 * 7
