@@ -16,6 +16,9 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "COUNT_MAX",
+    "SEED_MAX",
+    "integer_text",
     "plain",
     "ArgumentTypeError",
     "check_int",
@@ -29,6 +32,14 @@ __all__ = [
     "check_finite_array",
     "check_int_array",
 ]
+
+
+#: Largest value of a count argument (epochs, batch size, units, input features, workers,
+#: rows, ...): 2**31 - 1. A product of two counts (epochs x batches, rows x units) then stays
+#: below 2**62, inside the int64 range the compiled kernels compute indices in.
+COUNT_MAX = 2**31 - 1
+#: Largest seed: 2**63 - 1, the int64 range (numpy itself accepts any size of integer).
+SEED_MAX = 2**63 - 1
 
 
 def plain(value):
@@ -64,12 +75,25 @@ def _is_int(value):
     return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Integral)
 
 
+def integer_text(value):
+    """An integer for a message: in full up to 30 digits, else its length."""
+    text = str(value)
+    n = len(text.lstrip("-"))
+    return text if n <= 30 else f"{text[:12]}... ({n} digits)"
+
+
+def _bound(value):
+    # the two named limits read as what they are, not as ten-digit numbers
+    return {COUNT_MAX: f"2**31 - 1 = {COUNT_MAX}", SEED_MAX: f"2**63 - 1 = {SEED_MAX}"}.get(
+        value, str(value))
+
+
 def _range_text(lo, hi, lo_open=False, hi_open=False):
     if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        return f"in {'(' if lo_open else '['}{_bound(lo)}, {_bound(hi)}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    return f"{'<' if hi_open else '<='} {hi}"
+        return f"{'>' if lo_open else '>='} {_bound(lo)}"
+    return f"{'<' if hi_open else '<='} {_bound(hi)}"
 
 
 def check_int(name, value, lo=None, hi=None):
@@ -105,8 +129,13 @@ def check_int(name, value, lo=None, hi=None):
             f"{name} must be an integer, got {plain(value)!r} of type {type(value).__name__}"
         )
     value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an integer {_range_text(lo, hi)}, got {value}")
+    below, above = lo is not None and value < lo, hi is not None and value > hi
+    if below or above:
+        if hi in (COUNT_MAX, SEED_MAX):
+            # a size limit, not part of the argument's meaning: name only the side violated
+            lo, hi = (lo, None) if below else (None, hi)
+        raise ValueError(f"{name} must be an integer {_range_text(lo, hi)}, got "
+                         f"{integer_text(value)}")
     return value
 
 

@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from ._checks import plain
+from . import _checks
+from ._checks import COUNT_MAX, SEED_MAX, integer_text, plain  # noqa: F401  (re-exported)
 
 __all__ = [
     "check_array",
@@ -42,20 +43,16 @@ def _describe(value):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-#: Largest value of a count argument (epochs, batch size, units, input features, workers,
-#: rows, ...): 2**31 - 1. A product of two counts (epochs x batches, rows x units) then stays
-#: below 2**62, inside the int64 range the compiled kernels compute indices in.
-COUNT_MAX = 2**31 - 1
 #: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME + "." +
 #: PID + ".XXXXXXXX.tmp"`` (:func:`minscale.io.atomic_write`), with a PID of up to 7 digits
 #: (Linux's largest pid_max is 4194304); output names are checked with room for them.
 TEMP_NAME_EXTRA = 22
-#: Largest seed: 2**63 - 1, the int64 range (numpy itself accepts any size of integer).
-SEED_MAX = 2**63 - 1
 
 
 def check_int(name, value, low=None, high=COUNT_MAX):
     """Check that `value` is an integer in ``[low, high]``; return it as a Python int.
+
+    :func:`minscale._checks.check_int` with the upper bound of a count argument by default.
 
     Parameters
     ----------
@@ -76,39 +73,12 @@ def check_int(name, value, low=None, high=COUNT_MAX):
     Raises
     ------
     ValueError
-        `value` is not an integer, or lies outside ``[low, high]``; the message names `name`,
-        the value (a plain number, also for NumPy integers) and the accepted range.
+        `value` lies outside ``[low, high]``, or is not an integer
+        (:class:`minscale._checks.ArgumentTypeError`, a ValueError and a TypeError); the
+        message names `name`, the value (a plain number, also for NumPy integers) and the
+        accepted range.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer{_range_text(low, high)}, got "
-                         f"{_describe(value)}")
-    value = int(value)
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be an integer{_range_text(low, None)}, got "
-                         f"{integer_text(value)}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be an integer{_range_text(None, high)}, got "
-                         f"{integer_text(value)}")
-    return value
-
-
-def _range_text(low, high):
-    def bound(v):
-        return {COUNT_MAX: f"2**31 - 1 = {COUNT_MAX}", SEED_MAX: f"2**63 - 1 = {SEED_MAX}"}.get(
-            v, str(v))
-
-    if low is not None and high is not None:
-        return f" in [{bound(low)}, {bound(high)}]"
-    if low is not None:
-        return f" >= {bound(low)}"
-    return "" if high is None else f" <= {bound(high)}"
-
-
-def integer_text(value):
-    """An integer for a message: in full up to 30 digits, else its length."""
-    text = str(value)
-    n = len(text.lstrip("-"))
-    return text if n <= 30 else f"{text[:12]}... ({n} digits)"
+    return _checks.check_int(name, value, low, high)
 
 
 def memory_limit():

@@ -132,3 +132,16 @@ def test_check_int_array():
         C.check_int_array("acc", [1, 2], 0, 9, shape=(3,))
     with pytest.raises(C.ArgumentTypeError, match=r"^acc must hold integers, got dtype float64$"):
         C.check_int_array("acc", [1.0], 0, 9)
+
+
+def test_size_limits_name_only_the_violated_side_and_long_integers_are_shortened():
+    from minscale._checks import COUNT_MAX, check_int
+
+    with pytest.raises(ValueError, match=r"^epochs must be an integer >= 0, got -1$"):
+        check_int("epochs", -1, 0, COUNT_MAX)
+    with pytest.raises(ValueError, match=r"^batch_size must be an integer <= 2\*\*31 - 1 = "
+                                         r"2147483647, got 100000000000\.\.\. \(32 digits\)$"):
+        check_int("batch_size", 10**31, 1, COUNT_MAX)
+    # a range that is part of the argument's meaning is given whole
+    with pytest.raises(ValueError, match=r"^bits must be an integer in \[2, 32\], got 1$"):
+        check_int("bits", 1, 2, 32)

@@ -785,7 +785,7 @@ def _numpy_scalar_calls():
     from minscale import optim, prune, report, schedules, study
     return [
         (lambda: prune.magnitude_mask(np.ones(4), np.float64(1.5)), "got 1.5"),
-        (lambda: prune.n_to_prune(0.5, np.int64(-1)), "n must be >= 0, got -1"),
+        (lambda: prune.n_to_prune(0.5, np.int64(-1)), "n must be an integer >= 0, got -1"),
         (lambda: schedules.InverseTimeDecay(np.float64(-1.0), 0.1), "got -1.0"),
         (lambda: schedules.InverseTimeDecay(0.1, 0.1, decay_steps=np.int64(0)), "got 0"),
         (lambda: schedules.inverse_time_decay(np.int64(-1), 0.1, 0.1), "got -1"),

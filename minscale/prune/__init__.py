@@ -17,11 +17,6 @@ The package re-exports the names of its modules, bottom to top:
 
 from __future__ import annotations
 
-# Two private checks other packages still import, value first: minscale.study imports
-# `_check_int`, minscale.commands.prune `_check_sparsity`. Both callers move to
-# minscale._checks in their own chunk; these two re-exports go when that lands.
-from ._args import check_int_value_first as _check_int  # noqa: F401
-from ._args import check_sparsity_value_first as _check_sparsity  # noqa: F401
 from .masks import (
     apply_mask,
     global_magnitude_masks,

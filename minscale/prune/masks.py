@@ -15,8 +15,7 @@ import numbers
 import numpy as np
 
 from .. import _checks, kernels
-from ..data import plain
-from ._args import as_rng, check_count, check_sparsity
+from .._checks import plain
 
 __all__ = [
     "n_to_prune",
@@ -96,8 +95,8 @@ def n_to_prune(sparsity, n):
     >>> n_to_prune(0.5, 5)  # 2.5 rounds half to even
     2
     """
-    s = check_sparsity("sparsity", sparsity)
-    n = check_count("n", n, 0)
+    s = _checks.check_sparsity("sparsity", sparsity)
+    n = _checks.check_int("n", n, lo=0)
     return min(max(round(s * n), 0), n)
 
 
@@ -187,7 +186,7 @@ def magnitude_mask(w, sparsity, mask=None):
            [ True, False]])
     """
     arr = _check_weights(w, "w", check_finite=False)
-    s = check_sparsity("sparsity", sparsity)
+    s = _checks.check_sparsity("sparsity", sparsity)
     k = n_to_prune(s, arr.size)
     prev = None if mask is None else _check_mask(mask, arr.shape, "mask").ravel()
     if arr.dtype.kind != "f":
@@ -263,7 +262,7 @@ def global_magnitude_masks(weights, sparsity, masks=None):
                 f"weights[{i}] must be an array of real numbers, got dtype {arr.dtype}"
             )
         arrays.append(arr)
-    s = check_sparsity("sparsity", sparsity)
+    s = _checks.check_sparsity("sparsity", sparsity)
     prev = None
     if masks is not None:
         if not isinstance(masks, (list, tuple)) or len(masks) != len(arrays):
@@ -348,8 +347,8 @@ def random_mask(shape, sparsity, seed, mask=None):
     if any(d < 0 for d in shape):
         raise ValueError(f"shape must have non-negative dimensions, got {plain(shape)!r}")
     shape = tuple(int(d) for d in shape)
-    s = check_sparsity("sparsity", sparsity)
-    rng = as_rng("seed", seed)
+    s = _checks.check_sparsity("sparsity", sparsity)
+    rng = _checks.as_rng("seed", seed)
     n = math.prod(shape)
     k = n_to_prune(s, n)
 
@@ -419,7 +418,7 @@ def structured_mask(w, sparsity, norm=2, axis=-1, mask=None):
     arr = _check_weights(w, "w")
     if arr.ndim < 1:
         raise ValueError(f"w must have at least 1 dimension, got a 0-d array {arr!r}")
-    s = check_sparsity("sparsity", sparsity)
+    s = _checks.check_sparsity("sparsity", sparsity)
     if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, numbers.Real):
         raise TypeError(f"norm must be a real number >= 1 or numpy.inf, got {plain(norm)!r}")
     if math.isnan(norm) or norm < 1:

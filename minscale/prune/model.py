@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _checks, kernels, optim
-from ..data import plain
+from .._checks import plain
 from ..layers import Dense
 from ..model import Sequential
-from ._args import as_rng, check_count, check_flag, check_sparsity
 from .masks import (
     apply_mask,
     global_magnitude_masks,
@@ -162,9 +161,9 @@ def prune(model, sparsity, method="magnitude", include_bias=False, seed=0, norm=
     0.5
     """
     model = check_model(model)
-    s = check_sparsity("sparsity", sparsity)
+    s = _checks.check_sparsity("sparsity", sparsity)
     _checks.check_choice("method", method, METHODS)
-    include_bias = check_flag("include_bias", include_bias)
+    include_bias = _checks.check_bool("include_bias", include_bias)
     if method == "structured":
         new = _structured_keep(model, s, norm, include_bias)
     else:
@@ -209,7 +208,7 @@ def _unstructured_keep(model, s, method, include_bias, seed):
     elif method == "magnitude":
         masks = [magnitude_mask(v, s, mask=m) for v, m in zip(values, prev)]
     else:
-        rng = as_rng("seed", seed)
+        rng = _checks.as_rng("seed", seed)
         masks = [random_mask(v.shape, s, rng, mask=m) for (v, _, _), m in zip(tensors, prev)]
     new = model.mask.copy()
     for (_, lo, hi), m in zip(tensors, masks):
@@ -387,14 +386,14 @@ def prune_to_tolerance(model, X, y, max_loss_increase,
     model = check_model(model)
     max_loss_increase = _checks.check_real("max_loss_increase", plain(max_loss_increase), 0)
     try:
-        levels = [check_sparsity("sparsities[i]", s) for s in sparsities]
+        levels = [_checks.check_sparsity("sparsities[i]", s) for s in sparsities]
     except TypeError:
         raise TypeError(f"sparsities must be a sequence of floats in [0, 1], got "
                         f"{plain(sparsities)!r}") from None
     if not levels:
         raise ValueError("sparsities must hold at least one level, got an empty sequence")
     levels = sorted(set(levels))
-    finetune_epochs = check_count("finetune_epochs", finetune_epochs, 0)
+    finetune_epochs = _checks.check_int("finetune_epochs", finetune_epochs, lo=0)
     _checks.check_choice("method", method, METHODS)
     measure = (X, y) if validation_data is None else tuple(validation_data)
     base = float(model.evaluate(*measure, return_dict=True)["loss"])

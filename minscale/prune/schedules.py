@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _checks
-from ..data import plain
-from ._args import check_count, check_sparsity
+from .._checks import plain
 
 __all__ = [
     "should_prune_at",
@@ -59,7 +58,7 @@ def should_prune_at(step, begin_step, end_step=-1, frequency=100):
     """
     t = _checks.check_step("step", plain(step))
     begin_step, end_step = _check_begin_end(begin_step, end_step, allow_forever=True)
-    frequency = check_count("frequency", frequency, 1)
+    frequency = _checks.check_int("frequency", frequency, lo=1)
     in_range = (t >= begin_step) & ((end_step < 0) | (t <= end_step))
     due = in_range & ((t - begin_step) % frequency == 0)
     return bool(due) if isinstance(t, int) else due
@@ -109,8 +108,8 @@ def polynomial_decay_sparsity(step, initial_sparsity, final_sparsity, begin_step
     0.4375
     """
     t = _checks.check_step("step", plain(step))
-    s_i = check_sparsity("initial_sparsity", initial_sparsity)
-    s_f = check_sparsity("final_sparsity", final_sparsity)
+    s_i = _checks.check_sparsity("initial_sparsity", initial_sparsity)
+    s_f = _checks.check_sparsity("final_sparsity", final_sparsity)
     begin_step, end_step = _check_begin_end(begin_step, end_step, allow_forever=False)
     power = _check_power(power)
     p = np.clip((np.asarray(t, dtype=np.float64) - begin_step) / (end_step - begin_step), 0.0, 1.0)
@@ -121,7 +120,7 @@ def polynomial_decay_sparsity(step, initial_sparsity, final_sparsity, begin_step
 
 
 def _check_begin_end(begin_step, end_step, allow_forever):
-    begin_step = check_count("begin_step", begin_step, 0)
+    begin_step = _checks.check_int("begin_step", begin_step, lo=0)
     end_step = _checks.check_int("end_step", plain(end_step))
     if end_step == -1 and allow_forever:
         return begin_step, end_step
@@ -188,11 +187,11 @@ class ConstantSparsity:
 
     def __post_init__(self):
         object.__setattr__(self, "target_sparsity",
-                           check_sparsity("target_sparsity", self.target_sparsity))
+                           _checks.check_sparsity("target_sparsity", self.target_sparsity))
         b, e = _check_begin_end(self.begin_step, self.end_step, allow_forever=True)
         object.__setattr__(self, "begin_step", b)
         object.__setattr__(self, "end_step", e)
-        object.__setattr__(self, "frequency", check_count("frequency", self.frequency, 1))
+        object.__setattr__(self, "frequency", _checks.check_int("frequency", self.frequency, lo=1))
 
     def __call__(self, step):
         """Target sparsity at `step` (int or int ndarray, >= 0): always `target_sparsity`."""
@@ -265,14 +264,14 @@ class PolynomialDecaySparsity:
 
     def __post_init__(self):
         object.__setattr__(self, "initial_sparsity",
-                           check_sparsity("initial_sparsity", self.initial_sparsity))
+                           _checks.check_sparsity("initial_sparsity", self.initial_sparsity))
         object.__setattr__(self, "final_sparsity",
-                           check_sparsity("final_sparsity", self.final_sparsity))
+                           _checks.check_sparsity("final_sparsity", self.final_sparsity))
         b, e = _check_begin_end(self.begin_step, self.end_step, allow_forever=False)
         object.__setattr__(self, "begin_step", b)
         object.__setattr__(self, "end_step", e)
         object.__setattr__(self, "power", _check_power(self.power))
-        object.__setattr__(self, "frequency", check_count("frequency", self.frequency, 1))
+        object.__setattr__(self, "frequency", _checks.check_int("frequency", self.frequency, lo=1))
 
     def __call__(self, step):
         """Target sparsity at `step` (int or int ndarray, >= 0)."""

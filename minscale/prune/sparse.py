@@ -14,7 +14,6 @@ import numpy as np
 
 from .. import _checks, kernels, sizes
 from ..model import check_X
-from ._args import check_count
 from .masks import apply_mask
 from .model import check_model
 
@@ -120,7 +119,7 @@ class SparseModel:
         n = X.shape[0]
         if batch_size is None:
             batch_size = n
-        batch_size = check_count("batch_size", batch_size, 1)
+        batch_size = _checks.check_int("batch_size", batch_size, lo=1)
         parts = []
         for start in range(0, n, batch_size):
             a = X[start:start + batch_size]
@@ -228,7 +227,7 @@ def model_nbytes(model, format="dense", bits=32):
 
     model = check_model(model)
     _checks.check_choice("format", format, FORMATS)
-    bits = check_count("bits", bits, 1)
+    bits = _checks.check_int("bits", bits, lo=1)
     if bits > 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
     total = 0

@@ -388,7 +388,7 @@ def test_other_bad_arguments():
         magnitude_mask(np.array(["a", "b"]), 0.5)
     with pytest.raises(TypeError, match="seed"):
         random_mask(3, 0.5, seed=None)
-    with pytest.raises(ValueError, match="seed must be a non-negative int, got -1"):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         random_mask(3, 0.5, seed=-1)
     with pytest.raises(ValueError, match="shape must have non-negative"):
         random_mask((2, -1), 0.5, seed=0)

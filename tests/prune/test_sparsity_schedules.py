@@ -83,8 +83,8 @@ def test_polynomial_initial_final_and_monotone(s_i, s_f, begin, length, power, d
         (dict(begin_step=10, end_step=10), "end_step must be > begin_step = 10, got 10"),
         (dict(begin_step=10, end_step=5), "end_step must be > begin_step"),
         (dict(begin_step=0, end_step=-1), "end_step must be > begin_step; -1"),
-        (dict(begin_step=-1, end_step=5), "begin_step must be >= 0, got -1"),
-        (dict(begin_step=0, end_step=5, frequency=0), "frequency must be >= 1, got 0"),
+        (dict(begin_step=-1, end_step=5), "begin_step must be an integer >= 0, got -1"),
+        (dict(begin_step=0, end_step=5, frequency=0), "frequency must be an integer >= 1, got 0"),
         (dict(begin_step=0, end_step=5, power=0), "power must be finite and > 0"),
     ],
 )
