@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/minscale demo
 
-# The whole suite, under both kernel backends where it matters (see tests/conftest.py).
-# PyTorch cross-checks skip here; `make crosscheck` installs torch and runs them.
+# The layer contracts (import-linter) and the lint rules (ruff), then the whole suite, under
+# both kernel backends where it matters (see tests/conftest.py). PyTorch cross-checks skip
+# here; `make crosscheck` installs torch and runs them.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check minscale tests benchmarks
 	$(PY) -m pytest -q
 
 # The exactness-sensitive tests again, with NumPy's SIMD dispatch switched off (every

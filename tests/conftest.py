@@ -8,8 +8,8 @@ backends::
     def test_fit_converges(backend):
         ...
 
-Test modules that should use it (they run kernels or training): test_layers, test_optim,
-test_train, test_quant, test_prune, test_prune_model, test_parallel_fit, test_kernels.
+Test modules that use it run kernels or training: tests/test_layers.py, tests/test_optim.py,
+tests/train/, tests/quant/, tests/prune/, tests/kernels/.
 """
 from __future__ import annotations
 
