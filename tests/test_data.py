@@ -782,7 +782,7 @@ def test_module_exports():
 
 def _numpy_scalar_calls():
     import minscale as ms
-    from minscale import optim, prune, report, schedules, study
+    from minscale import optim, prune, quant, report, schedules, study
     return [
         (lambda: prune.magnitude_mask(np.ones(4), np.float64(1.5)), "got 1.5"),
         (lambda: prune.n_to_prune(0.5, np.int64(-1)), "n must be an integer >= 0, got -1"),
@@ -806,6 +806,10 @@ def _numpy_scalar_calls():
         (lambda: ms.Sequential([ms.Dense(1)], input_dim=1).fit(
             np.ones((2, 1)), np.ones(2), epochs=np.int64(-1)), "epochs must be an integer >= 0, "
                                                                "got -1"),
+        (lambda: quant.quantize_multiplier(np.float64(-1)), "got -1.0"),
+        (lambda: quant.affine_qparams(0.0, 1.0, eps=np.float64(-1)), "got -1.0"),
+        (lambda: quant.MovingAverageMinMaxObserver(averaging_constant=np.float64(2)), "got 2.0"),
+        (lambda: quant.choose_frac_bits(np.array([-1.0, 0.5]), 8, signed=False), "min -1.0"),
     ]
 
 

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 
 from .. import kernels
-from .._checks import check_bool, check_choice, check_float_dtype
+from .._checks import check_bool, check_choice, check_float_dtype, plain
 from ..kernels._numpy import ROUNDING_CODES as _ROUNDING_CODES
 from ._arrays import (
     FLOAT32_EPS,
@@ -157,7 +157,7 @@ def affine_qparams(
 
 def _check_eps(eps):
     if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite positive number, got {eps!r}")
+        raise ValueError(f"eps must be a finite positive number, got {plain(eps)!r}")
     return eps
 
 
@@ -446,7 +446,7 @@ def quantize_bias(b, input_scale, weight_scale):
     s_in = as_float64("input_scale", input_scale, allow_inf=False)
     s_w = as_float64("weight_scale", weight_scale, allow_inf=False)
     if s_in.ndim != 0 or s_in <= 0:
-        raise ValueError(f"input_scale must be a positive scalar, got {input_scale!r}")
+        raise ValueError(f"input_scale must be a positive scalar, got {plain(input_scale)!r}")
     if (s_w <= 0).any() or s_w.ndim > 1 or (s_w.ndim == 1 and s_w.shape != b.shape):
         raise ValueError(
             f"weight_scale must be positive, scalar or of shape {b.shape}, "
@@ -455,7 +455,7 @@ def quantize_bias(b, input_scale, weight_scale):
     scale = np.broadcast_to(s_in * s_w, b.shape).astype(np.float64)
     if not np.isfinite(scale).all() or (scale <= 0).any():
         raise ValueError(
-            f"input_scale * weight_scale must be finite and positive, got {input_scale!r} * "
+            f"input_scale * weight_scale must be finite and positive, got {plain(input_scale)!r} * "
             f"{np.asarray(weight_scale)!r}"
         )
     with np.errstate(over="ignore"):
@@ -525,7 +525,7 @@ def bias_safe_weight_scale(b, input_scale, weight_scale, per_channel=True):
     s_in = as_float64("input_scale", input_scale, allow_inf=False)
     s_w = as_float64("weight_scale", weight_scale, allow_inf=False)
     if s_in.ndim != 0 or s_in <= 0:
-        raise ValueError(f"input_scale must be a positive scalar, got {input_scale!r}")
+        raise ValueError(f"input_scale must be a positive scalar, got {plain(input_scale)!r}")
     if (s_w <= 0).any() or s_w.ndim > 1 or (s_w.ndim == 1 and s_w.shape != b.shape):
         raise ValueError(
             f"weight_scale must be positive, scalar or of shape {b.shape}, "

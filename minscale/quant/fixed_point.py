@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels
-from .._checks import check_bool, check_choice, check_float_dtype, check_int
+from .._checks import check_bool, check_choice, check_float_dtype, check_int, plain
 from ..kernels._numpy import ROUNDING_CODES as _ROUNDING_CODES
 from ._arrays import as_float64, as_int_array, as_real_array
 
@@ -426,7 +426,7 @@ def choose_frac_bits(x, bits, signed=True):
     pos = float(x.max()) if x.size and x.max() > 0 else 0.0
     neg = float(-x.min()) if x.size and x.min() < 0 else 0.0
     if neg > 0 and not signed:
-        raise ValueError(f"x has negative values (min {-neg!r}) but signed=False")
+        raise ValueError(f"x has negative values (min {plain(-neg)!r}) but signed=False")
     if pos == 0 and neg == 0:
         return FRAC_BITS_LIMIT
 
@@ -440,7 +440,7 @@ def choose_frac_bits(x, bits, signed=True):
         f -= 1
         if f < -FRAC_BITS_LIMIT:
             raise ValueError(
-                f"x has max |x| = {max(pos, neg)!r}, too large for any {bits}-bit format with "
+                f"x has max |x| = {plain(max(pos, neg))!r}, too large for any {bits}-bit format with "
                 f"frac_bits >= {-FRAC_BITS_LIMIT}"
             )
     return f

@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from .. import kernels
-from .._checks import check_bool, check_choice, check_int
+from .._checks import check_bool, check_choice, check_int, plain
 from ._arrays import INT32_MAX, INT32_MIN, as_int_array
 from .fixed_point import code_dtype, integer_range
 
@@ -93,13 +93,13 @@ def quantize_multiplier(real_multiplier):
     if isinstance(real_multiplier, (bool, np.bool_)) or not isinstance(
         real_multiplier, numbers.Real
     ):
-        raise TypeError(f"real_multiplier must be a real number, got {real_multiplier!r}")
+        raise TypeError(f"real_multiplier must be a real number, got {plain(real_multiplier)!r}")
     m = float(real_multiplier)
     if not math.isfinite(m) or m < 0:
-        raise ValueError(f"real_multiplier must be finite and >= 0, got {real_multiplier!r}")
+        raise ValueError(f"real_multiplier must be finite and >= 0, got {plain(real_multiplier)!r}")
     if m >= MULTIPLIER_LIMIT:
         raise ValueError(
-            f"real_multiplier must be < 2**30, got {real_multiplier!r}: a larger multiplier "
+            f"real_multiplier must be < 2**30, got {plain(real_multiplier)!r}: a larger multiplier "
             "needs a left shift of 31 bits or more, which overflows any nonzero int32 accumulator"
         )
     if m == 0.0:
@@ -376,7 +376,7 @@ def int_matmul(a, b, a_zero_point=0, b_zero_point=0):
         z = as_int_array(zp_name, zp).astype(np.int64)
         if z.size and (z.min() < info.min or z.max() > info.max):
             raise ValueError(
-                f"{zp_name} must lie in [{info.min}, {info.max}] for {arr.dtype}, got {zp!r}"
+                f"{zp_name} must lie in [{info.min}, {info.max}] for {arr.dtype}, got {plain(zp)!r}"
             )
         factors.append((arr, z))
     (a, za), (b, zb) = factors

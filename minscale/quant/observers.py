@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_int, plain
 from ._arrays import FLOAT32_EPS, as_float64, normalize_axis
 from .affine import affine_qparams, channel_min_max
 from .fixed_point import integer_range
@@ -183,7 +183,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         if isinstance(averaging_constant, (bool, np.bool_)) or not (
             isinstance(averaging_constant, numbers.Real) and 0 < averaging_constant <= 1
         ):
-            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant!r}")
+            raise ValueError(f"averaging_constant must be in (0, 1], got {plain(averaging_constant)!r}")
         super().__init__(bits, signed, symmetric, narrow_range, axis, eps)
         self.averaging_constant = float(averaging_constant)
 
