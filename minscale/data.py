@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import tempfile
 
 import numpy as np
 
@@ -222,6 +223,16 @@ def check_output_path(path, name, suffixes=None):
                          "pipe or symbolic link); give a plain file name")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {path!r}: directory {folder!r} is not writable")
+    # os.access says yes to root everywhere, and a read-only mount or a pseudo file system
+    # (/proc, /sys) refuses files whatever the mode bits say: create the write's temporary
+    # file for real, then remove it
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{base}.probe.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ValueError(f"{name} {path!r}: cannot create a file in {folder!r} "
+                         f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

@@ -196,6 +196,16 @@ def test_unusable_output_paths_are_rejected_before_any_work(saved, capsys, argv,
     assert time.perf_counter() - t0 < 30  # a generous bound: no study or training ran
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_a_folder_that_refuses_files_is_rejected_before_training_even_as_root(saved, capsys):
+    # /proc passes os.access for root, yet no file can be created in it: the check creates
+    # the write's temporary file for real before any work
+    code, out, err = _run(capsys, ["train", "--data", "tiny.csv", *TINY, "--save",
+                                   "/proc/m.npz"])
+    _one_line(code, err, "--save '/proc/m.npz'", "cannot create a file in '/proc'")
+    assert out == ""  # not trained first
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_is_rejected_up_front(saved, capsys):
     ro = saved.parent / "ro"
@@ -211,10 +221,14 @@ def test_read_only_folder_is_rejected_up_front(saved, capsys):
 
 
 def test_a_failing_final_write_is_one_line(saved, capsys, monkeypatch):
-    # root passes the os.access check of a read-only folder; the write itself then fails
+    # the up-front check's probe file succeeds, the write itself then fails
     import minscale.io as msio
 
+    real_mkstemp = tempfile.mkstemp
+
     def refuse(*args, **kwargs):
+        if ".probe." in kwargs.get("prefix", ""):
+            return real_mkstemp(*args, **kwargs)
         raise PermissionError(errno.EACCES, "Permission denied")
 
     with monkeypatch.context() as m:
