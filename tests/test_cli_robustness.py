@@ -21,6 +21,7 @@ import hostile_files
 import numpy as np
 import pytest
 
+import minscale as ms
 from minscale.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -696,3 +697,17 @@ def test_hostile_data_files_are_one_line_within_200_mb(tmp_path, make, words):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert words in err and "hostile.npz" in err, err
     assert peak_mb < 200, peak_mb
+
+
+def test_activation_without_hidden_layers_is_refused_and_no_hidden_is_a_linear_model(work,
+                                                                                     capsys):
+    code, out, err = _run(capsys, ["train", "--data", "tiny.csv", "--hidden",
+                                   "", "--activation", "tanh", "--epochs", "1", "--quiet"])
+    _one_line(code, err, "--activation tanh: --hidden '' builds no hidden layer")
+    assert out == ""
+    code, out, err = _run(capsys, ["train", "--data", "tiny.csv", "--hidden",
+                                   "", "--epochs", "1", "--quiet", "--save", "lin.npz"])
+    assert code == 0, err
+    model = ms.load(work / "lin.npz")
+    # three features, one output: W (3, 1) and b (1,), no hidden layer
+    assert [layer.W.shape for layer in model.layers] == [(3, 1)] and model.params.size == 4

@@ -28,9 +28,11 @@ def add_arguments(parser):
     """Register the train command's options on `parser`."""
     add_data_arguments(parser)
     parser.add_argument("--hidden", type=hidden_sizes, default=[32],
-                        help="hidden layer sizes, e.g. 32,32 (default: 32)")
-    parser.add_argument("--activation", default="relu",
-                        choices=("relu", "leaky_relu", "tanh", "sigmoid", "identity"))
+                        help="hidden layer sizes, e.g. 32,32 (default: 32; '' for none: a "
+                             "linear model)")
+    parser.add_argument("--activation", default=None,
+                        choices=("relu", "leaky_relu", "tanh", "sigmoid", "identity"),
+                        help="activation of the hidden layers (default: relu)")
     parser.add_argument("--epochs", type=integer, default=100)
     parser.add_argument("--batch-size", type=integer, default=32)
     parser.add_argument("--optimizer", default="adam", choices=("sgd", "momentum", "adam"))
@@ -98,6 +100,10 @@ def run(args):
     check_at_least(args.epochs, "--epochs", 0)
     check_at_least(args.batch_size, "--batch-size", 1)
     check_parallel_options(args)
+    if args.activation is not None and not args.hidden:
+        raise ValueError(f"--activation {args.activation}: --hidden '' builds no hidden layer "
+                         "(a linear model), so there is nothing for it to apply to")
+    activation = args.activation or "relu"
     if args.save is not None:
         check_output_path(args.save, "--save")
     comm = None
@@ -114,7 +120,7 @@ def run(args):
                                 decay_steps=args.decay_steps, staircase=args.staircase)
     try:
         model = build_model(task["X_train"].shape[1], task["y_train"].shape[1], args.hidden,
-                            args.activation, args.seed, args.dtype)
+                            activation, args.seed, args.dtype)
     except ValueError as exc:  # a model too large for the memory: say which option made it
         raise ValueError(f"--hidden {','.join(map(str, args.hidden))}: {exc}") from None
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
