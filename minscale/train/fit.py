@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from ..data import COUNT_MAX, check_int, check_nbytes, check_output_path
+from ..data import COUNT_MAX, SEED_MAX, check_int, check_nbytes, check_output_path
 from ..quant import prepare_qat, qat_config
 from . import compiled, loop
 from .workers import MODES, fit_workers
@@ -79,7 +79,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         an epoch may be shorter.
     shuffle : bool, default True
         New order every epoch from ``numpy.random.default_rng(seed)``.
-    seed : int, optional
+    seed : int in [0, 2**63 - 1], optional
         Seeds the shuffling; required for reproducible runs.
     validation_data : (X_val, y_val), optional
     verbose : int
@@ -142,6 +142,8 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     workers = _check_int("workers", workers, 1)
+    if seed is not None:
+        seed = check_int("seed", seed, 0, SEED_MAX)
     if mode not in MODES:
         raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
     if checkpoint_every is not None:

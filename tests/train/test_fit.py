@@ -21,6 +21,9 @@ BAD_FIT = [
     (lambda X, y: (X.astype(str), y), {}, "X must contain real numbers"),
     (lambda X, y: (X, y), {"batch_size": 0}, "batch_size"),
     (lambda X, y: (X, y), {"epochs": -1}, "epochs"),
+    (lambda X, y: (X, y), {"seed": -1}, r"^seed must be an integer >= 0, got -1$"),
+    (lambda X, y: (X, y), {"seed": "a"}, r"^seed must be an integer, got 'a' of type str$"),
+    (lambda X, y: (X, y), {"seed": 2.5}, r"^seed must be an integer, got 2.5 of type float$"),
 ]
 
 
