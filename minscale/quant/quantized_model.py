@@ -528,7 +528,14 @@ class QuantizedModel:
                     "qparams/scale and qparams/zero_point must be positive scales and zero "
                     f"points of shape ({n_layers + 1},)"
                 )
+            zmin, zmax = integer_range(8, signed=activations == "int8")
+            if ((zp < zmin) | (zp > zmax)).any():
+                raise ValueError(f"qparams/zero_point must lie in [{zmin}, {zmax}] for "
+                                 f"{activations} activations, got {zp.tolist()}")
             qp = [(float(s), int(z)) for s, z in zip(scale, zp)]
+        # a file's codes must be codes of the format it declares: weights of `bits` bits
+        # (affine: the narrow range), int32 biases
+        cmin, cmax = integer_range(spec.bits, spec.signed, narrow_range=spec.scheme == "affine")
         layers, d = [], int(fields["input_dim"])
         for i, lf in enumerate(fields["layers"]):
             d_in, d_out = (int(v) for v in lf["shape"])
@@ -546,11 +553,15 @@ class QuantizedModel:
                 raise ValueError(
                     f"layer {i}: codes, weight scales or shape do not fit the manifest"
                 )
+            if codes.size and (codes.min() < cmin or codes.max() > cmax):
+                raise ValueError(f"layer {i}: weight codes span [{codes.min()}, {codes.max()}], "
+                                 f"outside [{cmin}, {cmax}] of {spec.bits}-bit weights")
             bias = bias_codes = None
             if lf["bias"] == "int32":
-                bias_codes = as_int_array(f"layers/{i}/bias", arrays[f"layers/{i}/bias"]).astype(
-                    np.int32
-                )
+                raw = as_int_array(f"layers/{i}/bias", arrays[f"layers/{i}/bias"])
+                if raw.size and (raw.min() < -2**31 or raw.max() > 2**31 - 1):
+                    raise ValueError(f"layer {i}: bias codes leave the int32 range")
+                bias_codes = raw.astype(np.int32)
             elif lf["bias"] == "float":
                 bias = as_float64(f"layers/{i}/bias", arrays[f"layers/{i}/bias"], allow_inf=False)
             for b in (bias, bias_codes):

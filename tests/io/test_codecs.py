@@ -1,6 +1,7 @@
 """minscale.io.codecs: the registry API, every provider, and the round trip of every kind."""
 
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -12,12 +13,13 @@ from io_helpers import (
     same_model,
     save_trained,
     trained,
+    write_raw,
 )
 
 import minscale as ms
 from minscale import export, prune, quant
 from minscale import io as msio
-from minscale.io import ModelFileError, codecs
+from minscale.io import ModelFileError, codecs, container
 from minscale.optim import SGD, Adam
 from minscale.schedules import InverseTimeDecay
 
@@ -360,4 +362,30 @@ def test_malformed_fixed_point_files_are_refused(tmp_path, edit_manifest, edit_a
     rewrite(tmp_path / "f.npz", tmp_path / "bad.npz", edit_manifest=edit_manifest,
             edit_arrays=edit_arrays)
     with pytest.raises(ModelFileError, match=r"^'[^']*bad.npz': .*" + match):
+        ms.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("edit, words", [
+    # int8 codes up to +-127 under a manifest that declares 4-bit weights
+    (lambda m, a: m["weights"].update(bits=4), "outside [-7, 7] of 4-bit weights"),
+    (lambda m, a: a["qparams/zero_point"].__setitem__(0, 300),
+     "qparams/zero_point must lie in [-128, 127]"),
+    (lambda m, a: a.__setitem__("layers/0/bias", np.full(6, 2**31, dtype=np.int64)),
+     "bias codes leave the int32 range"),
+], ids=["codes-beyond-bits", "zero-point", "bias-int32"])
+def test_quantized_codes_outside_their_declared_format_are_refused_at_load(tmp_path, edit,
+                                                                           words):
+    from minscale import quant
+    model = ms.Sequential([ms.Dense(6, activation="relu"), ms.Dense(2)], input_dim=3, seed=4)
+    X, _ = make_data()
+    qmodel = quant.quantize_model(model, weights="int8", activations="int8", calibration_data=X)
+    ms.save(qmodel, tmp_path / "q.npz")
+    manifest, arrays = container.read_container(tmp_path / "q.npz")
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    edit(manifest, arrays)
+    manifest["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str}
+                          for k, v in arrays.items()}
+    manifest["sha256"] = msio.buffers_digest(manifest, arrays)
+    write_raw(tmp_path / "bad.npz", manifest, arrays)
+    with pytest.raises(msio.ModelFileError, match=re.escape(words)):
         ms.load(tmp_path / "bad.npz")
