@@ -86,7 +86,16 @@ def run(args):
     if args.rounding is not None and args.fixed is not None:
         raise ValueError("--rounding would be ignored with --fixed (use --fixed-rounding)")
     name, rounding = args.name or "model", args.rounding or "double"
-    model = _load_model(check_input_path(args.model, "model"))
+    check_input_path(args.model, "model")
+    # every output path is checked before the model is loaded: nothing is done, nothing written
+    if args.format == "c":
+        if args.mode == "qdq":
+            raise ValueError("--mode qdq applies to --format onnx only")
+        check_name(name)
+        _check_c_directory(args.out, name)
+    else:
+        check_output_path(args.out, "--out", suffixes=(".onnx",))
+    model = _load_model(args.model)
     if args.fixed is not None:
         model = _fixed(model, args)
     default = "float" if isinstance(model, Sequential) else "integer"
@@ -96,23 +105,46 @@ def run(args):
                          "(a float export does not requantize; a QDQ graph rounds as its "
                          "runtime does)")
     if args.format == "c":
-        if mode == "qdq":
-            raise ValueError("--mode qdq applies to --format onnx only")
-        check_name(name)
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise ValueError(f"--out {args.out!r} exists and is not a directory")
         rep = c_size_report(model, kind=mode)
         paths = to_c(model, args.out, name=name, rounding=rounding, kind=mode)
         for p in paths:
             print(f"wrote {p} ({os.path.getsize(p):,} bytes)")
         print(format_size(rep))
         return 0
-    check_output_path(args.out, "--out", suffixes=(".onnx",))
     path = to_onnx(model, args.out, mode=mode, rounding=rounding)
     print(f"wrote {path} ({os.path.getsize(path):,} bytes, {mode} graph)")
     if mode != "float":
         print(f"as C: {format_size(c_size_report(model))}")
     return 0
+
+
+def _check_c_directory(out, name):
+    """Refuse, before any work, a ``--out`` folder that ``--format c`` could not write into.
+
+    ``--out`` is an existing folder, or a new one whose parent folder exists and is
+    writable: minscale creates only the last folder of the path (as every output's folder
+    must exist, ``build/c/`` with ``build`` missing is refused). ``NAME.h`` and ``NAME.c``
+    are checked as every output file is (:func:`minscale.data.check_output_path`).
+
+    Raises
+    ------
+    ValueError
+        One line naming ``--out``.
+    """
+    seps = os.sep + (os.altsep or "")
+    folder = out.rstrip(seps) or out
+    if os.path.isdir(folder):
+        for fname in (f"{name}.h", f"{name}.c"):
+            check_output_path(os.path.join(folder, fname), "--out")
+        return
+    if os.path.lexists(folder):
+        raise ValueError(f"--out {out!r} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {out!r}: directory {parent!r} does not exist (minscale "
+                         "creates only the last folder of --out; create the others first)")
+    # the new folder is created where a file of that name would be: check it as one
+    check_output_path(folder, "--out")
 
 
 def _fixed(model, args):

@@ -18,12 +18,13 @@ A float :class:`minscale.Sequential` is written in float32 with ``float name_pre
 """
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
 
 import numpy as np
 
 from .._version import __version__
+from ..io import atomic_write
 from ..model import Sequential
 from ..quant import FixedPointModel
 from .layout import LAYOUTS, choose_layout, encode, index_dtype, layout_nbytes
@@ -524,8 +525,20 @@ def c_sources(model, name="model", rounding="double", kind=None):
 def write_files(directory, files):
     """Write ``{file name: text}`` into `directory`, all or nothing.
 
-    Each file goes to a temporary file in `directory` first; they are renamed into place only
-    when all are written, and removed on any failure.
+    Each file is written by :func:`minscale.io.atomic_write` (a temporary file beside it,
+    fsynced, renamed into place; a new file gets mode 0o644, a replaced one keeps its mode;
+    temporaries left by killed writers are removed), so a reader never sees half a file. If
+    a later file fails, the files already written are put back as they were (restored or
+    removed), and a folder this call created is removed again.
+
+    Parameters
+    ----------
+    directory : str or path
+        An existing folder, or a new one whose parent folder exists: only the last folder of
+        the path is created (as ``mkdir``; ``build/c/`` with ``build`` missing is refused,
+        like every other minscale output whose folder must exist).
+    files : dict of str -> str
+        File names (no folders) and their text, written as UTF-8 with ``\\n`` line ends.
 
     Returns
     -------
@@ -536,31 +549,53 @@ def write_files(directory, files):
     ------
     ValueError
         If directory exists and is not a directory.
+    FileNotFoundError
+        If the parent folder of a missing `directory` does not exist.
+    PermissionError, OSError
+        The folder cannot be created or written; nothing is changed then.
     """
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"directory {directory!r} exists and is not a directory")
-    created = not os.path.exists(directory)
-    os.makedirs(directory, exist_ok=True)
-    temps = {}
+    created = False
+    if not os.path.isdir(directory):
+        parent = os.path.dirname(os.path.abspath(directory))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(errno.ENOENT, f"cannot create the folder {directory!r}: "
+                                    f"its parent folder {parent!r} does not exist (only the "
+                                    "last folder of the path is created)")
+        try:
+            os.mkdir(directory)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the folder {directory!r} "
+                          f"({exc.strerror or exc})") from exc
+        created = True
+    done = []  # (path, previous bytes or None)
     try:
         for fname, text in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", dir=directory)
-            temps[fname] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-        paths = []
-        for fname, tmp in temps.items():
             path = os.path.join(directory, fname)
-            os.replace(tmp, path)
-            paths.append(path)
-        return paths
+            previous = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    previous = f.read()
+            data = text.encode("utf-8")
+            atomic_write(path, lambda f, data=data: f.write(data))
+            done.append((path, previous))
+        return [path for path, _ in done]
     except BaseException:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        if created and not os.listdir(directory):
-            os.rmdir(directory)
+        for path, previous in reversed(done):
+            try:
+                if previous is None:
+                    os.remove(path)
+                else:
+                    atomic_write(path, lambda f, data=previous: f.write(data))
+            except OSError:
+                pass
+        if created:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
         raise
 
 
@@ -573,7 +608,8 @@ def to_c(model, directory, name="model", rounding="double", kind=None):
         Integer-only QuantizedModel (int8/uint8 activations, weights of <= 8 bits, identity or
         relu layers), or a float Sequential (identity, relu, leaky_relu, tanh, sigmoid).
     directory : str or path
-        Created if missing; must not be an existing file.
+        An existing folder, or a new one whose parent exists (only the last folder is
+        created); must not be an existing file.
     name : str, default "model"
         C identifier prefixing every symbol; files ``name.h`` and ``name.c``.
     rounding : {"double", "single"}, default "double"
@@ -596,6 +632,9 @@ def to_c(model, directory, name="model", rounding="double", kind=None):
         If name is not a C identifier, rounding or kind unknown, directory is a file, or the
         model cannot be exported (weights-only quantization or a float model asked for an
         integer export, an unsupported activation); nothing is written then.
+    FileNotFoundError, PermissionError, OSError
+        The parent of a missing directory does not exist, or the folder cannot be written
+        (see :func:`write_files`); nothing is changed then.
 
     Notes
     -----

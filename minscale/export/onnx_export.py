@@ -39,11 +39,11 @@ input ``x`` and output ``y``.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from .._version import __version__
+from ..io import atomic_write
 from ..quant import FixedPointModel
 from .plan import fixed_plan, float_plan, integer_plan
 
@@ -246,7 +246,7 @@ def onnx_model(model, mode="integer", rounding="double"):
     if fixed:
         plan = fixed_plan(model)
     else:
-        plan = float_plan(model) if mode == "float" else integer_plan(model)
+        plan = float_plan(model) if mode == "float" else integer_plan(model, mode)
     onnx = _onnx()
     g = _Graph(onnx)
     helper, TP = onnx.helper, onnx.TensorProto
@@ -293,8 +293,9 @@ def to_onnx(model, path, mode="integer", rounding="double"):
     ----------
     model : QuantizedModel or Sequential
     path : str or path
-        The .onnx file; written to a temporary file beside it, then renamed (never half
-        written).
+        The .onnx file; its folder must exist. Written by :func:`minscale.io.atomic_write`
+        (a temporary file beside it, fsynced, then renamed: never half written; a new file
+        gets mode 0o644, a replaced one keeps its mode).
     mode : {"integer", "qdq", "float"}, default "integer"
     rounding : {"double", "single"}, default "double"
 
@@ -307,6 +308,9 @@ def to_onnx(model, path, mode="integer", rounding="double"):
     ------
     ValueError, ImportError
         As :func:`onnx_model`; also if path is an existing directory.
+    FileNotFoundError, PermissionError, OSError
+        The folder is missing or cannot be written (the message names `path`); a previous
+        file at `path` is unchanged.
 
     Examples
     --------
@@ -320,16 +324,7 @@ def to_onnx(model, path, mode="integer", rounding="double"):
     if os.path.isdir(path):
         raise ValueError(f"path {path!r} is a directory; give the .onnx file to write")
     data = onnx_model(model, mode=mode, rounding=rounding).SerializeToString()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".minscale-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 

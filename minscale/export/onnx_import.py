@@ -4,8 +4,10 @@ Accepted graphs are one chain from the one input to the one output, made of dens
 ``Gemm`` (``transA = 0``; any ``alpha``, ``beta``, ``transB``), or ``MatMul`` optionally followed
 by ``Add`` of a constant -- each optionally followed by one of ``Relu``, ``Tanh``, ``Sigmoid``,
 ``LeakyRelu``. Weights and biases must be initializers (or ``Constant`` nodes). Anything else
-is refused with one line naming the node. The result is float64 and predicts like the ONNX
-model up to float32 rounding (the ONNX graph computes in float32).
+is refused with one line naming the node. Only float graphs are read (a float32 or float64
+input): an integer or QDQ graph -- minscale's own export of a quantized model included --
+cannot be read back; import the float model instead. The result is float64 and predicts like
+the ONNX model up to float32 rounding (the ONNX graph computes in float32).
 """
 from __future__ import annotations
 
@@ -56,8 +58,10 @@ def from_onnx(path):
     ------
     ValueError
         If the file is not a valid ONNX model, the graph has a node outside the accepted set
-        (the message names it), weights that are not constants, shapes that do not chain, or
-        more than one input or output.
+        (the message names it), weights that are not constants, shapes that do not chain,
+        more than one input or output, or an input that is not float32/float64 (an integer or
+        QDQ graph, such as minscale's own export of a quantized model: only float MLPs are
+        read; the message says so).
     ImportError
         If onnx is missing.
     FileNotFoundError
@@ -92,8 +96,16 @@ def from_onnx(path):
     dims = _dims(inputs[0])
     elem = inputs[0].type.tensor_type.elem_type
     if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        props = {p.key: p.value for p in proto.metadata_props}
+        mode = props.get("minscale.mode") if proto.producer_name == "minscale" else None
+        source = (f"this is minscale's own {mode} graph, which cannot be read back"
+                  if mode in ("integer", "qdq") else
+                  "an integer or QDQ graph (as minscale exports a quantized model) cannot be "
+                  "read back")
         raise ValueError(f"input {inputs[0].name!r} must be float32 or float64, got "
-                         f"{onnx.TensorProto.DataType.Name(elem)}")
+                         f"{onnx.TensorProto.DataType.Name(elem)}: only float MLP graphs can "
+                         f"be imported; {source}: import the float model instead (its .npz, "
+                         "or its ONNX export with --mode float)")
     if len(dims) != 2 or dims[1] is None:
         raise ValueError(f"input {inputs[0].name!r} must have shape (n, d_in) with a fixed "
                          f"d_in, got {dims}")

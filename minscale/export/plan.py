@@ -153,12 +153,15 @@ def check_name(name):
     return name
 
 
-def integer_plan(model):
+def integer_plan(model, mode="integer"):
     """The integer-only layers of a QuantizedModel; see the module docstring.
 
     Parameters
     ----------
     model : QuantizedModel
+    mode : {"integer", "qdq"}, default "integer"
+        The export asking (the integer C code or ONNX graph, or the ONNX QDQ graph, which is
+        built from the same plan); only the messages name it.
 
     Returns
     -------
@@ -172,23 +175,26 @@ def integer_plan(model):
         If the model cannot run integer-only (weights-only quantization, weights wider than 8
         bits, an activation other than identity/relu), or a layer is wider than MAX_D_IN.
     """
+    if mode not in ("integer", "qdq"):
+        raise ValueError(f"mode must be 'integer' or 'qdq', got {mode!r}")
+    what = "an integer export" if mode == "integer" else "a qdq export"
     if isinstance(model, Sequential):
-        raise ValueError("an integer export needs a QuantizedModel with quantized activations; "
+        raise ValueError(f"{what} needs a QuantizedModel with quantized activations; "
                          "this is a float Sequential (quantize it first: minscale quantize "
                          "--affine --calibrate, or quantize_model(..., activations='int8'))")
     if not isinstance(model, QuantizedModel):
         raise TypeError(f"model must be a QuantizedModel or a Sequential, got "
                         f"{type(model).__name__}")
     if model.activations is None:
-        raise ValueError("an integer export needs quantized activations; this model quantizes "
+        raise ValueError(f"{what} needs quantized activations; this model quantizes "
                          "its weights only (quantize with activations='int8', or --calibrate)")
     for i, layer in enumerate(model.layers):
         if layer.activation not in INTEGER_ACTIVATIONS:
-            raise ValueError(f"layer {i} has activation {layer.activation!r}; the integer "
-                             f"export supports {INTEGER_ACTIVATIONS}")
+            raise ValueError(f"layer {i} has activation {layer.activation!r}; {what} "
+                             f"supports {INTEGER_ACTIVATIONS}")
         if layer.codes.dtype.itemsize != 1:
-            raise ValueError(f"layer {i} has {layer.weight_spec.bits}-bit weights; the integer "
-                             "export needs <= 8 bits")
+            raise ValueError(f"layer {i} has {layer.weight_spec.bits}-bit weights; {what} "
+                             "needs <= 8 bits")
         if layer.shape[0] > MAX_D_IN:
             raise ValueError(f"layer {i} has d_in = {layer.shape[0]} > {MAX_D_IN}, beyond the "
                              "int32 accumulator's guarantee")
@@ -197,7 +203,7 @@ def integer_plan(model):
         try:
             model.predict_codes(np.zeros((1, model.input_dim)))
         except ValueError as exc:
-            raise ValueError(f"an integer export needs a model the integer path runs: {exc}") \
+            raise ValueError(f"{what} needs a model the integer path runs: {exc}") \
                 from None
     signed = model.activations != "uint8"
     qmin, qmax = integer_range(8, signed)

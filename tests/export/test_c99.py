@@ -239,9 +239,42 @@ def test_bad_models_and_directories_refused(tmp_path):
 def test_to_c_writes_both_files(tmp_path):
     model, X_tr, _, _ = trained("diabetes")
     q = ms.quant.quantize_model(model, calibration_data=X_tr)
-    paths = to_c(q, tmp_path / "new" / "dir", name="net")
+    # only the last folder is created: its parent must exist
+    with pytest.raises(FileNotFoundError, match="only the last folder"):
+        to_c(q, tmp_path / "new" / "dir", name="net")
+    assert os.listdir(tmp_path) == []
+    old = os.umask(0o077)
+    try:
+        paths = to_c(q, tmp_path / "new", name="net")
+    finally:
+        os.umask(old)
     assert [os.path.basename(p) for p in paths] == ["net.h", "net.c"]
-    assert sorted(os.listdir(tmp_path / "new" / "dir")) == ["net.c", "net.h"]
+    assert sorted(os.listdir(tmp_path / "new")) == ["net.c", "net.h"]
+    # written by minscale.io.atomic_write: 0644 like every other output, whatever the umask
+    assert all(os.stat(p).st_mode & 0o777 == 0o644 for p in paths)
+
+
+def test_to_c_all_or_nothing(tmp_path, monkeypatch):
+    from minscale.export import c99
+    model, X_tr, _, _ = trained("diabetes")
+    q = ms.quant.quantize_model(model, calibration_data=X_tr)
+    real = c99.atomic_write
+
+    def failing(path, writer):
+        if str(path).endswith(".c"):
+            raise OSError(28, "No space left on device")
+        return real(path, writer)
+
+    monkeypatch.setattr(c99, "atomic_write", failing)
+    with pytest.raises(OSError, match="No space"):
+        to_c(q, tmp_path / "new", name="net")
+    assert os.listdir(tmp_path) == []  # the header removed, the folder it made removed
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "net.h").write_text("previous")
+    with pytest.raises(OSError, match="No space"):
+        to_c(q, tmp_path / "old", name="net")
+    assert os.listdir(tmp_path / "old") == ["net.h"]
+    assert (tmp_path / "old" / "net.h").read_text() == "previous"
 
 
 @pytest.mark.crosscheck

@@ -57,7 +57,11 @@ def test_export_onnx_modes(files, capsys):
      "integer export needs a QuantizedModel"),
     (["export", "{t}/f.npz", "--format", "onnx", "--out", "{t}/o.onnx", "--mode", "integer"],
      "integer export needs a QuantizedModel"),
+    (["export", "{t}/f.npz", "--format", "onnx", "--out", "{t}/o.onnx", "--mode", "qdq"],
+     "a qdq export needs a QuantizedModel"),
     (["export", "{t}/w.npz", "--format", "c", "--out", "{t}/o"], "quantized activations"),
+    (["export", "{t}/q.npz", "--format", "c", "--out", "{t}/no/deeper/"],
+     "creates only the last folder of --out"),
     (["export", "{t}/tanh.npz", "--format", "c", "--out", "{t}/o"], "activation 'tanh'"),
     (["export", "{t}/q.npz", "--format", "c", "--out", "{t}/o", "--name", "my-net"],
      "C identifier"),
@@ -79,6 +83,74 @@ def test_bad_input_one_line_exit_2_nothing_written(files, capsys, argv, message)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert sorted(os.listdir(tmp)) == before
+
+
+def _stat_mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def test_exported_files_get_the_mode_of_every_output(files, capsys):
+    # through minscale.io.atomic_write: a new file is 0644 whatever the umask, a replaced
+    # file keeps its mode, no temporary file is left behind
+    tmp, _ = files
+    old = os.umask(0o077)
+    try:
+        assert main(["export", str(tmp / "q.npz"), "--format", "c", "--out", str(tmp / "c"),
+                     "--name", "net"]) == 0
+    finally:
+        os.umask(old)
+    assert _stat_mode(tmp / "c" / "net.c") == 0o644 and _stat_mode(tmp / "c" / "net.h") == 0o644
+    os.chmod(tmp / "c" / "net.c", 0o640)
+    assert main(["export", str(tmp / "q.npz"), "--format", "c", "--out", str(tmp / "c"),
+                 "--name", "net"]) == 0
+    assert _stat_mode(tmp / "c" / "net.c") == 0o640 and _stat_mode(tmp / "c" / "net.h") == 0o644
+    assert sorted(os.listdir(tmp / "c")) == ["net.c", "net.h"]
+    capsys.readouterr()
+
+
+def test_exported_onnx_file_gets_the_mode_of_every_output(files, capsys):
+    pytest.importorskip("onnx")
+    tmp, _ = files
+    old = os.umask(0o077)
+    try:
+        assert main(["export", str(tmp / "q.npz"), "--format", "onnx", "--out",
+                     str(tmp / "q.onnx")]) == 0
+    finally:
+        os.umask(old)
+    assert _stat_mode(tmp / "q.onnx") == 0o644
+    assert not [f for f in os.listdir(tmp) if f.startswith(".")]
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("fmt,out", [("onnx", "/proc/x.onnx"), ("c", "/proc/newdir"),
+                                     ("c", "/proc/self")])
+def test_output_paths_checked_before_any_work(files, capsys, monkeypatch, fmt, out):
+    # /proc refuses new files whatever os.access says (even to root): the check says so in
+    # one line naming --out, before the model is even loaded
+    from minscale.commands import export as command
+
+    def no_work(path):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(command, "_load_model", no_work)
+    tmp, _ = files
+    assert main(["export", str(tmp / "q.npz"), "--format", fmt, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"minscale: error: --out '{out}")
+    assert ".minscale-" not in err and ".tmp" not in err
+
+
+def test_c_out_creates_at_most_the_last_folder(files, capsys):
+    tmp, _ = files
+    assert main(["export", str(tmp / "q.npz"), "--format", "c", "--out",
+                 str(tmp / "new" / "deeper") + os.sep]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "does not exist" in err
+    assert not (tmp / "new").exists()
+    assert main(["export", str(tmp / "q.npz"), "--format", "c", "--out",
+                 str(tmp / "new") + os.sep]) == 0
+    assert sorted(os.listdir(tmp / "new")) == ["model.c", "model.h"]
 
 
 def test_info_says_why_no_c_export(files, capsys):

@@ -87,6 +87,37 @@ def test_refusals_write_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_to_onnx_writes_like_every_output(tmp_path):
+    # minscale.io.atomic_write: 0644 whatever the umask, a replaced file keeps its mode, and
+    # an error names the file asked for, never a temporary file
+    model, X_tr, _, _ = trained("diabetes")
+    q = ms.quant.quantize_model(model, calibration_data=X_tr)
+    old = os.umask(0o077)
+    try:
+        path = to_onnx(q, tmp_path / "q.onnx")
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    os.chmod(path, 0o600)
+    to_onnx(q, path, mode="qdq")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["q.onnx"]
+    missing = tmp_path / "nodir" / "q.onnx"
+    with pytest.raises(FileNotFoundError) as info:
+        to_onnx(q, missing)
+    assert str(missing) in str(info.value) and ".minscale-" not in str(info.value)
+    assert os.listdir(tmp_path) == ["q.onnx"]
+
+
+def test_qdq_refusal_names_the_mode(tmp_path):
+    model, _, _, _ = trained("diabetes")
+    with pytest.raises(ValueError, match="^a qdq export needs a QuantizedModel"):
+        to_onnx(model, tmp_path / "a.onnx", mode="qdq")
+    with pytest.raises(ValueError, match="^an integer export needs a QuantizedModel"):
+        to_onnx(model, tmp_path / "a.onnx", mode="integer")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.crosscheck
 @settings(max_examples=150, deadline=None)
 @given(quantized_models(activations=("int8", "uint8")))

@@ -177,6 +177,30 @@ def test_cli_import_one_line_and_nothing_written(tmp_path, capsys):
     assert not out2.exists()
 
 
+@pytest.mark.parametrize("mode", ["integer", "qdq"])
+def test_minscales_own_integer_graph_says_import_the_float_model(tmp_path, capsys, mode):
+    m = ms.Sequential([ms.Dense(3, activation="relu"), ms.Dense(1)], input_dim=2, seed=0)
+    q = ms.quant.quantize_model(m, calibration_data=np.random.default_rng(0).normal(size=(20, 2)))
+    path = tmp_path / f"{mode}.onnx"
+    onnx.save(onnx_model(q, mode=mode), path)
+    with pytest.raises(ValueError, match="only float MLP graphs can be imported") as info:
+        from_onnx(path)
+    assert f"minscale's own {mode} graph" in str(info.value)
+    assert "import the float model instead" in str(info.value)
+    assert main(["import-onnx", str(path), "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "import the float model instead" in err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_other_integer_graph_says_only_float_graphs(tmp_path):
+    proto = _mlp((4, 3), ("identity",), "gemm", np.random.default_rng(0))
+    proto.graph.input[0].type.tensor_type.elem_type = TensorProto.INT8
+    with pytest.raises(ValueError, match="got INT8: only float MLP graphs can be imported; an "
+                       "integer or QDQ graph"):
+        from_onnx(_bad(tmp_path, proto))
+
+
 @pytest.mark.crosscheck
 def test_pytorch_exported_mlp(tmp_path):
     torch = pytest.importorskip("torch")
