@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "exit_with_parent",
     "process_gone",
+    "check_not_bootstrapping",
 ]
 
 # Slots start on cache-line boundaries so two ranks never write the same line.
@@ -850,7 +851,19 @@ def exit_with_parent(parent_pid):
                      daemon=True).start()
 
 
-def _worker_main(spec, rank, fn, args, conn, blas_threads):
+def _load_payload(payload):
+    """``(fn, args)`` from what `run_workers` handed the worker: the pair itself (fork) or the
+    spec of the shared segment holding its pickle (spawn, forkserver)."""
+    if not isinstance(payload, SharedArraySpec):
+        return payload
+    shared = SharedArray.attach(payload)
+    try:
+        return pickle.loads(shared.array.data)
+    finally:
+        shared.close()
+
+
+def _worker_main(spec, rank, payload, conn, blas_threads):
     """Entry point of a worker process (module level so spawn can import it)."""
     # The parent coordinates shutdown on Ctrl-C; a worker dying of SIGINT on its own would
     # only race with that.
@@ -862,6 +875,7 @@ def _worker_main(spec, rank, fn, args, conn, blas_threads):
     comm = None
     status = 0
     try:
+        fn, args = _load_payload(payload)
         comm = SharedMemoryComm(spec, rank)
         # from here on a death is not a start-up failure (see _death_message)
         conn.send(("started", rank))
@@ -920,6 +934,30 @@ def _main_may_lack_guard():
     return path is not None and Path(path).stem != "minscale"
 
 
+_GUARD_HINT = ("workers start with the spawn method and import the main module: a script that "
+               "trains with workers must guard its entry point with `if __name__ == \"__main__\":`")
+
+
+def check_not_bootstrapping():
+    """Refuse to start workers from a spawned process that is still importing the main module.
+
+    A script without ``if __name__ == "__main__":`` re-runs its top level in every spawned
+    worker; a ``run_workers`` or ``fit(..., workers=k)`` call there would start workers of
+    workers. multiprocessing refuses too, but only inside ``Process.start``, after the caller
+    created its shared memory; this check comes first, so nothing is created.
+
+    Raises
+    ------
+    RuntimeError
+        In a spawned or forkserver child during its start-up, with the ``__main__`` hint.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            f"this process is a worker still starting up, and the main module it imports "
+            f"starts workers again at its top level ({_GUARD_HINT})"
+        )
+
+
 def _death_message(rank, proc, started):
     """One sentence for a worker that ended without a result, with the hint that fits."""
     text = f"worker rank {rank} (pid {proc.pid}) {_describe_exit(proc.exitcode)} before returning a result"
@@ -928,15 +966,20 @@ def _death_message(rank, proc, started):
     if not started:
         text += ", while starting up"
         if _main_may_lack_guard():
-            text += (" (workers start with the spawn method and import the main module: a "
-                     "script that trains with workers must guard its entry point with "
-                     "`if __name__ == \"__main__\":`)")
+            text += f" ({_GUARD_HINT})"
     return text
 
 
-def _shutdown(procs, grace):
-    """Join `procs` within `grace` seconds, then terminate, then kill what is left."""
+def _shutdown(procs, grace, started=None):
+    """Join `procs` within `grace` seconds, then terminate, then kill what is left.
+
+    ``started[r]`` False: rank r never reported that it started (it is still importing, or
+    stuck there); it cannot see the group's abort flag, so it is terminated without the wait.
+    """
     deadline = time.monotonic() + grace
+    for rank, p in enumerate(procs):
+        if started is not None and not started[rank] and p.is_alive():
+            p.terminate()
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
     for p in procs:
@@ -1053,6 +1096,13 @@ def _start_ignoring_sigint(proc):
     SIGINT held pending, and :func:`_worker_main` ignores it before unblocking, so the parent
     alone handles Ctrl-C. In the parent, a SIGINT that arrives while blocked is delivered as
     soon as the mask is restored, so no Ctrl-C is lost.
+
+    ``start()`` must therefore never block. With spawn it writes the pickled process object
+    into a pipe whose read end the parent itself holds until the write ends; a child that
+    dies before reading everything (a script without the ``__main__`` guard) leaves a write
+    larger than the pipe buffer (64 KiB on Linux) blocked forever, with SIGINT blocked too.
+    `run_workers` keeps that message at a few kB: ``fn`` and ``args`` travel in a shared
+    segment, not in the process object.
     """
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
@@ -1082,7 +1132,9 @@ def run_workers(
     size : int, >= 1
         Number of worker processes (ranks 0..size-1).
     args : tuple, default ()
-        Extra picklable arguments, the same for every rank.
+        Extra picklable arguments, the same for every rank. With spawn and forkserver, ``fn``
+        and `args` are pickled once (plain `pickle`: no multiprocessing locks or queues) into
+        a shared segment every worker reads at start-up and the parent unlinks at the end.
     nbytes : int, >= 1
         Largest collective buffer in bytes (see `SharedMemoryGroup`).
     timeout : float or None, default None
@@ -1103,7 +1155,10 @@ def run_workers(
     Raises
     ------
     TypeError
-        If `fn` cannot be pickled.
+        If `fn` or `args` cannot be pickled.
+    RuntimeError
+        If called in a spawned worker while it imports the main module
+        (`check_not_bootstrapping`).
     WorkerError
         If a worker raised or died (e.g. SIGKILL). Raised as soon as the parent sees it (a
         process exit is seen immediately), after at most `grace` + 2 s of shutdown; the other
@@ -1115,7 +1170,10 @@ def run_workers(
     Notes
     -----
     The parent does not take part in the collectives; it only monitors the workers' pipes and
-    process sentinels (``multiprocessing.connection.wait``). Workers end when the parent
+    process sentinels (``multiprocessing.connection.wait``), so it sees a worker's exit at
+    once, during start-up too. Starting a worker never blocks (`_start_ignoring_sigint`).
+    Workers that never reported their start are terminated at once on a failure or Ctrl-C
+    (they cannot see the abort flag); the others get `grace`. Workers end when the parent
     dies (`exit_with_parent`).
 
     Examples
@@ -1144,16 +1202,34 @@ def run_workers(
                 f"fn must be picklable (a module-level function) to start workers with "
                 f"{start_method!r}, got {fn!r}: {exc}"
             ) from None
+    check_not_bootstrapping()
+    args = tuple(args)
+    blob = None
+    if start_method != "fork":
+        try:
+            blob = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"args must be picklable to start workers with {start_method!r}: {exc}") from None
     ctx = multiprocessing.get_context(start_method)
     procs, conns = [], []
+    collector = payload = None
     stop_by = None  # end of the grace period, once a failure started it
     with SharedMemoryGroup(size, nbytes, timeout=timeout, context=ctx) as group:
         try:
+            if blob is None:
+                payload = (fn, args)  # fork: inherited, never written to a pipe
+            else:
+                # One segment read by every worker, so the message that starts a spawned
+                # worker stays a few kB (see _start_ignoring_sigint).
+                payload = SharedArray.create(len(blob), dtype="uint8")
+                payload.array[...] = np.frombuffer(blob, dtype=np.uint8)
+                blob = None
+            handed = payload if isinstance(payload, tuple) else payload.spec
             for rank in range(size):
                 recv_end, send_end = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(group.spec, rank, fn, tuple(args), send_end, blas_threads),
+                    args=(group.spec, rank, handed, send_end, blas_threads),
                     name=f"minscale-worker-{rank}",
                     daemon=True,
                 )
@@ -1182,9 +1258,13 @@ def run_workers(
             raise
         finally:
             # one grace period in all: what is left of it after a failure, else a full one
-            _shutdown(procs, grace if stop_by is None else max(0.0, stop_by - time.monotonic()))
+            _shutdown(procs, grace if stop_by is None else max(0.0, stop_by - time.monotonic()),
+                      started=[False] * len(procs) if collector is None else collector.started)
             for conn in conns:
                 conn.close()
             for proc in procs:
                 with contextlib.suppress(ValueError):
                     proc.close()
+            if isinstance(payload, SharedArray):
+                payload.close()
+                payload.unlink()

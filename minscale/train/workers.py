@@ -42,6 +42,7 @@ from ..parallel.base import CommError, WorkerError, check_timeout, default_timeo
 from ..parallel.shm import (
     SharedArray,
     SharedArraySpec,
+    check_not_bootstrapping,
     pack_exception,
     run_workers,
     unpack_exception,
@@ -287,6 +288,9 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
         Bad `workers`, `mode`, data, or async with fewer rows than workers.
     TypeError
         If model, callbacks, pruning schedule or validation data cannot be pickled.
+    RuntimeError
+        If called in a worker that is still importing the main module (a script without
+        the ``__main__`` guard); the parent then raises the WorkerError below with that hint.
     DivergenceError
         The loss became NaN or inf; the model holds the last finite parameters.
     Exception
@@ -313,6 +317,8 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
     size before the allreduce (the same value as dividing the allreduced sum, up to rounding),
     so uneven shards need no reweighting. Async: Niu et al. 2011 (HOGWILD!).
     """
+    # before any shared memory exists: in a worker re-running an unguarded script's top level
+    check_not_bootstrapping()
     workers = _check_count("workers", workers, 1)
     epochs = _check_count("epochs", epochs, 0)
     batch_size = _check_count("batch_size", batch_size, 1)

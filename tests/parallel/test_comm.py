@@ -38,7 +38,7 @@ from minscale.parallel import (
     shard_bounds,
 )
 from minscale.parallel.base import check_buffer, default_timeout
-from minscale.parallel.shm import BoundedBarrier, process_gone
+from minscale.parallel.shm import BoundedBarrier, check_not_bootstrapping, process_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parent
@@ -622,8 +622,9 @@ def test_ctrl_c_in_parent_stops_workers_and_unlinks(tmp_path):
             proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted" in out
-    [segment] = [line.split()[1] for line in out.splitlines() if line.startswith("segment")]
-    assert not _segment_exists(segment)
+    segments = [line.split()[1] for line in out.splitlines() if line.startswith("segment")]
+    assert len(segments) == 2  # the workspace and the pickled fn and args
+    assert not any(_segment_exists(name) for name in segments)
     assert not any(_pid_alive(pid) for pid in worker_pids)
     assert "leaked" not in err, err
 
@@ -643,6 +644,46 @@ def test_script_without_main_guard_gets_the_hint(tmp_path):
     [line] = [line for line in proc.stdout.splitlines() if line.startswith("worker rank")]
     assert "exited with code 1 before returning a result, while starting up" in line, line
     assert 'guard its entry point with `if __name__ == "__main__":`' in line, line
+
+
+def _size_of(comm, array):
+    return array.size
+
+
+def test_unguarded_script_with_large_args_gets_the_hint_within_30s(tmp_path):
+    # 1 MB of args: they once went into each worker's start-up pipe, whose read end the parent
+    # holds until the write ends, so a worker that died before reading them all (here: while
+    # re-running this top level) left Process.start() blocked forever, SIGINT blocked too
+    script = tmp_path / "unguarded_large_args.py"
+    script.write_text(_CHILD_PRELUDE + textwrap.dedent("""
+    from test_comm import _size_of
+    run_workers(_size_of, 2, args=(np.zeros(125_000),), nbytes=8)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    start = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        for path in SHM_DIR.glob(f"minscale_{proc.pid}_*"):
+            path.unlink(missing_ok=True)
+        pytest.fail(f"still running after 30 s:\n{out}\n{err[-3000:]}")
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("minscale.parallel.base.WorkerError: worker rank"), err[-3000:]
+    assert "exited with code 1 before returning a result, while starting up" in last
+    assert 'guard its entry point with `if __name__ == "__main__":`' in last
+    # each worker refused to start workers of its own before creating anything
+    assert err.count("RuntimeError: this process is a worker still starting up") == 2, err
+    assert not list(SHM_DIR.glob(f"minscale_{proc.pid}_*"))
+    assert "leaked" not in err, err
+
+
+def test_check_not_bootstrapping_passes_in_an_ordinary_process():
+    check_not_bootstrapping()
 
 
 def test_sigstopped_worker_ends_the_run_within_the_timeout_plus_10s(tmp_path):

@@ -493,11 +493,114 @@ def test_ctrl_c_during_fit_stops_workers_and_unlinks_everything(mode, tmp_path):
             proc.communicate()
     assert proc.returncode == 130, err
     segments = [line.split()[1] for line in out.splitlines() if line.startswith("segment")]
-    assert len(segments) == (3 if mode == "sync" else 5)  # X, y, (params, mask,) workspace
+    # X, y, (params, mask,) workspace, job
+    assert len(segments) == (4 if mode == "sync" else 6)
     assert not any(_exists(name) for name in segments)
     for pid in worker_pids:
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "State:\tZ" in status.read_text()
+    assert "leaked" not in err, err
+
+
+# The user's script, without the `if __name__ == "__main__":` guard: each spawned worker
+# re-runs it and fails while starting up. Its job (the 256-unit model alone is ~150 kB) is
+# larger than a pipe buffer, which once left the parent blocked forever in Process.start(),
+# writing to a worker that had died, with SIGINT blocked.
+_UNGUARDED_ASYNC_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+if __name__ == "__mp_main__":  # a spawned worker importing this script
+    open(os.path.join({pid_dir!r}, f"{{os.getpid()}}.pid"), "w").close()
+    time.sleep({child_sleep})  # > 0: a slow start-up
+import minscale as ms, numpy as np
+X, y = ms.datasets.load_digits()
+Xtr, Xte, ytr, yte = ms.data.train_test_split(X, y, test_size=0.2, seed=0)
+Xtr, Xte, _ = ms.data.standardize(Xtr, Xte)
+Y = np.eye(10)[ytr.astype(int)]; Yte = np.eye(10)[yte.astype(int)]
+print("fitting", flush=True)
+m = ms.Sequential([ms.Dense(256, "relu"), ms.Dense(10)], input_dim=64, seed=0)
+m.compile(optimizer=ms.optim.Adam(0.01))
+m.fit(Xtr, Y, epochs=60, batch_size=32, seed=0, workers=2, mode="async", verbose=0,
+      validation_data=(Xte, Yte))
+"""
+
+
+def _start_unguarded(tmp_path, child_sleep):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    script = tmp_path / "unguarded_async.py"
+    script.write_text(_UNGUARDED_ASYNC_SCRIPT.format(root=str(ROOT), pid_dir=str(pid_dir),
+                                                     child_sleep=child_sleep))
+    # own process group: a Ctrl-C goes to the whole group, and a hang is killed as a whole
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    return proc, pid_dir
+
+
+def _communicate_or_kill_group(proc, timeout):
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its resource tracker too: unlink its segments here
+        out, err = proc.communicate()
+        for name in _left_behind([proc.pid]):
+            Path("/dev/shm", name).unlink(missing_ok=True)
+        pytest.fail(f"still running after {timeout} s:\n{out}\n{err[-3000:]}")
+
+
+def _left_behind(pids):
+    """Segments in /dev/shm named after any of `pids` (minscale_<pid>_<hex>)."""
+    return [p.name for pid in pids for p in Path("/dev/shm").glob(f"minscale_{pid}_*")]
+
+
+def _gone(pid):
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "State:\tZ" in status.read_text()
+
+
+def test_unguarded_async_script_gets_the_main_guard_error_within_30s(tmp_path):
+    proc, pid_dir = _start_unguarded(tmp_path, child_sleep=0)
+    start = time.monotonic()
+    out, err = _communicate_or_kill_group(proc, timeout=30)
+    elapsed = time.monotonic() - start
+    assert elapsed < 30
+    assert proc.returncode not in (0, None), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("minscale.parallel.base.WorkerError: worker rank"), err[-3000:]
+    assert "while starting up" in last
+    assert 'must guard its entry point with `if __name__ == "__main__":`' in last
+    worker_pids = [int(p.stem) for p in pid_dir.glob("*.pid")]
+    assert len(worker_pids) == 2  # both workers were started
+    assert not _left_behind([proc.pid, *worker_pids])
+    assert all(_gone(pid) for pid in worker_pids)
+    assert "leaked" not in err, err[-3000:]
+
+
+def test_ctrl_c_while_unguarded_async_workers_start_up_stops_the_run(tmp_path):
+    # the workers sleep while re-running the top level, so the Ctrl-C lands during start-up
+    proc, pid_dir = _start_unguarded(tmp_path, child_sleep=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(pid_dir.glob("*.pid")):
+            assert time.monotonic() < deadline, "no worker started"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        start = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+        out, err = _communicate_or_kill_group(proc, timeout=20)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert elapsed < 10, elapsed
+    assert proc.returncode not in (0, None)
+    assert err.strip().splitlines()[-1] == "KeyboardInterrupt", err[-3000:]
+    assert err.count("Traceback") == 1, err  # the parent's alone: no worker printed
+    worker_pids = [int(p.stem) for p in pid_dir.glob("*.pid")]
+    assert not _left_behind([proc.pid, *worker_pids])
+    assert all(_gone(pid) for pid in worker_pids)
     assert "leaked" not in err, err
 
 
