@@ -92,6 +92,9 @@ _POLL = 0.1
 # characters, within macOS's 31-character limit for POSIX shared-memory names.
 _SEGMENT_PREFIX = "minscale_"
 
+# Seconds between the parent's looks at the workers' process states (stopped ones).
+_WATCH = 1.0
+
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _TRACKER_LOCK = threading.Lock()
@@ -608,6 +611,11 @@ class SharedMemoryComm:
         return self._size
 
     @property
+    def aborted(self):
+        """True once the parent or a failing rank aborted the group (a flag read, no wait)."""
+        return self._barrier.aborted
+
+    @property
     def name(self):
         """Name of the shared workspace segment (``/dev/shm/<name>`` on Linux)."""
         return self._workspace.spec.name
@@ -1005,6 +1013,7 @@ class _Collector:
         self.done = [False] * len(procs)
         self.started = [False] * len(procs)
         self.failures = []  # (rank, is_comm_error, WorkerError)
+        self.stopped_since = {}  # rank -> when it was first seen stopped
         self.open_conns = {conn: rank for rank, conn in enumerate(conns)}
         self.open_sentinels = {p.sentinel: rank for rank, p in enumerate(procs)}
 
@@ -1068,6 +1077,26 @@ class _Collector:
                 ),
             )
         )
+
+    def check_stopped(self, timeout):
+        """Record a failure for a worker seen stopped (SIGSTOP, a debugger) for over `timeout` s.
+
+        Async workers never wait for each other, so no peer's collective times out on a
+        stopped one; without this the parent would wait for it forever. Needs /proc (Linux).
+        """
+        now = time.monotonic()
+        for rank, proc in enumerate(self.procs):
+            if self.done[rank] or any(f[0] == rank for f in self.failures):
+                continue
+            state = _process_state(proc.pid)
+            if not state.startswith("stopped"):
+                self.stopped_since.pop(rank, None)
+            elif now - self.stopped_since.setdefault(rank, now) > timeout:
+                self.failures.append((rank, False, WorkerError(
+                    f"worker rank {rank} (pid {proc.pid}) stopped responding (process state: "
+                    f"{state}) for more than timeout={timeout:g} s; it was killed",
+                    rank=rank, exitcode=None)))
+                proc.kill()  # a stopped process would sit out the grace period
 
     def root_cause(self, timeout):
         # Peers of a failing worker report CommAborted/CommTimeout; the first failure that is
@@ -1163,7 +1192,8 @@ def run_workers(
         If a worker raised or died (e.g. SIGKILL). Raised as soon as the parent sees it (a
         process exit is seen immediately), after at most `grace` + 2 s of shutdown; the other
         workers are stopped and the shared segment is unlinked. A stopped or hung worker is
-        reported (as the rank that stopped responding) after `timeout` + `grace` + 2 s.
+        reported (as the rank that stopped responding) after `timeout` + `grace` + 2 s; a
+        stopped one also when no peer waits for it (async training), where /proc exists.
     KeyboardInterrupt
         Re-raised after the same shutdown when Ctrl-C reaches the parent (workers ignore SIGINT).
 
@@ -1242,7 +1272,8 @@ def run_workers(
                 conns.append(recv_end)
             collector = _Collector(procs, conns)
             while not collector.finished() and not collector.failures:
-                collector.handle(multiprocessing.connection.wait(collector.waitables()))
+                collector.handle(multiprocessing.connection.wait(collector.waitables(), _WATCH))
+                collector.check_stopped(group.spec.timeout)
             if collector.failures:
                 group.abort()
                 stop_by = time.monotonic() + grace

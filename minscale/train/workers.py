@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..parallel.base import CommError, WorkerError, check_timeout, default_timeout, shard_bounds
+from ..parallel.base import (
+    CommAbortedError,
+    CommError,
+    WorkerError,
+    check_timeout,
+    default_timeout,
+    shard_bounds,
+)
 from ..parallel.shm import (
     SharedArray,
     SharedArraySpec,
@@ -47,6 +54,7 @@ from ..parallel.shm import (
     run_workers,
     unpack_exception,
 )
+from .callbacks import Callback
 from .history import DivergenceError
 from .loop import run
 
@@ -116,6 +124,20 @@ def _report(model, history, rank, rows, error):
     return report
 
 
+class _StopWhenAborted(Callback):
+    """Ends an async worker at its next update once the group is aborted (Ctrl-C in the parent,
+    a failed or stopped peer): async workers reach no collective after the start, where the
+    abort would otherwise be seen."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def on_step_begin(self, model, step):
+        if self.comm.aborted:
+            raise CommAbortedError(f"rank {self.comm.rank}: group aborted during async training, "
+                                   f"before update {step} (the parent or a failing peer stopped it)")
+
+
 def _train_worker(comm, job):
     """Worker body: attach the shared data, run the core loop, report to the parent."""
     kernels.set_backend(job.backend)
@@ -137,6 +159,7 @@ def _train_worker(comm, job):
             if comm.rank != 0:
                 options["verbose"] = 0
                 options["validation_data"] = None
+            options["callbacks"] = [*options["callbacks"], _StopWhenAborted(comm)]
             run_comm = None
             # Start together, so no worker runs through its shard on stale initial weights alone.
             comm.barrier()

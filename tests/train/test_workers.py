@@ -441,6 +441,33 @@ def test_killed_worker_makes_fit_raise_within_30s_and_leaves_no_segment(mode, cr
     assert not any(_exists(name) for name in created_segments)
 
 
+class StopRankAtStep(Callback):
+    """SIGSTOP the worker named `process_name` before update `step`."""
+
+    def __init__(self, process_name, step):
+        self.process_name, self.step = process_name, step
+
+    def on_step_begin(self, model, step):
+        if step == self.step and multiprocessing.current_process().name == self.process_name:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@pytest.mark.timeout(60)  # it once waited forever
+def test_stopped_async_worker_ends_fit_within_the_timeout_plus_10s(created_segments):
+    # async workers never wait for each other: the parent itself must notice the stopped one
+    model, X, y, fit_kwargs = cases.equivalence_case()
+    kwargs = _fit_kwargs(fit_kwargs, epochs=10**6)
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        fit_workers(model, X, y, workers=2, mode="async", timeout=3.0,
+                    callbacks=[StopRankAtStep("minscale-worker-1", 3)], **kwargs)
+    assert time.monotonic() - start < 3.0 + 10
+    assert info.value.rank == 1
+    assert "stopped responding (process state: stopped)" in str(info.value)
+    assert "timeout=3 s" in str(info.value)
+    assert not any(_exists(name) for name in created_segments)
+
+
 class WritePidOnTrainBegin(Callback):
     def __init__(self, directory):
         self.directory = directory
