@@ -45,7 +45,7 @@ def _describe(value):
 
 
 #: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME + "." +
-#: PID + ".XXXXXXXX.tmp"`` (:func:`minscale.io.atomic_write`), with a PID of up to 7 digits
+#: PID + "." + 8 random characters + ".tmp"`` (:func:`minscale.io.atomic_write`), with a PID of up to 7 digits
 #: (Linux's largest pid_max is 4194304); output names are checked with room for them.
 TEMP_NAME_EXTRA = 22
 
@@ -198,7 +198,7 @@ def check_output_path(path, name, suffixes=None):
     if base in (".", ".."):
         raise ValueError(f"{name} {path!r} is a directory, expected a file name")
     encoded = os.fsencode(base)
-    # the atomic write goes through a temporary ".NAME.PID.XXXXXXXX.tmp" beside the file
+    # the atomic write goes through a temporary ".NAME.PID.<random>.tmp" beside the file
     limit = _pathconf(folder, "PC_NAME_MAX", 255) - TEMP_NAME_EXTRA
     if len(encoded) > limit:
         raise ValueError(f"{name} {base[:24]!r}...: the file name is {len(encoded)} bytes long, "

@@ -391,11 +391,11 @@ def remove_stale_temporaries(folder, target=None, now=None):
     """Delete the temporary files that killed writers of :func:`atomic_write` left in `folder`.
 
     A save killed between creating its temporary file and the rename (SIGKILL, power loss)
-    leaves ``.NAME.PID.XXXXXXXX.tmp`` behind. Such a file is removed when it is a regular
+    leaves ``.NAME.PID.<random>.tmp`` behind. Such a file is removed when it is a regular
     file of this user, its writer ``PID`` is not running on this machine, and it has not
     changed for ``STALE_TEMP_SECONDS`` (10 minutes; a writer that is still writing keeps
     touching it). A temporary file of a running writer is never removed. Files named as
-    minscale named them before (``.NAME.XXXXXXXX.tmp``, no pid) are removed for `target`'s
+    minscale named them before (``.NAME.<random>.tmp``, no pid) are removed for `target`'s
     NAME only, once unchanged for a day.
 
     Parameters
@@ -476,7 +476,7 @@ def atomic_write(path, writer):
     Notes
     -----
     mkstemp in the target folder (same file system, so the rename is atomic), named
-    ``.NAME.PID.XXXXXXXX.tmp`` -> write -> flush -> fsync -> os.replace -> fsync of the
+    ``.NAME.PID.<random>.tmp`` -> write -> flush -> fsync -> os.replace -> fsync of the
     folder. A new file gets mode 0o644; a replaced file keeps its mode. Before writing, the
     temporary files that killed writers left in the folder are removed
     (:func:`remove_stale_temporaries`).
