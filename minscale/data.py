@@ -44,9 +44,9 @@ def _describe(value):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-#: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME + "." +
-#: PID + "." + 8 random characters + ".tmp"`` (:func:`minscale.io.atomic_write`), with a PID of up to 7 digits
-#: (Linux's largest pid_max is 4194304); output names are checked with room for them.
+#: Bytes a file name gains in the temporary name of an atomic write: ``"." + NAME + "." + PID
+#: + "." + 8 random characters + ".tmp"`` (:func:`minscale.io.atomic_write`), with a PID of up
+#: to 7 digits (Linux's largest pid_max is 4194304); output names are checked with room for them.
 TEMP_NAME_EXTRA = 22
 
 
