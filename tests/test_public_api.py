@@ -178,7 +178,8 @@ ADDED = {
     "minscale.io": ["STALE_TEMP_SECONDS", "remove_stale_temporaries"],
     "minscale.parallel.base": ["DEFAULT_TIMEOUT", "TIMEOUT_ENV", "check_timeout",
                                "default_timeout"],
-    "minscale.parallel.shm": ["BoundedBarrier", "exit_with_parent", "process_gone"],
+    "minscale.parallel.shm": ["BoundedBarrier", "check_not_bootstrapping", "exit_with_parent",
+                              "process_gone"],
     # C99 / ONNX export and integer-only fixed point
     "minscale": ["export"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
