@@ -302,6 +302,12 @@ class Sequential:
         """
         return float(sum(layer.regularize() for layer in self.layers))
 
+    def penalty(self):
+        """The kernel regularizers' penalty ``sum over layers of l2 * sum(W**2)``, without
+        touching ``grads`` (0.0 when no layer is regularized)."""
+        return float(sum(layer.kernel_regularizer(layer.W) for layer in self.layers
+                         if layer.kernel_regularizer is not None))
+
     @property
     def regularized(self):
         """Whether a layer has a kernel regularizer."""

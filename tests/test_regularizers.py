@@ -104,3 +104,15 @@ def test_config_round_trip():
     assert "kernel_regularizer" not in ms.Dense(3).get_config()
     with pytest.raises(ValueError, match="kernel_regularizer config"):
         regularizers.deserialize({"name": "l1", "l1": 0.1})
+
+
+def test_gradient_check_of_a_regularized_model():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    model = ms.Sequential([ms.Dense(4, "tanh", kernel_regularizer=ms.regularizers.L2(0.3)),
+                           ms.Dense(2, kernel_regularizer=ms.regularizers.L2(0.1))],
+                          input_dim=3, seed=1)
+    errors = ms.testing.check_gradients(model, X, y, rtol=1e-6)
+    assert max(errors.values()) < 1e-6
+    assert model.penalty() == pytest.approx(
+        0.3 * np.sum(model.layers[0].W ** 2) + 0.1 * np.sum(model.layers[1].W ** 2), rel=1e-14)
