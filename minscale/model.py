@@ -355,6 +355,8 @@ class Sequential:
         Returns
         -------
         History
+            Its ``loss`` includes the kernel regularizers' penalty (the training loss);
+            :meth:`evaluate` and ``val_loss`` exclude it.
         """
         from .train import fit  # noqa: PLC0415 (the one documented upward call)
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, **kwargs)

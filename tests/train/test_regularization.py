@@ -214,3 +214,26 @@ def test_decay_bias_false_leaves_biases_undecayed_by_hand():
     W, b = model.get_weights()
     assert W[0, 0] == 2.0 * (1 - 0.1 * 0.5)
     assert b[0] == 3.0
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_gradual_pruning_keeps_pruned_weights_and_state_zero_with_every_form(form):
+    X, y = data()
+    model = make(form)
+    schedule = prune.PolynomialDecaySparsity(0.0, 0.6, begin_step=0, end_step=60, frequency=10)
+    model.fit(X, y, epochs=17, batch_size=BATCH, seed=5, pruning=schedule)  # 102 steps
+    pruned = ~model.mask
+    assert pruned[model.prunable].mean() == pytest.approx(0.6, abs=0.05)
+    assert np.all(model.params[pruned] == 0.0)
+    for name, buf in model.optimizer.state_arrays().items():
+        assert np.all(buf[pruned] == 0.0), name
+
+
+def test_float32_compiled_loop_agrees_with_the_general_loop(backend):
+    X, y = data("float32")
+    for form in sorted(FORMS):
+        loop_model, fast = make(form, "float32"), make(form, "float32")
+        loop_model.fit(X, y, epochs=EPOCHS, batch_size=BATCH, seed=5, callbacks=[NoOp()])
+        fast.fit(X, y, epochs=EPOCHS, batch_size=BATCH, seed=5)
+        assert fast.params.dtype == np.float32
+        np.testing.assert_allclose(fast.params, loop_model.params, rtol=1e-5, atol=1e-6)
