@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import datasets, layers, losses, optim, schedules
+from . import datasets, layers, losses, optim, regularizers, schedules
 from ._version import __version__
 from .kernels import get_backend, set_backend
 from .layers import Dense
@@ -20,7 +20,7 @@ _LAZY_SUBMODULES = ("data", "train", "prune", "quant", "parallel", "io", "study"
 _LAZY_FUNCTIONS = {"save": "io", "load": "io"}
 
 __all__ = ["Sequential", "Dense", "save", "load", "set_backend", "get_backend", "__version__",
-           "datasets", "layers", "losses", "optim", "schedules", *_LAZY_SUBMODULES]
+           "datasets", "layers", "losses", "optim", "regularizers", "schedules", *_LAZY_SUBMODULES]
 
 
 def __getattr__(name):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import kernels, regularizers
 from .data import COUNT_MAX, check_int, plain
 
 __all__ = [
@@ -213,6 +213,10 @@ class Dense:
         Names in :data:`INITIALIZERS`.
     alpha : float, default 0.01
         Negative slope for leaky_relu.
+    kernel_regularizer : minscale.regularizers.L2, optional
+        Keras semantics: the training loss gains ``l2 * sum(W**2)`` and the kernel's gradient
+        ``2 * l2 * W`` (biases excluded); ``fit`` reports the loss with it, ``evaluate``
+        without it.
 
     Attributes
     ----------
@@ -229,10 +233,13 @@ class Dense:
     ValueError
         `units` not an integer in [1, :data:`minscale.data.COUNT_MAX`]; bad `activation`,
         initializer or `alpha`.
+    TypeError
+        `kernel_regularizer` neither None nor :class:`minscale.regularizers.L2`.
     """
 
     def __init__(self, units, activation="identity", use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", alpha=0.01):
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", alpha=0.01,
+                 kernel_regularizer=None):
         units = check_int("units", units, 1, COUNT_MAX)
         if activation in (None, "linear"):
             activation = "identity"
@@ -250,6 +257,7 @@ class Dense:
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
         self.alpha = float(alpha)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
         self.input_dim = None
         self.W = self.b = self.dW = self.db = self.W_mask = self.b_mask = None
         self.kernel_quantizer = None
@@ -301,10 +309,26 @@ class Dense:
             self.b[...] = INITIALIZERS[self.bias_initializer](self.b.shape, rng, dtype)
 
     def get_config(self):
-        """JSON-ready constructor arguments."""
-        return {"units": self.units, "activation": self.activation, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer, "alpha": self.alpha}
+        """JSON-ready constructor arguments (``kernel_regularizer`` only when set)."""
+        config = {"units": self.units, "activation": self.activation, "use_bias": self.use_bias,
+                  "kernel_initializer": self.kernel_initializer,
+                  "bias_initializer": self.bias_initializer, "alpha": self.alpha}
+        if self.kernel_regularizer is not None:
+            config["kernel_regularizer"] = regularizers.serialize(self.kernel_regularizer)
+        return config
+
+    def regularize(self):
+        """Add the kernel regularizer's gradient to ``dW``; return its penalty (0.0 without).
+
+        Returns
+        -------
+        float
+            ``l2 * sum(W**2)``, the term the training loss gains.
+        """
+        if self.kernel_regularizer is None:
+            return 0.0
+        self.kernel_regularizer.gradient(self.W, out=self.dW)
+        return self.kernel_regularizer(self.W)
 
     # compute --------------------------------------------------------------------------------
     def forward(self, x, training=False):

@@ -263,7 +263,7 @@ class Sequential:
         for i in range(last, -1, -1):
             dy = self.layers[i].backward(dy, need_dx=i > 0)
 
-    def compute_gradients(self, X, y, n_total=None):
+    def compute_gradients(self, X, y, n_total=None, regularize=True):
         """Forward and backward on one batch; write dL/dtheta into ``grads``.
 
         Parameters
@@ -273,17 +273,45 @@ class Sequential:
         n_total : int, optional
             Rows of the whole batch when (X, y) is one shard of it (data-parallel): the
             ``mean`` reduction divides by it, so shard gradients add up to the batch gradient.
+        regularize : bool, default True
+            Add the layers' kernel regularizers (:meth:`regularize`). The data-parallel loop
+            passes False and regularizes once after the allreduce, so the penalty is not
+            counted once per shard.
 
         Returns
         -------
         float
             The loss of these rows in the compiled reduction (a part of the batch loss when
-            `n_total` is given).
+            `n_total` is given), plus the regularization penalty when `regularize`: this is
+            the training loss ``fit`` reports; :meth:`evaluate` excludes the penalty.
         """
         y_hat = self.forward(X, training=True)
         loss = losses.mse(y, y_hat, self.reduction, n_total)
         self.backward(losses.mse_grad(y, y_hat, self.reduction, n_total))
+        if regularize:
+            loss += self.regularize()
         return loss
+
+    def regularize(self):
+        """Add every layer's kernel-regularizer gradient to ``grads``; return the penalty.
+
+        Returns
+        -------
+        float
+            ``sum over layers of l2 * sum(W**2)`` (0.0 when no layer is regularized).
+        """
+        return float(sum(layer.regularize() for layer in self.layers))
+
+    def penalty(self):
+        """The kernel regularizers' penalty ``sum over layers of l2 * sum(W**2)``, without
+        touching ``grads`` (0.0 when no layer is regularized)."""
+        return float(sum(layer.kernel_regularizer(layer.W) for layer in self.layers
+                         if layer.kernel_regularizer is not None))
+
+    @property
+    def regularized(self):
+        """Whether a layer has a kernel regularizer."""
+        return any(layer.kernel_regularizer is not None for layer in self.layers)
 
     # Keras-shaped API -----------------------------------------------------------------------
     def compile(self, loss="mse", optimizer="adam", reduction="mean", metrics=None,
@@ -327,6 +355,8 @@ class Sequential:
         Returns
         -------
         History
+            Its ``loss`` includes the kernel regularizers' penalty (the training loss);
+            :meth:`evaluate` and ``val_loss`` exclude it.
         """
         from .train import fit  # noqa: PLC0415 (the one documented upward call)
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, **kwargs)
@@ -374,6 +404,8 @@ class Sequential:
         Returns
         -------
         float, or [loss, *metrics] when compiled with metrics, or a dict
+            The data loss only: kernel-regularizer penalties, which the training loss that
+            ``fit`` reports includes, are excluded.
 
         Raises
         ------
@@ -588,7 +620,7 @@ class Sequential:
         mask = manifest_array(arrays, "mask", (n_params,), np.bool_, path)
         for i, lc in enumerate(config["layers"]):
             allowed = {"units", "activation", "use_bias", "kernel_initializer",
-                       "bias_initializer", "alpha"}
+                       "bias_initializer", "alpha", "kernel_regularizer"}
             if set(lc) - allowed:
                 raise ModelFileError(f"{path!r}: config['layers'][{i}] has unknown fields "
                                      f"{sorted(set(lc) - allowed)}")

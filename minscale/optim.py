@@ -7,6 +7,13 @@ uses ``learning_rate(t)``.
 Pruning: when a mask is given (True = kept), the gradient, the momentum / moment estimates and
 the parameter itself are zeroed where the mask is False, in the same pass, so pruned weights
 stay exactly zero under every optimizer.
+
+Weight decay (docs/regularization.md): ``weight_decay=`` on :class:`SGD` and :class:`Adam` is
+coupled, as ``torch.optim``: the gradient gains ``weight_decay * theta`` before the rule (for
+Adam it passes through the adaptive denominator). :class:`AdamW` decouples it, as
+``torch.optim.AdamW``: ``theta <- theta * (1 - lr * weight_decay)`` with the scheduled rate,
+then the Adam step. Every parameter decays, biases included, unless ``decay_bias=False``;
+pruned weights are 0, so their decay is 0 and they stay exactly 0.
 """
 from __future__ import annotations
 
@@ -15,11 +22,11 @@ import numbers
 
 import numpy as np
 
-from . import kernels, schedules
+from . import kernels, regularizers, schedules
 from ._checks import check_int
 from .data import plain
 
-__all__ = ["sgd_step", "adam_step", "SGD", "Adam", "get", "serialize", "deserialize"]
+__all__ = ["sgd_step", "adam_step", "SGD", "Adam", "AdamW", "get", "serialize", "deserialize"]
 
 
 def _scalar(value, dtype):
@@ -106,11 +113,43 @@ def _check_learning_rate(learning_rate):
 
 
 class _Optimizer:
-    """State shared by the optimizers: the schedule and the update counter."""
+    """State shared by the optimizers: the schedule, the update counter, the weight decay."""
 
-    def __init__(self, learning_rate):
+    def __init__(self, learning_rate, weight_decay=0.0, decay_bias=True):
         self.learning_rate = _check_learning_rate(learning_rate)
         self.iterations = 0
+        self.weight_decay = regularizers.check_strength("weight_decay", weight_decay)
+        if not isinstance(decay_bias, (bool, np.bool_)):
+            raise TypeError(f"decay_bias must be True or False, got {plain(decay_bias)!r}")
+        self.decay_bias = bool(decay_bias)
+
+    def decay_where(self, weights):
+        """Which entries decay: None (all) when ``decay_bias``, else `weights`.
+
+        Raises
+        ------
+        ValueError
+            ``decay_bias=False`` without `weights` (the optimizer cannot tell biases apart).
+        """
+        if self.decay_bias:
+            return None
+        if weights is None:
+            raise ValueError("weights (bool, True on kernel entries) is required when "
+                             "decay_bias=False")
+        return weights
+
+    def _couple(self, params, grads, weights):
+        if self.weight_decay:
+            regularizers.coupled_weight_decay(grads, params, self.weight_decay,
+                                              self.decay_where(weights))
+
+    def _decay_config(self, config):
+        # written only when not the default, so files without weight decay are unchanged
+        if self.weight_decay != type(self).DEFAULT_WEIGHT_DECAY:
+            config["weight_decay"] = self.weight_decay
+        if not self.decay_bias:
+            config["decay_bias"] = False
+        return config
 
     def current_learning_rate(self):
         """Rate the next update will use: ``learning_rate(iterations)``.
@@ -187,27 +226,42 @@ class SGD(_Optimizer):
     learning_rate : float or schedule, default 0.01
     momentum : float in [0, 1), default 0
     nesterov : bool, default False
+    weight_decay : float >= 0, default 0
+        Coupled, as ``torch.optim.SGD``: ``g <- g + weight_decay * theta`` before the update.
+        With mean reduction this equals :class:`minscale.regularizers.L2` with
+        ``l2 = weight_decay / 2`` on every decayed parameter.
+    decay_bias : bool, default True
+        False: biases do not decay (only kernels).
 
     Raises
     ------
     ValueError
-        Negative learning rate, momentum outside [0, 1), nesterov without momentum.
+        Negative learning rate, momentum outside [0, 1), nesterov without momentum, negative,
+        NaN or non-numeric `weight_decay`.
+    TypeError
+        `decay_bias` not a bool.
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        super().__init__(learning_rate)
+    DEFAULT_WEIGHT_DECAY = 0.0
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 decay_bias=True):
+        super().__init__(learning_rate, weight_decay, decay_bias)
         self.momentum = _check_unit("momentum", momentum)
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True requires momentum > 0")
         self.nesterov = bool(nesterov)
 
-    def apply(self, params, grads, mask=None):
+    def apply(self, params, grads, mask=None, weights=None):
         """Apply one update to the flat buffers and advance ``iterations``.
 
         Parameters
         ----------
         params, grads : ndarray, shape (P,)
+            `grads` gains the coupled weight decay in place.
         mask : ndarray of bool, shape (P,), optional
+        weights : ndarray of bool, shape (P,), optional
+            True on kernel entries (``model.prunable``); required with ``decay_bias=False``.
 
         Returns
         -------
@@ -215,6 +269,7 @@ class SGD(_Optimizer):
             The learning rate used.
         """
         lr = self.current_learning_rate()
+        self._couple(params, grads, weights)
         velocity = self.buffer("velocity", params) if self.momentum else None
         sgd_step(params, grads, lr, velocity, self.momentum, self.nesterov, mask)
         self.iterations += 1
@@ -222,8 +277,9 @@ class SGD(_Optimizer):
 
     def get_config(self):
         """JSON-ready config (schedules serialized)."""
-        return {"name": "sgd", "learning_rate": _serialize_lr(self.learning_rate),
-                "momentum": self.momentum, "nesterov": self.nesterov}
+        return self._decay_config({"name": "sgd",
+                                   "learning_rate": _serialize_lr(self.learning_rate),
+                                   "momentum": self.momentum, "nesterov": self.nesterov})
 
 
 class Adam(_Optimizer):
@@ -235,15 +291,25 @@ class Adam(_Optimizer):
     beta_1 : float in [0, 1), default 0.9
     beta_2 : float in [0, 1), default 0.999
     epsilon : float > 0, default 1e-8
+    weight_decay : float >= 0, default 0
+        Coupled, as ``torch.optim.Adam``: ``g <- g + weight_decay * theta`` before the moments
+        (so the decay is divided by the adaptive denominator; :class:`AdamW` decouples it).
+    decay_bias : bool, default True
+        False: biases do not decay (only kernels).
 
     Raises
     ------
     ValueError
         Arguments out of range, naming the argument.
+    TypeError
+        `decay_bias` not a bool.
     """
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
-        super().__init__(learning_rate)
+    DEFAULT_WEIGHT_DECAY = 0.0
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 weight_decay=0.0, decay_bias=True):
+        super().__init__(learning_rate, weight_decay, decay_bias)
         self.beta_1 = _check_unit("beta_1", beta_1)
         self.beta_2 = _check_unit("beta_2", beta_2)
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) \
@@ -251,13 +317,16 @@ class Adam(_Optimizer):
             raise ValueError(f"epsilon must be a finite number > 0, got {plain(epsilon)!r}")
         self.epsilon = float(epsilon)
 
-    def apply(self, params, grads, mask=None):
+    def apply(self, params, grads, mask=None, weights=None):
         """Apply one update to the flat buffers and advance ``iterations``.
 
         Parameters
         ----------
         params, grads : ndarray, shape (P,)
+            `grads` gains the coupled weight decay in place.
         mask : ndarray of bool, shape (P,), optional
+        weights : ndarray of bool, shape (P,), optional
+            True on kernel entries (``model.prunable``); required with ``decay_bias=False``.
 
         Returns
         -------
@@ -265,6 +334,7 @@ class Adam(_Optimizer):
             The learning rate used.
         """
         lr = self.current_learning_rate()
+        self._decay(params, grads, lr, weights)
         m = self.buffer("m", params)
         v = self.buffer("v", params)
         adam_step(params, grads, m, v, self.iterations, lr, self.beta_1, self.beta_2,
@@ -272,10 +342,52 @@ class Adam(_Optimizer):
         self.iterations += 1
         return lr
 
+    def _decay(self, params, grads, lr, weights):
+        self._couple(params, grads, weights)
+
     def get_config(self):
         """JSON-ready config (schedules serialized)."""
-        return {"name": "adam", "learning_rate": _serialize_lr(self.learning_rate),
-                "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        return self._decay_config({"name": self.NAME,
+                                   "learning_rate": _serialize_lr(self.learning_rate),
+                                   "beta_1": self.beta_1, "beta_2": self.beta_2,
+                                   "epsilon": self.epsilon})
+
+    NAME = "adam"
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    learning_rate : float or schedule, default 0.001
+    beta_1, beta_2, epsilon
+        As :class:`Adam`.
+    weight_decay : float >= 0, default 0.01
+        Decoupled: ``theta <- theta * (1 - lr * weight_decay)`` with the update's scheduled
+        rate, then the Adam step on the plain gradient.
+    decay_bias : bool, default True
+        False: biases do not decay (only kernels).
+
+    Raises
+    ------
+    ValueError
+        Arguments out of range, naming the argument.
+    TypeError
+        `decay_bias` not a bool.
+    """
+
+    DEFAULT_WEIGHT_DECAY = 0.01
+    NAME = "adamw"
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 weight_decay=0.01, decay_bias=True):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, decay_bias)
+
+    def _decay(self, params, grads, lr, weights):
+        if self.weight_decay:
+            regularizers.decoupled_weight_decay(params, lr, self.weight_decay,
+                                                self.decay_where(weights))
 
 
 def _serialize_lr(schedule):
@@ -306,7 +418,9 @@ def deserialize(config):
         return SGD(lr, **config)
     if name == "adam":
         return Adam(lr, **config)
-    raise ValueError(f"optimizer name must be 'sgd' or 'adam', got {name!r}")
+    if name == "adamw":
+        return AdamW(lr, **config)
+    raise ValueError(f"optimizer name must be 'sgd', 'adam' or 'adamw', got {name!r}")
 
 
 def get(optimizer, learning_rate=None):
@@ -314,14 +428,14 @@ def get(optimizer, learning_rate=None):
 
     Parameters
     ----------
-    optimizer : {"sgd", "momentum", "nesterov", "adam"} or optimizer instance
+    optimizer : {"sgd", "momentum", "nesterov", "adam", "adamw"} or optimizer instance
         ``"momentum"`` is SGD with momentum 0.9; ``"nesterov"`` adds Nesterov.
     learning_rate : float or schedule, optional
         For names only; each optimizer's default otherwise.
 
     Returns
     -------
-    SGD or Adam
+    SGD, Adam or AdamW
 
     Raises
     ------
@@ -339,5 +453,7 @@ def get(optimizer, learning_rate=None):
         return SGD(momentum=0.9, nesterov=True, **kwargs)
     if optimizer == "adam":
         return Adam(**kwargs)
-    raise ValueError("optimizer must be 'sgd', 'momentum', 'nesterov', 'adam' or an optimizer "
-                     f"instance, got {optimizer!r}")
+    if optimizer == "adamw":
+        return AdamW(**kwargs)
+    raise ValueError("optimizer must be 'sgd', 'momentum', 'nesterov', 'adam', 'adamw' or an "
+                     f"optimizer instance, got {optimizer!r}")

@@ -633,7 +633,8 @@ def check_gradients(model_or_fn, X, y=None, eps=1e-6, rtol=1e-5):
     Parameters
     ----------
     model_or_fn : Sequential or callable
-        A built float64 :class:`~minscale.model.Sequential` (its compiled reduction is used),
+        A built float64 :class:`~minscale.model.Sequential` (its compiled reduction is used;
+        the loss includes its kernel regularizers' penalties, as in training),
         or a function ``fn(X) -> (value, grad)`` returning a scalar and dvalue/dX.
     X : ndarray, float64, shape (n, d_in) for a model; any shape for a function
     y : ndarray, shape (n, d_out), required for a model
@@ -678,7 +679,8 @@ def check_gradients(model_or_fn, X, y=None, eps=1e-6, rtol=1e-5):
         analytic = model.grads.copy()
 
         def loss():
-            return mse(y, model.forward(X), model.reduction)
+            # the training loss compute_gradients differentiates: kernel penalties included
+            return mse(y, model.forward(X), model.reduction) + model.penalty()
 
         numeric = numeric_gradient(loss, model.params, eps)
         y_hat = model.forward(X, training=True)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minscale as ms
-from minscale.optim import SGD, Adam, adam_step, sgd_step
+from minscale.optim import SGD, Adam, AdamW, adam_step, deserialize, get, serialize, sgd_step
 from minscale.schedules import InverseTimeDecay
 
 # compares computations for equality: run again by `make test-lane` with CPU vector code off
@@ -126,3 +126,67 @@ def test_serialize_round_trip():
     again = ms.optim.deserialize(ms.optim.serialize(opt))
     assert again.get_config() == opt.get_config()
     assert ms.optim.deserialize(ms.optim.serialize(SGD(0.1, 0.9, True))).nesterov
+
+
+# --- weight decay: coupled (SGD, Adam) and decoupled (AdamW), torch semantics ---------------
+
+def test_sgd_coupled_weight_decay_step_by_hand():
+    # torch.optim.SGD: g' = g + wd * theta = [0.5 + 0.1 * 1, -1 + 0.1 * (-2)] = [0.6, -1.2]
+    # v = g'; theta <- theta - 0.1 * v = [0.94, -1.88]
+    theta, grad = np.array([1.0, -2.0]), np.array([0.5, -1.0])
+    opt = SGD(0.1, momentum=0.9, weight_decay=0.1)
+    opt.apply(theta, grad)
+    np.testing.assert_allclose(theta, [0.94, -1.88], rtol=1e-15)
+    np.testing.assert_allclose(opt.state_arrays()["velocity"], [0.6, -1.2], rtol=1e-15)
+
+
+def test_adam_coupled_weight_decay_passes_through_the_denominator():
+    theta, grad = np.array([1.0]), np.array([0.5])
+    Adam(0.1, weight_decay=0.1).apply(theta, grad)
+    # g' = 0.6; m_hat = 0.6, v_hat = 0.36: the step is 0.1 * 0.6 / (0.6 + 1e-8)
+    np.testing.assert_allclose(theta, [1 - 0.1 * 0.6 / (0.6 + 1e-8)], rtol=1e-15)
+
+
+def test_adamw_step_by_hand():
+    theta, grad = np.array([1.0, 2.0]), np.array([0.5, 0.5])
+    opt = AdamW(0.1, weight_decay=0.1, decay_bias=False)
+    opt.apply(theta, grad, weights=np.array([True, False]))
+    # kernel: 1 * (1 - 0.01) = 0.99, then Adam's first step 0.1 * 0.5 / (0.5 + 1e-8)
+    step = 0.1 * 0.5 / (0.5 + 1e-8)
+    np.testing.assert_allclose(theta, [0.99 - step, 2.0 - step], rtol=1e-15)
+    assert opt.iterations == 1
+
+
+def test_decay_bias_false_needs_the_weights_mask():
+    with pytest.raises(ValueError, match="weights"):
+        SGD(0.1, weight_decay=0.1, decay_bias=False).apply(np.ones(2), np.ones(2))
+
+
+def test_weight_decay_configs_round_trip_and_stay_unchanged_without_decay():
+    assert "weight_decay" not in SGD(0.1).get_config()
+    assert "decay_bias" not in Adam().get_config()
+    assert "weight_decay" not in AdamW().get_config()  # 0.01 is AdamW's default
+    for opt in (SGD(0.1, momentum=0.5, weight_decay=0.2, decay_bias=False),
+                Adam(weight_decay=0.3), AdamW(0.01, weight_decay=0.5),
+                AdamW(weight_decay=0.0, decay_bias=False)):
+        back = deserialize(serialize(opt))
+        assert type(back) is type(opt)
+        assert back.get_config() == opt.get_config()
+        assert (back.weight_decay, back.decay_bias) == (opt.weight_decay, opt.decay_bias)
+    assert type(get("adamw")) is AdamW
+    with pytest.raises(ValueError, match="'adamw'"):
+        deserialize({"name": "rmsprop", "learning_rate": 0.1})
+
+
+def test_weight_decay_both_backends(backend):
+    theta, grad = np.array([1.0, -2.0, 0.0]), np.array([0.5, -1.0, 0.3])
+    mask = np.array([True, True, False])
+    SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1).apply(theta, grad, mask)
+    # Nesterov: v = g' = [0.6, -1.2]; theta -= 0.1 * (g' + 0.9 v) = 0.1 * 1.9 * g'
+    np.testing.assert_allclose(theta, [1 - 0.114, -2 + 0.228, 0.0], rtol=1e-14)
+    theta = np.array([1.0, -2.0, 0.0])
+    AdamW(0.1, weight_decay=0.1).apply(theta, np.array([0.5, -1.0, 0.3]), mask)
+    # Adam's first step is lr * g / (|g| + eps) per entry
+    step_0, step_1 = 0.1 * 0.5 / (0.5 + 1e-8), 0.1 * 1.0 / (1.0 + 1e-8)
+    np.testing.assert_allclose(theta, [0.99 - step_0, -1.98 + step_1, 0.0], rtol=1e-14)
+    assert theta[2] == 0.0

@@ -25,6 +25,11 @@ ALL = {
         'layers', 'load', 'losses', 'model', 'optim', 'parallel', 'prune', 'quant', 'report',
         'save', 'schedules', 'set_backend', 'study', 'testing', 'train'
     ],
+    # new module (regularization): its whole list is a reviewed addition
+    'minscale.regularizers': [
+        'L2', 'check_strength', 'coupled_weight_decay', 'decoupled_weight_decay', 'deserialize',
+        'get', 'l2_gradient', 'l2_penalty', 'serialize'
+    ],
     'minscale.cli': [
         'UsageError', 'build_parser', 'main'
     ],
@@ -181,7 +186,9 @@ ADDED = {
     "minscale.parallel.shm": ["BoundedBarrier", "check_not_bootstrapping", "exit_with_parent",
                               "process_gone"],
     # C99 / ONNX export and integer-only fixed point
-    "minscale": ["export"],
+    "minscale": ["export", "regularizers"],
+    # regularization: decoupled weight decay
+    "minscale.optim": ["AdamW"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
 }

@@ -10,6 +10,8 @@ import numpy as np
 from .. import data
 from ..data import COUNT_MAX, SEED_MAX, integer_text, one_hot, standardize, train_test_split
 from ..datasets import load
+from ..optim import Adam, AdamW
+from ..regularizers import check_strength
 
 
 def _short(text):
@@ -217,3 +219,47 @@ def load_task(args, dtype="float64"):
                 raise ValueError(f"{source}: the standardized {key} has values beyond the "
                                  f"range of {dtype}; rescale the data")
     return out
+
+
+def finetune_optimizer(saved, learning_rate):
+    """The Adam of ``prune --finetune-epochs`` and ``quantize --qat-epochs``, keeping the saved
+    optimizer's weight decay.
+
+    Parameters
+    ----------
+    saved : optimizer or None
+        The loaded model's optimizer: its ``weight_decay`` and ``decay_bias`` carry over, and
+        an :class:`minscale.optim.AdamW` stays decoupled.
+    learning_rate : float
+
+    Returns
+    -------
+    Adam or AdamW
+    """
+    weight_decay = float(getattr(saved, "weight_decay", 0.0))
+    decay_bias = bool(getattr(saved, "decay_bias", True))
+    cls = AdamW if isinstance(saved, AdamW) else Adam
+    return cls(learning_rate, weight_decay=weight_decay, decay_bias=decay_bias)
+
+
+def check_regularization_options(args):
+    """Check ``--l2``, ``--weight-decay`` and ``--decoupled`` of ``minscale train``.
+
+    Raises
+    ------
+    ValueError
+        A strength that is negative, NaN or infinite (naming the option); ``--decoupled``
+        without ``--weight-decay``, or with an optimizer other than adam (AdamW is Adam with
+        decoupled decay).
+    """
+    if args.l2 is not None:
+        check_strength("--l2", args.l2)
+    if args.weight_decay is not None:
+        check_strength("--weight-decay", args.weight_decay)
+    if args.decoupled:
+        if args.weight_decay is None:
+            raise ValueError("--decoupled needs --weight-decay X (the decoupled decay's "
+                             "strength)")
+        if args.optimizer != "adam":
+            raise ValueError(f"--decoupled trains with AdamW: give --optimizer adam, got "
+                             f"--optimizer {args.optimizer}")

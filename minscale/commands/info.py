@@ -33,7 +33,8 @@ def format_info(path, model, manifest):
     Returns
     -------
     str
-        Header lines (file, format, kind, compile settings, optimizer, checkpoint position,
+        Header lines (file, format, kind, compile settings, optimizer and its weight decay,
+        the layers' L2 regularizers, checkpoint position,
         state keys, digest, the C export's flash and RAM bytes or why there is none), then one table row per layer and a total row. ``sparsity`` is
         the fraction of zero (masked, or not stored) weights of W; ``bits`` the bits per
         stored weight; ``bytes`` the bytes of the layer's stored parameters.
@@ -59,6 +60,11 @@ def format_info(path, model, manifest):
             "(config not serializable: custom schedule)"
         lines.append(f"optimizer   {opt.get('class')} {described}, {opt.get('iterations')} "
                      "updates applied")
+        if isinstance(config, dict):
+            lines.append(f"decay       {_decay_text(config)}")
+    regularizers = _regularizer_text(manifest.get("config"))
+    if regularizers:
+        lines.append(f"regularizer {regularizers}")
     ck = manifest.get("checkpoint")
     if isinstance(ck, dict):
         lines.append(f"checkpoint  epoch {ck.get('epoch')}, next batch {ck.get('batch')}, "
@@ -93,6 +99,27 @@ def format_info(path, model, manifest):
     lines.append(f"{'total':<42}{n_params:>10,}{zero_w / total_w:>10.4f}{'':>6}"
                  f"{total_bytes:>12,}")
     return "\n".join(lines)
+
+
+def _decay_text(config):
+    """The optimizer's weight decay in words, defaults included (AdamW's 0.01)."""
+    decoupled = config.get("name") == "adamw"
+    wd = config.get("weight_decay", 0.01 if decoupled else 0.0)
+    if not wd:
+        return "none"
+    kind = "decoupled (AdamW)" if decoupled else "coupled"
+    biases = "kernels only" if config.get("decay_bias") is False else "biases included"
+    return f"weight_decay {wd:g}, {kind}, {biases}"
+
+
+def _regularizer_text(config):
+    """Each regularized layer's L2 strength, or '' (none, or not a Sequential's config)."""
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        return ""
+    parts = [f"layer {i}: L2 {lc['kernel_regularizer'].get('l2'):g}"
+             for i, lc in enumerate(config["layers"])
+             if isinstance(lc, dict) and isinstance(lc.get("kernel_regularizer"), dict)]
+    return ", ".join(parts)
 
 
 def _c_export_line(model):

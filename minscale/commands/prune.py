@@ -16,7 +16,6 @@ import sys
 from .._checks import check_sparsity
 from ..io import load, save
 from ..model import Sequential
-from ..optim import Adam
 from ..prune import FORMATS, METHODS, model_nbytes, prune, shrink
 from ..train import check_updates
 from ._common import (
@@ -26,6 +25,7 @@ from ._common import (
     check_output_path,
     check_positive,
     divergence_reported,
+    finetune_optimizer,
     integer,
     load_task,
 )
@@ -48,7 +48,8 @@ def add_arguments(parser):
     parser.add_argument("--shrink", action="store_true",
                         help="structured: remove the pruned neurons from the saved model")
     parser.add_argument("--finetune-epochs", type=integer, default=0,
-                        help="epochs of Adam on the training split after pruning (default: 0)")
+                        help="epochs of Adam on the training split after pruning, with the saved "
+                             "model's weight decay and L2 regularizers (default: 0)")
     parser.add_argument("--batch-size", type=integer, default=None,
                         help="fine-tuning batch size (default: 32; needs --finetune-epochs)")
     parser.add_argument("--lr", type=float, default=None,
@@ -151,8 +152,9 @@ def run(args):
           seed=options.seed, norm=NORM if args.norm is None else args.norm)
     print(f"pruned:   {_losses(model, task)}")
     if args.finetune_epochs:
-        model.compile(optimizer=Adam(LEARNING_RATE if args.lr is None else args.lr),
-                      metrics=metrics)
+        # the saved weight decay carries over (regularizers are in the layers already)
+        model.compile(optimizer=finetune_optimizer(
+            model.optimizer, LEARNING_RATE if args.lr is None else args.lr), metrics=metrics)
         with divergence_reported():
             model.fit(task["X_train"], task["y_train"], epochs=args.finetune_epochs,
                       batch_size=BATCH_SIZE if args.batch_size is None else args.batch_size,

@@ -28,7 +28,6 @@ import sys
 
 from ..io import load, save
 from ..model import Sequential
-from ..optim import Adam
 from ..quant import QATConfig, WeightSpec, convert, quantize_model, strip_qat
 from ..train import check_updates
 from ._common import (
@@ -38,6 +37,7 @@ from ._common import (
     check_output_path,
     check_positive,
     divergence_reported,
+    finetune_optimizer,
     integer,
     load_task,
 )
@@ -260,7 +260,9 @@ def run(args):
     if args.qat_epochs:
         qat = model.copy()
         qat.compile(
-            optimizer=Adam(LEARNING_RATE if args.lr is None else args.lr),
+            # the saved weight decay carries over (regularizers are in the layers already)
+            optimizer=finetune_optimizer(model.optimizer,
+                                         LEARNING_RATE if args.lr is None else args.lr),
             metrics=["accuracy"] if classification else None,
         )
         with divergence_reported():

@@ -5,8 +5,10 @@ import os
 
 from ..datasets import NAMES
 from ..io import save
+from ..optim import SGD, Adam, AdamW
 from ..optim import get as get_optimizer
 from ..parallel import MPIComm
+from ..regularizers import L2
 from ..schedules import InverseTimeDecay
 from ..study.runs import build_model
 from ..train import check_updates
@@ -14,6 +16,7 @@ from ._common import (
     add_data_arguments,
     check_at_least,
     check_output_path,
+    check_regularization_options,
     divergence_reported,
     hidden_sizes,
     integer,
@@ -40,6 +43,15 @@ def add_arguments(parser):
     parser.add_argument("--decay-rate", type=float, default=0.0)
     parser.add_argument("--decay-steps", type=float, default=1.0, help="in optimizer updates")
     parser.add_argument("--staircase", action="store_true")
+    parser.add_argument("--l2", type=float, default=None, metavar="X",
+                        help="Keras L2 on every kernel: the training loss gains X * sum(W**2) "
+                             "(biases excluded; the reported test loss does not)")
+    parser.add_argument("--weight-decay", type=float, default=None, metavar="X",
+                        help="weight decay of the optimizer: coupled as torch (gradient + X * "
+                             "theta, biases included); see --decoupled")
+    parser.add_argument("--decoupled", action="store_true",
+                        help="decoupled weight decay: AdamW (needs --weight-decay and "
+                             "--optimizer adam)")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--workers", type=integer, default=1,
                         help="data-parallel worker processes on this machine, 1 .. the "
@@ -85,6 +97,19 @@ def check_parallel_options(args):
         raise ValueError(f"--mode async needs --workers >= 2, got --workers {args.workers}")
 
 
+def make_optimizer(args, schedule):
+    """The optimizer of ``--optimizer``, with ``--weight-decay`` (coupled) or, with
+    ``--decoupled``, AdamW."""
+    if args.weight_decay is None:
+        return get_optimizer(args.optimizer, schedule)
+    if args.decoupled:
+        return AdamW(schedule, weight_decay=args.weight_decay)
+    if args.optimizer == "adam":
+        return Adam(schedule, weight_decay=args.weight_decay)
+    momentum = 0.9 if args.optimizer == "momentum" else 0.0
+    return SGD(schedule, momentum=momentum, weight_decay=args.weight_decay)
+
+
 def recorded_data(data):
     """``--data`` as a model file records it: a shipped name as is, a path made absolute.
 
@@ -100,6 +125,7 @@ def run(args):
     check_at_least(args.epochs, "--epochs", 0)
     check_at_least(args.batch_size, "--batch-size", 1)
     check_parallel_options(args)
+    check_regularization_options(args)
     if args.activation is not None and not args.hidden:
         raise ValueError(f"--activation {args.activation}: --hidden '' builds no hidden layer "
                          "(a linear model), so there is nothing for it to apply to")
@@ -124,7 +150,10 @@ def run(args):
     except ValueError as exc:  # a model too large for the memory: say which option made it
         raise ValueError(f"--hidden {','.join(map(str, args.hidden))}: {exc}") from None
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
-    model.compile(optimizer=get_optimizer(args.optimizer, schedule), metrics=metrics)
+    if args.l2 is not None:
+        for layer in model.layers:
+            layer.kernel_regularizer = L2(args.l2)
+    model.compile(optimizer=make_optimizer(args, schedule), metrics=metrics)
     with divergence_reported():
         model.fit(task["X_train"], task["y_train"], epochs=args.epochs,
                   batch_size=args.batch_size, seed=args.seed,

@@ -79,6 +79,12 @@ class Network(NamedTuple):
         leaky_relu slopes.
     one : scalar of the model's dtype
         1; its type fixes the dtype of the arithmetic.
+    reg : bool ndarray, shape (L,)
+        Whether layer l has an L2 kernel regularizer.
+    l2 : float64 ndarray, shape (L,)
+        Its strength: the batch loss gains ``l2 * sum(W**2)``.
+    l2_coef : ndarray, shape (L,), the model's dtype
+        ``2 * l2`` rounded to the dtype: ``dW`` gains ``l2_coef * W``.
     """
 
     dims: np.ndarray
@@ -87,6 +93,9 @@ class Network(NamedTuple):
     act: np.ndarray
     alpha: np.ndarray
     one: float
+    reg: np.ndarray
+    l2: np.ndarray
+    l2_coef: np.ndarray
 
 
 class Buffers(NamedTuple):
@@ -126,6 +135,15 @@ class Update(NamedTuple):
     nesterov : bool
     slot_1, slot_2 : ndarray, shape (P,) or (0,)
         The optimizer's state, written in place: the velocity (momentum), or Adam's m and v.
+    weight_decay : scalar of the dtype
+        Coupled decay: the gradient gains ``weight_decay * theta`` before the update (0: none).
+    decay_all : bool
+        Every parameter decays; else only where `decay` is True.
+    decay : bool ndarray, shape (P,) or (0,)
+    decoupled : bool
+        Decoupled decay (AdamW): ``theta <- theta * factor[k]`` before the k-th update.
+    factor : ndarray, shape (>= updates of the call,) or (0,), the dtype
+        ``1 - lr * weight_decay`` of the k-th update.
     """
 
     kind: int
@@ -141,6 +159,11 @@ class Update(NamedTuple):
     nesterov: bool
     slot_1: np.ndarray
     slot_2: np.ndarray
+    weight_decay: float
+    decay_all: bool
+    decay: np.ndarray
+    decoupled: bool
+    factor: np.ndarray
 
 
 class Scratch(NamedTuple):
@@ -291,22 +314,24 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     1000-update fit (W1) on a 2-core machine.
     """
     X, y, orders, shuffle, bs = batches
-    dims, w_off, b_off, act, alpha, one = net
+    dims, w_off, b_off, act, alpha, one, reg, l2, l2_coef = net
     params, grads, mask, has_mask, backup = buf
     kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon, momentum, nesterov, \
-        slot_1, slot_2 = update
+        slot_1, slot_2, weight_decay, decay_all, decay, decoupled, factor = update
     acts, aoff, grad_a, grad_b, loss, epoch_loss, status = scratch
     return _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads,
                    mask, has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2,
                    c2, epsilon, momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b,
-                   loss, epoch_loss, status, n_epochs, reduction, loss_limit)
+                   loss, epoch_loss, status, n_epochs, reduction, loss_limit, reg, l2, l2_coef,
+                   weight_decay, decay_all, decay, decoupled, factor)
 
 
 @njit(cache=True)
 def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads, mask,
             has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
             momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b, loss, epoch_loss,
-            status, n_epochs, reduction, loss_limit):
+            status, n_epochs, reduction, loss_limit, reg, l2, l2_coef, weight_decay, decay_all,
+            decay, decoupled, factor):
     """The body of :func:`train_epochs`, on the fields of its named tuples (in their order)."""
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
@@ -365,10 +390,34 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                     D_next = grad_b if cur_is_a else grad_a
                     small_matmul(D, W.T, D_next[:nb * d_in].reshape((nb, d_in)), one)
                     cur_is_a = not cur_is_a
+            # the L2 kernel penalties: gradient 2 * l2 * W, loss l2 * sum(W**2)
+            penalty = 0.0
+            has_reg = False
+            for li in range(n_layers):
+                if reg[li]:
+                    has_reg = True
+                    n_w = dims[li] * dims[li + 1]
+                    sq = one - one
+                    for i in range(w_off[li], w_off[li] + n_w):
+                        grads[i] = grads[i] + l2_coef[li] * params[i]
+                        sq += params[i] * params[i]
+                    penalty += l2[li] * np.float64(sq)
+            if has_reg:
+                loss[0] = loss[0] + penalty
+                batch_loss = np.float64(loss[0])
             if not np.isfinite(batch_loss) or batch_loss > loss_limit:
                 status[0], status[1], status[2] = 1, e, step
                 return step
             backup[:] = params
+            if decoupled:
+                f = factor[step]
+                for i in range(P):
+                    if decay_all or decay[i]:
+                        params[i] = params[i] * f
+            elif weight_decay != 0:
+                for i in range(P):
+                    if decay_all or decay[i]:
+                        grads[i] = grads[i] + weight_decay * params[i]
             if kind == SGD:
                 sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
             elif kind == MOMENTUM:

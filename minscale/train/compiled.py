@@ -10,7 +10,8 @@ step, vectorized: :func:`learning_rates`), validation, printing and the history.
 
 :func:`supports` says when it applies: the numba backend; Dense layers without quantization
 hooks; loss ``mse`` (any reduction); :class:`~minscale.optim.SGD` (any momentum, Nesterov or
-not) or :class:`~minscale.optim.Adam` with a float or a built-in schedule; no pruning schedule,
+not), :class:`~minscale.optim.Adam` or :class:`~minscale.optim.AdamW` (with or without weight
+decay) with a float or a built-in schedule, L2 kernel regularizers or none; no pruning schedule,
 no callbacks, one process. Masks of an already pruned model are honoured. Everything else runs
 the general loop (:func:`minscale.train.loop.run`).
 
@@ -58,7 +59,8 @@ def supports(model, options):
     -------
     bool
         True when the backend is numba, no callback or pruning schedule is given, the loss is
-        mse, the optimizer is exactly SGD or Adam with a float or built-in schedule, every
+        mse, the optimizer is exactly SGD, Adam or AdamW (any weight decay) with a float or
+        built-in schedule, every
         layer is a Dense layer without quantization hooks, and the dtype is float32 or float64.
     """
     fastfit = kernels.compiled_epochs()  # None unless the backend is numba
@@ -67,7 +69,8 @@ def supports(model, options):
     if model.loss != "mse" or model.reduction not in fastfit.REDUCTION_CODES:
         return False
     opt = model.optimizer
-    if type(opt) not in (optim.SGD, optim.Adam) or type(opt.learning_rate) not in BUILTIN_SCHEDULES:
+    if type(opt) not in (optim.SGD, optim.Adam, optim.AdamW) \
+            or type(opt.learning_rate) not in BUILTIN_SCHEDULES:
         return False
     for layer in model.layers:
         if type(layer) is not Dense or layer.kernel_quantizer is not None \
@@ -111,17 +114,39 @@ def _network(fastfit, model):
         b_off[i] = start + layer.W.size if layer.use_bias else -1
     acts = np.array([ACTIVATION_CODES[layer.activation] for layer in layers], dtype=np.int64)
     alphas = np.array([layer.alpha for layer in layers], dtype=model.dtype)
-    return fastfit.Network(dims, w_off, b_off, acts, alphas, model.dtype.type(1))
+    reg = np.array([layer.kernel_regularizer is not None for layer in layers], dtype=np.bool_)
+    l2 = np.array([layer.kernel_regularizer.l2 if layer.kernel_regularizer is not None else 0.0
+                   for layer in layers], dtype=np.float64)
+    # 2 * l2 rounded to the dtype, as minscale.regularizers.l2_gradient rounds it
+    l2_coef = np.array([model.dtype.type(2.0 * value) for value in l2], dtype=model.dtype)
+    return fastfit.Network(dims, w_off, b_off, acts, alphas, model.dtype.type(1), reg, l2,
+                           l2_coef)
 
 
-def _update(fastfit, opt, params, step0, lr64):
+def _update(fastfit, opt, params, step0, lr64, weights):
     """The optimizer's per-update scalars for the whole run, and its state buffers
-    (``_fastfit.Update``), rounded to the dtype as :func:`minscale.optim.adam_step` rounds."""
+    (``_fastfit.Update``), rounded to the dtype as :func:`minscale.optim.adam_step` and
+    :mod:`minscale.regularizers` round them."""
+    update = _rule(fastfit, opt, params, step0, lr64)
+    dtype = params.dtype
+    where = opt.decay_where(weights) if opt.weight_decay else None
+    decay = np.zeros(0, dtype=np.bool_) if where is None else np.ascontiguousarray(where)
+    decoupled = isinstance(opt, optim.AdamW) and opt.weight_decay != 0
+    # 1 - lr * wd per update, as minscale.regularizers.decoupled_weight_decay computes it
+    factor = (1.0 - lr64 * opt.weight_decay).astype(dtype) if decoupled \
+        else np.zeros(0, dtype=dtype)
+    coupled = 0.0 if decoupled else opt.weight_decay
+    return update._replace(weight_decay=dtype.type(coupled), decay_all=where is None,
+                           decay=decay, decoupled=decoupled, factor=factor)
+
+
+def _rule(fastfit, opt, params, step0, lr64):
     dtype = params.dtype
     dt = dtype.type
     total = lr64.size
     lrs = lr64.astype(dtype)
     empty, zero = np.zeros(0, dtype=dtype), dt(0)
+    nodecay = (zero, True, np.zeros(0, dtype=np.bool_), False, empty)
     if isinstance(opt, optim.Adam):
         # the general loop's own expression 1 - beta ** (step + 1), bit for bit
         bc1 = kernels.bias_corrections(opt.beta_1, step0 + 1, total).astype(dtype)
@@ -130,13 +155,13 @@ def _update(fastfit, opt, params, step0, lr64):
         # the state exists once an update is applied, as with optimizer.apply
         m, v = (opt.buffer("m", params), opt.buffer("v", params)) if total else (empty, empty)
         return fastfit.Update(fastfit.ADAM, lrs, lrs / bc1, np.sqrt(bc2), beta_1, dt(1) - beta_1,
-                              beta_2, dt(1) - beta_2, dt(opt.epsilon), zero, False, m, v)
+                              beta_2, dt(1) - beta_2, dt(opt.epsilon), zero, False, m, v, *nodecay)
     if opt.momentum:
         velocity = opt.buffer("velocity", params) if total else empty
         return fastfit.Update(fastfit.MOMENTUM, lrs, empty, empty, zero, zero, zero, zero, zero,
-                              dt(opt.momentum), bool(opt.nesterov), velocity, empty)
+                              dt(opt.momentum), bool(opt.nesterov), velocity, empty, *nodecay)
     return fastfit.Update(fastfit.SGD, lrs, empty, empty, zero, zero, zero, zero, zero, zero,
-                          False, empty, empty)
+                          False, empty, empty, *nodecay)
 
 
 def _scratch(fastfit, dims, batch_rows, dtype):
@@ -212,7 +237,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
         # a rate the optimizer would reject: let the general loop raise at the right step
         return loop.run(model, X, y, epochs, batch_size, shuffle, seed, validation_data,
                         verbose, list(callbacks), pruning, pruning_method)
-    update = _update(fastfit, opt, model.params, step0, lr64)
+    update = _update(fastfit, opt, model.params, step0, lr64, model.prunable)
     net = _network(fastfit, model)
     has_mask = not model.mask.all()
     buf = fastfit.Buffers(model.params, model.grads,
@@ -247,7 +272,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
             steps = int(fastfit.train_epochs(
                 batches._replace(orders=orders), net, buf,
                 update._replace(lr=update.lr[done:], step_size=update.step_size[done:],
-                                sqrt_bc2=update.sqrt_bc2[done:]),
+                                sqrt_bc2=update.sqrt_bc2[done:], factor=update.factor[done:]),
                 scratch, e1 - e0, reduction, loss_limit))
             opt.iterations += steps
             history.history["lr"].extend(lr64[done:done + steps].tolist())

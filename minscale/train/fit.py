@@ -116,6 +116,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     Returns
     -------
     History
+        ``history["loss"]`` is the training loss: the data loss plus the layers' kernel
+        regularizer penalties (``l2 * sum(W**2)``, see :mod:`minscale.regularizers`);
+        ``val_loss`` and :meth:`Sequential.evaluate` exclude the penalty. Weight decay
+        (``optimizer.weight_decay``, :class:`minscale.optim.AdamW`) changes the updates only.
 
     Raises
     ------

@@ -84,6 +84,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 data_sha256=data_sha))
 
     P = model.params.size
+    regularized = model.regularized
     backup = model.params.copy()
     bar = progress_bar(verbose and rank == 0, epochs * n_batches)
     lr = optimizer.current_learning_rate()
@@ -115,9 +116,13 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 for cb in callbacks:
                     cb.on_step_begin(model, step)
                 # grads (P values) and the batch loss share one buffer: one allreduce sums both
-                model.grad_buffer[P] = model.compute_gradients(Xb, yb, n_total=hi - lo)
+                model.grad_buffer[P] = model.compute_gradients(Xb, yb, n_total=hi - lo,
+                                                               regularize=False)
                 if size > 1:
                     comm.allreduce(model.grad_buffer)
+                if regularized:
+                    # once, after the allreduce: per shard it would count `size` times
+                    model.grad_buffer[P] += model.regularize()
                 batch_loss = float(model.grad_buffer[P])
                 if loss_limit is None:
                     loss_limit = divergence_limit(batch_loss)
@@ -125,7 +130,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                     diverged(model, backup, epoch, step, lr, batch_loss, loss_limit)
                 np.copyto(backup, model.params)
                 mask = None if model.mask.all() else model.mask
-                lr = optimizer.apply(model.params, model.grads, mask)
+                lr = optimizer.apply(model.params, model.grads, mask, weights=model.prunable)
                 history.history["lr"].append(lr)
                 loss_total += batch_loss * (hi - lo) if model.reduction == "mean" else batch_loss
                 if checkpoint_every is not None and optimizer.iterations % checkpoint_every == 0:

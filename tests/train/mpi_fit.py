@@ -49,7 +49,21 @@ def five_samples_case():
     return model, X, y, fit_kwargs
 
 
-CASES = {"equivalence": equivalence_case, "five": five_samples_case}
+def regularized_case():
+    """The equivalence case with L2 kernel regularizers and AdamW (decoupled, kernels only):
+    the L2 gradient must be added once per update, after the allreduce, not once per rank."""
+    import minscale as ms
+    from minscale.optim import AdamW
+
+    model, X, y, fit_kwargs = equivalence_case()
+    for layer in model.layers:
+        layer.kernel_regularizer = ms.regularizers.L2(0.01)
+    model.compile(optimizer=AdamW(0.02, weight_decay=0.1, decay_bias=False))
+    return model, X, y, fit_kwargs
+
+
+CASES = {"equivalence": equivalence_case, "five": five_samples_case,
+         "regularized": regularized_case}
 
 
 def main(out_dir):

@@ -756,7 +756,7 @@ def test_mpi_fit_equals_single_process_and_ranks_agree(tmp_path):
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    for name in ("equivalence", "five"):
+    for name in ("equivalence", "five", "regularized"):
         reference, _ = _single_process(name)
         p0, p1 = (np.load(tmp_path / f"{name}_rank{r}.npy") for r in (0, 1))
         np.testing.assert_array_equal(p0, p1)
