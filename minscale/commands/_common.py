@@ -11,7 +11,7 @@ from .. import data
 from ..data import COUNT_MAX, SEED_MAX, integer_text, one_hot, standardize, train_test_split
 from ..datasets import load
 from ..optim import Adam, AdamW
-from ..regularizers import check_strength
+from ..regularizers import L2, check_strength
 
 
 def _short(text):
@@ -221,29 +221,68 @@ def load_task(args, dtype="float64"):
     return out
 
 
-def finetune_optimizer(saved, learning_rate):
-    """The Adam of ``prune --finetune-epochs`` and ``quantize --qat-epochs``, keeping the saved
-    optimizer's weight decay.
+def add_regularization_arguments(parser, when=""):
+    """Register ``--l2``, ``--weight-decay`` and ``--decoupled`` on `parser`.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    when : str
+        What the options apply to, for the help text (``" (fine-tuning)"``).
+    """
+    parser.add_argument("--l2", type=float, default=None, metavar="X",
+                        help="Keras L2 on every kernel: the training loss gains X * sum(W**2) "
+                             f"(biases excluded; the reported test loss does not){when}")
+    parser.add_argument("--weight-decay", type=float, default=None, metavar="X",
+                        help="weight decay of the optimizer: coupled as torch (gradient + X * "
+                             f"theta, biases included); see --decoupled{when}")
+    parser.add_argument("--decoupled", action="store_true",
+                        help="decoupled weight decay: AdamW (needs --weight-decay and "
+                             f"--optimizer adam){when}")
+
+
+def finetune_optimizer(saved, learning_rate, weight_decay=None, decoupled=False):
+    """The Adam of ``prune --finetune-epochs`` and ``quantize --qat-epochs``.
 
     Parameters
     ----------
     saved : optimizer or None
-        The loaded model's optimizer: its ``weight_decay`` and ``decay_bias`` carry over, and
-        an :class:`minscale.optim.AdamW` stays decoupled.
+        The loaded model's optimizer: unless `weight_decay` is given, its ``weight_decay`` and
+        ``decay_bias`` carry over, and an :class:`minscale.optim.AdamW` stays decoupled.
     learning_rate : float
+    weight_decay : float, optional
+        ``--weight-decay``: replaces the saved decay.
+    decoupled : bool
+        ``--decoupled``: AdamW with `weight_decay`.
 
     Returns
     -------
     Adam or AdamW
     """
+    if weight_decay is not None:
+        return (AdamW if decoupled else Adam)(learning_rate, weight_decay=weight_decay)
     weight_decay = float(getattr(saved, "weight_decay", 0.0))
     decay_bias = bool(getattr(saved, "decay_bias", True))
     cls = AdamW if isinstance(saved, AdamW) else Adam
     return cls(learning_rate, weight_decay=weight_decay, decay_bias=decay_bias)
 
 
+def set_l2(model, l2):
+    """``--l2 X`` on a loaded model: every kernel gets ``L2(X)`` (X = 0 removes them).
+
+    Parameters
+    ----------
+    model : Sequential
+    l2 : float or None
+        None keeps the saved regularizers.
+    """
+    if l2 is not None:
+        for layer in model.layers:
+            layer.kernel_regularizer = L2(l2) if l2 > 0 else None
+
+
 def check_regularization_options(args):
-    """Check ``--l2``, ``--weight-decay`` and ``--decoupled`` of ``minscale train``.
+    """Check ``--l2``, ``--weight-decay`` and ``--decoupled`` (train, prune, quantize).
 
     Raises
     ------
@@ -260,6 +299,6 @@ def check_regularization_options(args):
         if args.weight_decay is None:
             raise ValueError("--decoupled needs --weight-decay X (the decoupled decay's "
                              "strength)")
-        if args.optimizer != "adam":
+        if getattr(args, "optimizer", "adam") != "adam":
             raise ValueError(f"--decoupled trains with AdamW: give --optimizer adam, got "
                              f"--optimizer {args.optimizer}")

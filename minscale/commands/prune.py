@@ -20,14 +20,17 @@ from ..prune import FORMATS, METHODS, model_nbytes, prune, shrink
 from ..train import check_updates
 from ._common import (
     add_recorded_data_arguments,
+    add_regularization_arguments,
     check_at_least,
     check_input_path,
     check_output_path,
     check_positive,
+    check_regularization_options,
     divergence_reported,
     finetune_optimizer,
     integer,
     load_task,
+    set_l2,
 )
 from .evaluate import data_options
 
@@ -55,6 +58,7 @@ def add_arguments(parser):
     parser.add_argument("--lr", type=float, default=None,
                         help="fine-tuning learning rate of Adam (default: 0.001; needs "
                              "--finetune-epochs)")
+    add_regularization_arguments(parser, " (fine-tuning; needs --finetune-epochs)")
     parser.add_argument("--bits", type=integer, default=None,
                         help="bits per stored value in the size report (default: the model's "
                              "dtype, 64 or 32)")
@@ -98,10 +102,13 @@ def check_options(args):
                              f"{args.method}")
         if math.isnan(args.norm) or args.norm < 1:
             raise ValueError(f"--norm must be >= 1 (an L_p norm) or inf, got {args.norm!r}")
-    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
+    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size),
+                        ("--l2", args.l2), ("--weight-decay", args.weight_decay),
+                        ("--decoupled", args.decoupled or None)):
         if value is not None and not args.finetune_epochs:
             raise ValueError(f"{flag} applies to fine-tuning only; give --finetune-epochs N "
                              "(N >= 1) or drop it")
+    check_regularization_options(args)
     if args.lr is not None:
         check_positive(args.lr, "--lr")
     if args.batch_size is not None:
@@ -152,9 +159,11 @@ def run(args):
           seed=options.seed, norm=NORM if args.norm is None else args.norm)
     print(f"pruned:   {_losses(model, task)}")
     if args.finetune_epochs:
-        # the saved weight decay carries over (regularizers are in the layers already)
+        # the saved weight decay and regularizers carry over unless the options replace them
+        set_l2(model, args.l2)
         model.compile(optimizer=finetune_optimizer(
-            model.optimizer, LEARNING_RATE if args.lr is None else args.lr), metrics=metrics)
+            model.optimizer, LEARNING_RATE if args.lr is None else args.lr, args.weight_decay,
+            args.decoupled), metrics=metrics)
         with divergence_reported():
             model.fit(task["X_train"], task["y_train"], epochs=args.finetune_epochs,
                       batch_size=BATCH_SIZE if args.batch_size is None else args.batch_size,

@@ -32,14 +32,17 @@ from ..quant import QATConfig, WeightSpec, convert, quantize_model, strip_qat
 from ..train import check_updates
 from ._common import (
     add_recorded_data_arguments,
+    add_regularization_arguments,
     check_at_least,
     check_input_path,
     check_output_path,
     check_positive,
+    check_regularization_options,
     divergence_reported,
     finetune_optimizer,
     integer,
     load_task,
+    set_l2,
 )
 from .evaluate import data_options, evaluate_model
 
@@ -107,6 +110,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--batch-size", type=integer, default=None, help="QAT batch size (default: 32)"
     )
+    add_regularization_arguments(parser, " (QAT; needs --qat-epochs)")
     parser.add_argument(
         "--requantize-rounding",
         default=None,
@@ -187,12 +191,15 @@ def check_options(args):
     spec = weight_spec_from_args(args)
     if args.qat_epochs < 0:
         raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
-    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
+    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size),
+                        ("--l2", args.l2), ("--weight-decay", args.weight_decay),
+                        ("--decoupled", args.decoupled or None)):
         if value is not None and not args.qat_epochs:
             raise ValueError(
                 f"{flag} applies to quantization-aware training only; give --qat-epochs N "
                 "(N >= 1) or drop it"
             )
+    check_regularization_options(args)
     if args.lr is not None:
         check_positive(args.lr, "--lr")
     if args.batch_size is not None:
@@ -259,10 +266,12 @@ def run(args):
     _report("post-training:", qmodel, X_te, y_te, args)
     if args.qat_epochs:
         qat = model.copy()
+        set_l2(qat, args.l2)
         qat.compile(
-            # the saved weight decay carries over (regularizers are in the layers already)
+            # the saved weight decay and regularizers carry over unless the options replace them
             optimizer=finetune_optimizer(model.optimizer,
-                                         LEARNING_RATE if args.lr is None else args.lr),
+                                         LEARNING_RATE if args.lr is None else args.lr,
+                                         args.weight_decay, args.decoupled),
             metrics=["accuracy"] if classification else None,
         )
         with divergence_reported():

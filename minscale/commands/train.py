@@ -8,12 +8,12 @@ from ..io import save
 from ..optim import SGD, Adam, AdamW
 from ..optim import get as get_optimizer
 from ..parallel import MPIComm
-from ..regularizers import L2
 from ..schedules import InverseTimeDecay
 from ..study.runs import build_model
 from ..train import check_updates
 from ._common import (
     add_data_arguments,
+    add_regularization_arguments,
     check_at_least,
     check_output_path,
     check_regularization_options,
@@ -21,6 +21,7 @@ from ._common import (
     hidden_sizes,
     integer,
     load_task,
+    set_l2,
 )
 
 NAME = "train"
@@ -43,15 +44,7 @@ def add_arguments(parser):
     parser.add_argument("--decay-rate", type=float, default=0.0)
     parser.add_argument("--decay-steps", type=float, default=1.0, help="in optimizer updates")
     parser.add_argument("--staircase", action="store_true")
-    parser.add_argument("--l2", type=float, default=None, metavar="X",
-                        help="Keras L2 on every kernel: the training loss gains X * sum(W**2) "
-                             "(biases excluded; the reported test loss does not)")
-    parser.add_argument("--weight-decay", type=float, default=None, metavar="X",
-                        help="weight decay of the optimizer: coupled as torch (gradient + X * "
-                             "theta, biases included); see --decoupled")
-    parser.add_argument("--decoupled", action="store_true",
-                        help="decoupled weight decay: AdamW (needs --weight-decay and "
-                             "--optimizer adam)")
+    add_regularization_arguments(parser)
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--workers", type=integer, default=1,
                         help="data-parallel worker processes on this machine, 1 .. the "
@@ -150,9 +143,7 @@ def run(args):
     except ValueError as exc:  # a model too large for the memory: say which option made it
         raise ValueError(f"--hidden {','.join(map(str, args.hidden))}: {exc}") from None
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
-    if args.l2 is not None:
-        for layer in model.layers:
-            layer.kernel_regularizer = L2(args.l2)
+    set_l2(model, args.l2)
     model.compile(optimizer=make_optimizer(args, schedule), metrics=metrics)
     with divergence_reported():
         model.fit(task["X_train"], task["y_train"], epochs=args.epochs,

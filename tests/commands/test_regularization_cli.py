@@ -87,3 +87,39 @@ def test_bad_regularization_options_are_one_line_and_exit_2(extra, words, capsys
     assert captured.err.count("\n") == 1 and words in captured.err
     assert "Traceback" not in captured.err
     assert captured.out == ""  # refused before any training
+
+
+def test_prune_and_quantize_take_the_regularization_options_for_their_training(tmp_path,
+                                                                              capsys):
+    path, pruned = str(tmp_path / "m.npz"), str(tmp_path / "p.npz")
+    assert main(TRAIN + ["--weight-decay", "0.01", "--save", path]) == 0
+    # the options replace the saved coupled decay for the fine-tuning, and add L2 kernels
+    assert main(["prune", path, "--sparsity", "0.5", "--finetune-epochs", "2", "--weight-decay",
+                 "0.03", "--decoupled", "--l2", "0.001", "--out", pruned]) == 0
+    model = ms.load(pruned)
+    assert type(model.optimizer) is AdamW and model.optimizer.weight_decay == 0.03
+    assert all(layer.kernel_regularizer.l2 == 0.001 for layer in model.layers)
+    capsys.readouterr()
+    assert main(["quantize", path, "--qat-epochs", "1", "--weight-decay", "0.02", "--l2",
+                 "0.001"]) == 0
+    assert "QAT (1 epochs):" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["prune", "m.npz", "--sparsity", "0.5", "--weight-decay", "0.1"],
+     "--weight-decay applies to fine-tuning only"),
+    (["prune", "m.npz", "--sparsity", "0.5", "--finetune-epochs", "1", "--decoupled"],
+     "--decoupled needs --weight-decay"),
+    (["quantize", "m.npz", "--l2", "0.1"],
+     "--l2 applies to quantization-aware training only"),
+    (["quantize", "m.npz", "--qat-epochs", "1", "--weight-decay", "-1"],
+     "--weight-decay"),
+])
+def test_prune_and_quantize_refuse_regularization_they_would_not_use(argv, words, tmp_path,
+                                                                     capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(TRAIN + ["--save", "m.npz"]) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
