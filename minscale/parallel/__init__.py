@@ -12,9 +12,8 @@
 access (PEP 562 ``__getattr__``): a static import would make parallel and train import each
 other. ``from minscale.parallel import fit_workers`` works as before.
 """
-import importlib
 
-from . import trainer  # noqa: F401  (the public path minscale.parallel.trainer, as before)
+from . import trainer  # the public path minscale.parallel.trainer; its lazy names below
 from .base import (
     CommAbortedError,
     CommError,
@@ -62,18 +61,15 @@ __all__ = [
     "MODES",
 ]
 
-#: name -> module that defines it, imported on first access
-_MOVED = {name: "minscale.train.workers"
-          for name in ("fit_workers", "relink_model", "combine_epoch_losses", "MODES")}
-
-
 def __getattr__(name):
-    if name in _MOVED:
-        value = getattr(importlib.import_module(_MOVED[name]), name)
+    # the trainer's names: minscale.parallel.trainer loads them from minscale.train.workers on
+    # first access (a static import would make parallel and train import each other)
+    if name in trainer.__all__:
+        value = getattr(trainer, name)
         globals()[name] = value  # later lookups skip this hook
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_MOVED))
+    return sorted(set(globals()) | set(trainer.__all__))
