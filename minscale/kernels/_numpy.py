@@ -204,7 +204,7 @@ def bias_corrections(beta, t0, count):
     return np.array([1 - beta ** t for t in range(t0, t0 + count)], dtype=np.float64)
 
 
-# --- quantization, integer arithmetic, pruning (issue 5) -----------------------------------
+# --- quantization, integer arithmetic, pruning ---------------------------------------------
 #
 # These kernels are the fused hot paths behind minscale.quant and minscale.prune. Those modules
 # own the formulas, the argument checks and the error messages; a kernel receives checked,
