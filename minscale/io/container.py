@@ -38,7 +38,7 @@ __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "HEADER_KEYS", "ModelFileError", "STALE_TEMP_SECONDS",
     "atomic_write", "buffers_digest", "canonical_json", "check_finite_parameters",
     "data_digest", "decode_state", "encode_state", "expected_param_count", "header",
-    "manifest_array", "manifest_field", "name_the_file", "plain", "read_container",
+    "manifest_array", "manifest_dtype", "manifest_field", "name_the_file", "plain", "read_container",
     "read_manifest", "remove_stale_temporaries", "write_container",
 ]
 
@@ -335,6 +335,31 @@ def manifest_field(mapping, key, kind, where):
         raise ModelFileError(f"{where}[{key!r}] must be {getattr(kind, '__name__', kind)}, got "
                              f"{value!r}")
     return value
+
+
+def manifest_dtype(manifest, path):
+    """The float dtype a model file declares: ``manifest["dtype"]``, float32 or float64.
+
+    Parameters
+    ----------
+    manifest : dict
+    path : str
+        Named in messages.
+
+    Returns
+    -------
+    str
+        ``"float32"`` or ``"float64"``.
+
+    Raises
+    ------
+    ModelFileError
+        The field is missing, not a string, or names another dtype.
+    """
+    dtype = manifest_field(manifest, "dtype", str, "manifest")
+    if dtype not in ("float32", "float64"):
+        raise ModelFileError(f"{path!r}: dtype {dtype!r}; expected 'float32' or 'float64'")
+    return dtype
 
 
 def manifest_array(arrays, name, shape, dtype, path):

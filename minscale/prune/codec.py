@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..io import codecs
-from ..io.container import ModelFileError, manifest_array, manifest_field
+from ..io.container import ModelFileError, manifest_array, manifest_dtype, manifest_field
 from ..kernels import ACTIVATION_CODES
 from ..prune import SparseDense, SparseModel
 
@@ -85,9 +85,7 @@ def decode_sparse(manifest, arrays, path):
     """
     from scipy import sparse  # noqa: PLC0415 (optional: only sparse models need scipy)
 
-    dtype = manifest_field(manifest, "dtype", str, "manifest")
-    if dtype not in ("float32", "float64"):
-        raise ModelFileError(f"{path!r}: dtype {dtype!r}; expected 'float32' or 'float64'")
+    dtype = manifest_dtype(manifest, path)
     d = manifest_field(manifest, "input_dim", int, "manifest")
     specs = manifest_field(manifest, "layers", list, "manifest")
     if d < 1 or not specs:

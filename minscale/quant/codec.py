@@ -29,6 +29,7 @@ from ..io.container import (
     decode_state,
     encode_state,
     manifest_array,
+    manifest_dtype,
     manifest_field,
 )
 from ..kernels import ACTIVATION_CODES
@@ -94,9 +95,7 @@ def decode_quantized(manifest, arrays, path):
     """
     layers = manifest_field(manifest, "layers", list, "manifest")
     manifest_field(manifest, "input_dim", int, "manifest")
-    dtype = manifest_field(manifest, "dtype", str, "manifest")
-    if dtype not in ("float32", "float64"):
-        raise ModelFileError(f"{path!r}: dtype {dtype!r}; expected 'float32' or 'float64'")
+    manifest_dtype(manifest, path)
     for i, lf in enumerate(layers):
         where = f"manifest['layers'][{i}]"
         activation = manifest_field(lf, "activation", str, where)
@@ -184,9 +183,7 @@ def decode_fixed(manifest, arrays, path):
         :func:`minscale.quant.quantize_fixed_model` keeps (int32 for fixed8, ``2**40`` for
         fixed16), which the integer path relies on.
     """
-    dtype = manifest_field(manifest, "dtype", str, "manifest")
-    if dtype not in ("float32", "float64"):
-        raise ModelFileError(f"{path!r}: dtype {dtype!r}; expected 'float32' or 'float64'")
+    dtype = manifest_dtype(manifest, path)
     d = manifest_field(manifest, "input_dim", int, "manifest")
     bits = manifest_field(manifest, "bits", int, "manifest")
     rounding = manifest_field(manifest, "rounding", str, "manifest")
