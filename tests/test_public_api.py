@@ -191,6 +191,9 @@ ADDED = {
     "minscale.optim": ["AdamW"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
+    # pipeline schedules as data (issue 17)
+    "minscale.parallel": ["PIPELINE_SCHEDULES", "ScheduleSimulation", "bubble_fraction",
+                          "pipeline_schedule", "predict_step_times", "simulate_schedule"],
 }
 
 

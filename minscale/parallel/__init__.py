@@ -6,6 +6,8 @@
 - `MPIComm`: k processes anywhere, over mpi4py (imported only when an MPIComm is created).
 - `synchronized_observers`: QAT observers that see the global batch (:mod:`.observers`).
 - `fit_workers`: ``fit(..., workers=k, mode="sync"|"async")`` on one machine.
+- `pipeline_schedule`, `simulate_schedule`: pipeline schedules (GPipe, 1F1B) as data, and
+  their step time, bubble and stashed activations (:mod:`.schedule`).
 
 `fit_workers`, `relink_model`, `combine_epoch_losses` and `MODES` are defined in
 :mod:`minscale.train.workers` (training sits above the communicators) and loaded on first
@@ -26,6 +28,14 @@ from .base import (
 from .local import LocalComm
 from .mpi import MPIComm, abort_mpi_job, abort_on_error, install_abort_excepthook
 from .observers import synchronized_observers
+from .schedule import (
+    PIPELINE_SCHEDULES,
+    ScheduleSimulation,
+    bubble_fraction,
+    pipeline_schedule,
+    predict_step_times,
+    simulate_schedule,
+)
 from .shm import (
     SharedArray,
     SharedArraySpec,
@@ -59,6 +69,13 @@ __all__ = [
     "combine_epoch_losses",
     "synchronized_observers",
     "MODES",
+    # pipeline schedules
+    "PIPELINE_SCHEDULES",
+    "ScheduleSimulation",
+    "bubble_fraction",
+    "pipeline_schedule",
+    "predict_step_times",
+    "simulate_schedule",
 ]
 
 def __getattr__(name):
