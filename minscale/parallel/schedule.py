@@ -200,8 +200,9 @@ class ScheduleSimulation:
         Returns
         -------
         str
-            Rows ``"stage s | F0 F1 .. B0"``, a header of slot numbers every 5 slots, each
-            row ending in a newline.
+            Rows ``"stage s | F0 F1 .  B0"`` (``F3``: forward of micro-batch 3, ``B3``: its
+            backward, ``.``: idle), under a header numbering every fifth slot; each line
+            ends in a newline.
 
         Raises
         ------
@@ -216,7 +217,10 @@ class ScheduleSimulation:
         w = width or max((len(x) for row in labels for x in row), default=1)
         name_w = len(f"stage {len(labels) - 1}")
         slots = len(labels[0]) if labels else 0
-        head = " ".join(str(t).ljust(w) if t % 5 == 0 else " " * w for t in range(slots))
+        head = [" "] * (slots * (w + 1))
+        for t in range(0, slots, 5):  # 5 cells are wide enough for any slot number's label
+            head[t * (w + 1):t * (w + 1) + len(str(t))] = str(t)
+        head = "".join(head)
         lines = [f"{'slot'.ljust(name_w)} | {head}".rstrip()]
         for s, row in enumerate(labels):
             cells = " ".join(x.ljust(w) for x in row)
