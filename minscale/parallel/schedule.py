@@ -17,7 +17,9 @@ import math
 import numbers
 from fractions import Fraction
 
-from .._checks import ArgumentTypeError, check_choice, check_int, check_real, plain
+import numpy as np
+
+from .._checks import ArgumentTypeError, check_choice, check_int, plain
 
 __all__ = [
     "PIPELINE_SCHEDULES",
@@ -231,7 +233,11 @@ class ScheduleSimulation:
 def _cost(name, value, allow_zero=False):
     """A cost as a Fraction (int or Fraction given) or a float (any other real); finite, > 0
     (>= 0 if `allow_zero`)."""
-    check_real(name, value, 0.0, math.inf, lo_open=not allow_zero, hi_open=True)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a real number, got {plain(value)!r}")
+    bound = ">= 0" if allow_zero else "> 0"
+    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
+        raise ValueError(f"{name} must be a finite number {bound}, got {plain(value)!r}")
     if isinstance(value, numbers.Integral):
         return Fraction(int(value))
     if isinstance(value, Fraction):
@@ -240,13 +246,12 @@ def _cost(name, value, allow_zero=False):
 
 
 def _per_stage(name, value, p):
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return [_cost(name, value)] * p
-    try:
-        values = list(value)
-    except TypeError:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ArgumentTypeError(f"{name} must be a positive real number or a sequence of "
-                                f"{p} of them (one per stage), got {plain(value)!r}") from None
+                                f"{p} of them (one per stage), got {plain(value)!r}")
+    values = list(value)
     if len(values) != p:
         raise ValueError(f"{name} must hold one cost per stage ({p}), got {len(values)}")
     return [_cost(f"{name}[{s}]", v) for s, v in enumerate(values)]
