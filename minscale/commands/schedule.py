@@ -98,7 +98,8 @@ def format_schedule(kind, stages, micro_batches, sim, costs):
     str
         A header line, the grid (``F3`` forward and ``B3`` backward of micro-batch 3, ``.``
         idle; one column per time slot of width ``sim.slot``), the step time, the simulated
-        bubble fraction beside the formula ``(p - 1) / (m + p - 1)``, and the peak number
+        bubble fraction beside the formula ``(p - 1) / (m + p - 1)`` (exact for both kinds
+        when every stage has the same costs and communication is free), and the peak number
         of stashed activations per stage.
     """
     p, m = stages, micro_batches
@@ -116,9 +117,8 @@ def format_schedule(kind, stages, micro_batches, sim, costs):
     busy = sorted(set(sim.busy))
     lines.append(f"step time           {_number(sim.step_time)}  (busy per stage: "
                  f"{', '.join(_number(b) for b in sim.busy) if len(busy) > 1 else _number(busy[0])})")
-    lines.append(f"bubble fraction     {_number(sim.bubble_fraction)} (simulated); "
-                 f"(p - 1) / (m + p - 1) = {_number(bubble_fraction(p, m))} (GPipe formula, "
-                 "equal costs on every stage, no communication)")
+    lines.append(f"bubble fraction     {_number(sim.bubble_fraction)} simulated; formula "
+                 f"(p - 1) / (m + p - 1) = {_number(bubble_fraction(p, m))}")
     lines.append(f"peak stashed        {' '.join(map(str, sim.peak_stashed))} micro-batches "
                  f"per stage (GPipe: m = {m} each; 1F1B: min(p - s, m))")
     return "\n".join(lines) + "\n"
