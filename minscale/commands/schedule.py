@@ -21,8 +21,8 @@ NAME = "schedule"
 HELP = ("show a pipeline schedule (GPipe or 1F1B): its stages x time grid, bubble fraction and "
         "peak stashed activations per stage")
 
-#: Largest stages x micro-batches the command simulates (2 actions each): a second or so.
-ACTIONS_MAX = 200_000
+#: Largest stages x micro-batches the command simulates (2 actions each): about a second.
+ACTIONS_MAX = 50_000
 #: Widest grid printed, in time slots.
 SLOTS_MAX = 300
 
@@ -80,7 +80,7 @@ def _count(n, noun):
 
 def _number(x):
     text = str(x)
-    return text if "/" not in text else f"{text} = {float(x):.4g}"
+    return text if "/" not in text else f"{text} = {float(x):.6g}"
 
 
 def format_schedule(kind, stages, micro_batches, sim, costs):
@@ -119,8 +119,11 @@ def format_schedule(kind, stages, micro_batches, sim, costs):
                  f"{', '.join(_number(b) for b in sim.busy) if len(busy) > 1 else _number(busy[0])})")
     lines.append(f"bubble fraction     {_number(sim.bubble_fraction)} simulated; formula "
                  f"(p - 1) / (m + p - 1) = {_number(bubble_fraction(p, m))}")
-    lines.append(f"peak stashed        {' '.join(map(str, sim.peak_stashed))} micro-batches "
-                 f"per stage (GPipe: m = {m} each; 1F1B: min(p - s, m))")
+    peaks = sim.peak_stashed
+    shown = " ".join(map(str, peaks)) if p <= 16 else \
+        f"{' '.join(map(str, peaks[:8]))} ... {' '.join(map(str, peaks[-4:]))}"
+    lines.append(f"peak stashed        {shown} micro-batches per stage (GPipe: m = {m} each; "
+                 "1F1B: min(p - s, m))")
     return "\n".join(lines) + "\n"
 
 

@@ -220,6 +220,16 @@ def test_no_deadlock_on_a_full_range():
                 assert sim.step_time == 2 * (m + p - 1)
 
 
+def test_long_pipeline():
+    # the work list retries only a stage whose neighbour advanced: 2000 stages take well under
+    # a second (retrying every stage after each step took seconds at this size)
+    for kind in PIPELINE_SCHEDULES:
+        sim = simulate_schedule(pipeline_schedule(2000, 2, kind), 1, 2)
+        assert sim.step_time == (2 + 2000 - 1) * 3
+        last = 2 if kind == "gpipe" else 1
+        assert sim.peak_stashed[:3] == (2, 2, 2) and sim.peak_stashed[-1] == last
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_deadlock_names_the_stages_and_actions():
@@ -251,6 +261,8 @@ def test_pipeline_schedule_bad_input(args, pattern):
 
 @pytest.mark.parametrize("schedule, kwargs, pattern", [
     ([], {}, "at least one stage"),
+    ([[]], {}, r"schedule\[0\] must hold at least one forward and one backward, got 0"),
+    ([[F(0), B(0)], None], {}, r"schedule\[1\] must be a list of \(action, micro_batch\) pairs"),
     ("FB", {}, "list of per-stage action lists"),
     ([[F(0), B(0)], [F(0)]], {}, r"schedule\[1\] must run .* missing \[\('backward', 0\)\]"),
     ([[F(0), B(0)], [F(0), B(0), F(1), B(1)]], {}, r"schedule\[1\] .* unexpected"),
