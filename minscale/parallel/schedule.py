@@ -192,13 +192,10 @@ class ScheduleSimulation:
     slot: object
     grid: object
 
-    def render(self, width=None):
+    def render(self):
         """The grid as text: one row per stage, cells ``F3`` / ``B3`` and ``.`` when idle.
 
-        Parameters
-        ----------
-        width : int or None
-            Characters per cell; default: the longest label.
+        Every cell is as wide as the longest label.
 
         Returns
         -------
@@ -217,7 +214,7 @@ class ScheduleSimulation:
                              f"{_GRID_CELLS_MAX} cells)")
         labels = [["." if c is None else f"{c[0][0].upper()}{c[1]}" for c in row]
                   for row in self.grid]
-        w = width or max((len(x) for row in labels for x in row), default=1)
+        w = max((len(x) for row in labels for x in row), default=1)
         name_w = len(f"stage {len(labels) - 1}")
         slots = len(labels[0]) if labels else 0
         head = [" "] * (slots * (w + 1))
