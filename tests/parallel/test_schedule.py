@@ -115,6 +115,22 @@ def test_communication_adds_one_hop_per_stage_boundary():
     assert sim.bubble_fraction == Fraction(3, 5)
 
 
+@settings(max_examples=100, deadline=None)
+@given(p=p_values, m=m_values, f=costs, b=costs, c=costs)
+def test_communication_costs_gpipe_2_p_minus_1_hops(p, m, f, b, c):
+    gpipe = simulate_schedule(pipeline_schedule(p, m, "gpipe"), f, b, c)
+    assert gpipe.step_time == (m + p - 1) * (f + b) + 2 * (p - 1) * c
+    # 1F1B waits for round trips in its steady state: never faster, here slower
+    assert simulate_schedule(pipeline_schedule(p, m, "1f1b"), f, b, c).step_time >= \
+        gpipe.step_time
+
+
+def test_communication_slows_1f1b_more_than_gpipe():
+    half = Fraction(1, 2)
+    assert simulate_schedule(pipeline_schedule(4, 8, "gpipe"), 1, 2, half).step_time == 36
+    assert simulate_schedule(pipeline_schedule(4, 8, "1f1b"), 1, 2, half).step_time == 41
+
+
 def test_per_stage_costs_slowest_stage_sets_the_pace():
     # stage 1 three times slower: GPipe T = f0 + m f1 + m b1 + b0 = 1 + 12 + 24 + 2
     sim = simulate_schedule(pipeline_schedule(2, 4), [1, 3], [2, 6])
