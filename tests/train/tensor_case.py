@@ -1,0 +1,108 @@
+"""Shared by tests/train/test_tensor_parallel.py and tests/train/mpi_tensor.py: the test model,
+its data, and the single-process reference of tensor-parallel training.
+
+The reference runs the k ranks of :func:`minscale.train.tensor.train_rank` as k threads of ONE
+process joined by `ThreadComm`, whose allreduce adds the ranks' buffers in rank order with
+:func:`minscale.parallel.reduce_in_rank_order` -- the order `SharedMemoryComm` documents. So
+it performs the same float operations in the same order as k processes over shared memory,
+and the two must agree bit for bit.
+"""
+
+import os
+import signal
+import threading
+
+import numpy as np
+
+import minscale as ms
+from minscale.parallel import reduce_in_rank_order
+from minscale.prune import prune
+from minscale.train.callbacks import Callback
+from minscale.train.tensor import train_rank
+
+#: 4 epochs of 5 batches: 20 optimizer steps.
+OPTIONS = dict(epochs=4, batch_size=8, shuffle=True, seed=5)
+
+
+def make_case(dtype="float64", sparsity=0.9, optimizer=None):
+    """A 5-layer model (two split pairs, uneven widths 7 and 6, an odd replicated last layer,
+    an L2-regularized row layer), pruned to `sparsity`, and 40 rows of data."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((40, 4)).astype(dtype)
+    y = rng.standard_normal((40, 2)).astype(dtype)
+    model = ms.Sequential([
+        ms.Dense(7, "tanh"),
+        ms.Dense(5, "relu", kernel_regularizer=ms.regularizers.L2(1e-3)),
+        ms.Dense(6, "sigmoid"),
+        ms.Dense(4, "leaky_relu"),
+        ms.Dense(2),
+    ], input_dim=4, seed=3, dtype=dtype)
+    if sparsity:
+        prune(model, sparsity)
+    model.compile(optimizer=optimizer if optimizer is not None else ms.optim.Adam(0.01))
+    return model, X, y
+
+
+class ThreadComm:
+    """Rank `rank` of an in-process group of threads; allreduce in rank order."""
+
+    def __init__(self, group, rank):
+        self.group, self.rank, self.size = group, rank, group["size"]
+
+    def _exchange(self, buf):
+        g = self.group
+        g["slots"][self.rank] = buf.reshape(-1).copy()
+        g["barrier"].wait()
+        slots = np.stack(g["slots"])
+        g["barrier"].wait()  # nobody overwrites a slot before everyone has read them
+        return slots
+
+    def allreduce(self, buf, op="sum"):
+        slots = self._exchange(buf)
+        reduce_in_rank_order(slots, op, buf.reshape(-1))
+        return buf
+
+    def broadcast(self, buf, root=0):
+        buf.reshape(-1)[...] = self._exchange(buf)[root]
+        return buf
+
+    def barrier(self):
+        self.group["barrier"].wait()
+
+
+def reference(model, X, y, k, chunk=None, **options):
+    """Tensor-parallel training of `model` (unchanged) in k threads; rank 0's report."""
+    group = {"size": k, "slots": [None] * k, "barrier": threading.Barrier(k, timeout=120)}
+    reports, errors = [None] * k, []
+    options = dict(dict(OPTIONS, validation_data=None, verbose=0, callbacks=[], pruning=None,
+                        pruning_method="magnitude"), **options)
+
+    def rank_main(rank):
+        try:
+            reports[rank] = train_rank(ThreadComm(group, rank), model, X, y, options,
+                                       chunk=chunk, broadcast_start=False)
+        except BaseException as exc:  # surfaced below; abort the peers' waits
+            errors.append(exc)
+            group["barrier"].abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(k)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return reports[0]
+
+
+class FailOnRank(Callback):
+    """Makes tensor-parallel rank `rank` raise (or kill itself) before update `step`."""
+
+    def __init__(self, rank, step, how="raise"):
+        self.rank, self.step, self.how = rank, step, how
+
+    def on_step_begin(self, model, step):
+        if model.tensor_rank == self.rank and step == self.step:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ArithmeticError(f"rank {self.rank} fails on purpose at step {step}")
