@@ -5,7 +5,9 @@ The reference runs the k ranks of :func:`minscale.train.tensor.train_rank` as k 
 process joined by `ThreadComm`, whose allreduce adds the ranks' buffers in rank order with
 :func:`minscale.parallel.reduce_in_rank_order` -- the order `SharedMemoryComm` documents. So
 it performs the same float operations in the same order as k processes over shared memory,
-and the two must agree bit for bit.
+and the two must agree bit for bit. One lock makes the ranks take turns (a rank computes
+only while it holds it and lets go only to wait for its peers), so the reference runs the
+shards sequentially and never calls Numba's threading layer from two threads at once.
 """
 
 import os
@@ -49,12 +51,19 @@ class ThreadComm:
     def __init__(self, group, rank):
         self.group, self.rank, self.size = group, rank, group["size"]
 
+    def _wait(self):
+        self.group["lock"].release()
+        try:
+            self.group["barrier"].wait()
+        finally:
+            self.group["lock"].acquire()
+
     def _exchange(self, buf):
         g = self.group
         g["slots"][self.rank] = buf.reshape(-1).copy()
-        g["barrier"].wait()
+        self._wait()
         slots = np.stack(g["slots"])
-        g["barrier"].wait()  # nobody overwrites a slot before everyone has read them
+        self._wait()  # nobody overwrites a slot before everyone has read them
         return slots
 
     def allreduce(self, buf, op="sum"):
@@ -67,23 +76,27 @@ class ThreadComm:
         return buf
 
     def barrier(self):
-        self.group["barrier"].wait()
+        self._wait()
 
 
-def reference(model, X, y, k, chunk=None, **options):
-    """Tensor-parallel training of `model` (unchanged) in k threads; rank 0's report."""
-    group = {"size": k, "slots": [None] * k, "barrier": threading.Barrier(k, timeout=120)}
-    reports, errors = [None] * k, []
-    options = dict(dict(OPTIONS, validation_data=None, verbose=0, callbacks=[], pruning=None,
-                        pruning_method="magnitude"), **options)
+def thread_group(k):
+    """The shared state of a k-rank ThreadComm group."""
+    return {"size": k, "slots": [None] * k, "barrier": threading.Barrier(k, timeout=120),
+            "lock": threading.Lock()}
+
+
+def run_ranks(k, fn):
+    """Run ``fn(comm)`` for ranks 0..k-1 as threads taking turns; their results in rank order."""
+    group = thread_group(k)
+    results, errors = [None] * k, []
 
     def rank_main(rank):
-        try:
-            reports[rank] = train_rank(ThreadComm(group, rank), model, X, y, options,
-                                       chunk=chunk, broadcast_start=False)
-        except BaseException as exc:  # surfaced below; abort the peers' waits
-            errors.append(exc)
-            group["barrier"].abort()
+        with group["lock"]:
+            try:
+                results[rank] = fn(ThreadComm(group, rank))
+            except BaseException as exc:  # surfaced below; abort the peers' waits
+                errors.append(exc)
+                group["barrier"].abort()
 
     threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(k)]
     for t in threads:
@@ -92,7 +105,15 @@ def reference(model, X, y, k, chunk=None, **options):
         t.join()
     if errors:
         raise errors[0]
-    return reports[0]
+    return results
+
+
+def reference(model, X, y, k, chunk=None, **options):
+    """Tensor-parallel training of `model` (unchanged) in k threads; rank 0's report."""
+    options = dict(dict(OPTIONS, validation_data=None, verbose=0, callbacks=[], pruning=None,
+                        pruning_method="magnitude"), **options)
+    return run_ranks(k, lambda comm: train_rank(comm, model, X, y, options, chunk=chunk,
+                                                broadcast_start=False))[0]
 
 
 class FailOnRank(Callback):

@@ -9,13 +9,12 @@ rank-order allreduce: the same float operations in the same order as the k proce
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tensor_case import OPTIONS, FailOnRank, ThreadComm, make_case, reference
+from tensor_case import OPTIONS, FailOnRank, make_case, reference, run_ranks
 
 import minscale as ms
 from minscale.parallel import WorkerError
@@ -98,22 +97,14 @@ def test_two_rank_forward_by_hand():
     model = ms.Sequential([ms.Dense(3), ms.Dense(1)], input_dim=2)
     model.set_weights([np.array([[1.0, 2, 3], [4, 5, 6]]), np.ones(3),
                        np.array([[1.0], [2], [3]]), np.array([10.0])])
-    group = {"size": 2, "slots": [None, None], "barrier": threading.Barrier(2, timeout=30)}
-    out, partial = [None, None], [None, None]
-
-    def rank_main(r):
-        shard = shard_model(model, ThreadComm(group, r))
+    def rank_main(comm):
+        shard = shard_model(model, comm)
         h = shard.layers[0].forward(np.array([[1.0, 2.0]]))
-        partial[r] = (h @ shard.layers[1].W).item()
-        out[r] = shard.forward(np.array([[1.0, 2.0]])).item()
+        return (h @ shard.layers[1].W).item(), shard.forward(np.array([[1.0, 2.0]])).item()
 
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert partial == [36.0, 48.0]
-    assert out == [94.0, 94.0]
+    (partial0, out0), (partial1, out1) = run_ranks(2, rank_main)
+    assert (partial0, partial1) == (36.0, 48.0)
+    assert out0 == out1 == 94.0
 
 
 # ---------------------------------------------------------------------------------------------
