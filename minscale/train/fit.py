@@ -6,8 +6,8 @@ import math
 import os
 
 from ..data import COUNT_MAX, SEED_MAX, check_int, check_nbytes, check_output_path
-from ..quant import prepare_qat, qat_config
 from ..parallel.tensor import check_tensor_parallel
+from ..quant import prepare_qat, qat_config
 from . import compiled, loop
 from .tensor import check_fit_arguments, fit_tensor_parallel
 from .workers import MODES, fit_workers
