@@ -34,7 +34,7 @@ from .. import kernels
 from .._checks import check_int
 from ..layers import Dense, dense_forward
 from ..model import Sequential
-from .base import shard_bounds
+from .base import check_buffer, check_op, check_root, shard_bounds
 
 __all__ = [
     "ColumnParallelDense",
@@ -45,6 +45,8 @@ __all__ = [
     "shard_model",
     "gather",
     "scatter",
+    "SubgroupComm",
+    "grid_groups",
 ]
 
 #: Role of a layer in the split, by position: see `tensor_roles`.
@@ -356,3 +358,134 @@ def gather(local, shard, out=None, chunk=None):
         shard.comm.allreduce(buf)
         out[lo:hi] = buf if out.dtype == wire else buf != 0
     return out
+
+
+def grid_groups(data_parallel, tensor_parallel):
+    """World ranks of the tensor-parallel and the data-parallel groups of a d x k grid.
+
+    World rank ``w`` is tensor rank ``w % k`` of replica (data rank) ``w // k``: the k ranks of
+    one replica are neighbours, so each tensor group is contiguous.
+
+    Parameters
+    ----------
+    data_parallel : int, >= 1
+        d, the replicas.
+    tensor_parallel : int, >= 1
+        k, the ranks of one replica.
+
+    Returns
+    -------
+    tensor_groups, data_groups : list of list of int
+        ``tensor_groups[i]`` are replica i's ranks; ``data_groups[t]`` the ranks holding tensor
+        shard t of every replica.
+
+    Examples
+    --------
+    >>> grid_groups(2, 3)
+    ([[0, 1, 2], [3, 4, 5]], [[0, 3], [1, 4], [2, 5]])
+    """
+    d = check_int("data_parallel", data_parallel, 1)
+    k = check_int("tensor_parallel", tensor_parallel, 1)
+    return ([[i * k + t for t in range(k)] for i in range(d)],
+            [[i * k + t for i in range(d)] for t in range(k)])
+
+
+_IDENTITY = {"sum": 0.0, "max": -np.inf, "min": np.inf}
+
+
+class SubgroupComm:
+    """One group of a partition of a world communicator, built on the world's collectives.
+
+    All groups of the partition run their collectives at the same time, in the same order (as
+    the groups of a d x k training grid do): a collective is ONE world collective of a buffer
+    made of every group's segment, where each rank writes its own segment and the identity of
+    the operation (0 for sum, -inf for max, +inf for min) everywhere else. ``x + 0 == x``
+    exactly, so each segment's result is its members' reduction in world-rank order, bit for
+    bit what a group of its own would give over shared memory. The segments' lengths are
+    exchanged first (one allreduce of ``world.size`` values), so groups may reduce buffers of
+    different lengths (e.g. uneven data shards).
+
+    Parameters
+    ----------
+    world : Communicator
+    groups : list of list of int
+        A partition of ``range(world.size)``, each group in increasing rank order.
+
+    Attributes
+    ----------
+    rank, size : int
+        This process's rank in its group, and the group's size.
+
+    Raises
+    ------
+    ValueError
+        `groups` not a partition of the world's ranks into increasing lists; at a collective,
+        members of one group passing buffers of different lengths.
+
+    Notes
+    -----
+    Cost: a world collective of the sum of all groups' buffers, plus the length exchange;
+    under MPI, ``MPI_Comm_split`` would avoid both (not used here, so one code path serves
+    shared memory and MPI).
+    """
+
+    def __init__(self, world, groups):
+        groups = [list(map(int, g)) for g in groups]
+        flat = sorted(r for g in groups for r in g)
+        if flat != list(range(world.size)) or any(g != sorted(g) or not g for g in groups):
+            raise ValueError(f"groups must partition the {world.size} world ranks into "
+                             f"increasing lists, got {groups}")
+        self.world, self.groups = world, groups
+        self._g = next(i for i, g in enumerate(groups) if world.rank in g)
+        self._members = groups[self._g]
+
+    @property
+    def rank(self):
+        """This process's rank in its group."""
+        return self._members.index(self.world.rank)
+
+    @property
+    def size(self):
+        """The number of ranks in this process's group."""
+        return len(self._members)
+
+    def _segments(self, n):
+        sizes = np.zeros(self.world.size, dtype=np.float64)
+        sizes[self.world.rank] = n
+        self.world.allreduce(sizes)
+        lengths = []
+        for g in self.groups:
+            group_sizes = {int(sizes[r]) for r in g}
+            if len(group_sizes) != 1:
+                raise ValueError(f"ranks {g} of one group passed buffers of different lengths "
+                                 f"{sorted(group_sizes)} to one collective")
+            lengths.append(group_sizes.pop())
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+        return offsets[self._g], offsets[-1]
+
+    def allreduce(self, buf, op="sum"):
+        """Reduce `buf` over this group, in place (see the class notes); return `buf`."""
+        check_buffer(buf)
+        check_op(op)
+        flat = buf.reshape(-1)
+        start, total = self._segments(flat.size)
+        wire = np.full(total, _IDENTITY[op], dtype=buf.dtype)
+        wire[start:start + flat.size] = flat
+        self.world.allreduce(wire, op)
+        flat[...] = wire[start:start + flat.size]
+        return buf
+
+    def broadcast(self, buf, root=0):
+        """Copy `buf` of group rank `root` to every member (a sum with one nonzero term)."""
+        check_buffer(buf)
+        root = check_root(root, self.size)
+        if self.rank != root:
+            buf[...] = 0
+        return self.allreduce(buf)
+
+    def barrier(self):
+        """A world barrier (every group reaches it together)."""
+        self.world.barrier()
+
+    def __repr__(self):
+        return f"SubgroupComm(rank={self.rank}, size={self.size}, groups={self.groups})"

@@ -117,8 +117,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         which agrees with this loop only to rounding).
     tensor_parallel : int, >= 1, default 1
         Split the model over k ranks Megatron-style (:mod:`minscale.parallel.tensor`): k
-        worker processes on this machine, or the k ranks of `comm`. Not with ``workers > 1``,
-        ``mode="async"``, `quantization`, `checkpoint` or `resume`.
+        worker processes on this machine (``workers x k`` with ``workers`` data-parallel
+        replicas), or the ranks of `comm` (a multiple of k). Not with ``mode="async"``,
+        `quantization`, `checkpoint` or `resume`.
 
     Returns
     -------
@@ -202,8 +203,8 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
                    callbacks=list(callbacks or []), pruning=pruning,
                    pruning_method=pruning_method)
     if tensor_parallel > 1:
-        history = fit_tensor_parallel(model, X, y, tensor_parallel=tensor_parallel, comm=comm,
-                                      **options)
+        history = fit_tensor_parallel(model, X, y, tensor_parallel=tensor_parallel,
+                                      workers=workers, comm=comm, **options)
     elif workers > 1 or mode == "async":
         history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
     elif comm is None and checkpoint is None and resume is None \

@@ -31,7 +31,15 @@ from ..parallel.shm import (
     run_workers,
     unpack_exception,
 )
-from ..parallel.tensor import check_tensor_parallel, gather, scatter, shard_model, tensor_roles
+from ..parallel.tensor import (
+    SubgroupComm,
+    check_tensor_parallel,
+    gather,
+    grid_groups,
+    scatter,
+    shard_model,
+    tensor_roles,
+)
 from ..prune import prune
 from ..prune.model import BACKUP_KEY
 from .callbacks import Callback
@@ -54,6 +62,7 @@ class _Job:
     y: SharedArraySpec
     options: dict
     chunk: int
+    tensor_parallel: int
 
 
 class _ShardPruning(Callback):
@@ -106,16 +115,14 @@ def check_fit_arguments(tensor_parallel, *, workers=1, mode="sync", quantization
     Raises
     ------
     ValueError
-        `tensor_parallel` not an integer >= 1; with k > 1: ``workers > 1`` (data parallelism
-        over tensor-parallel replicas is not implemented), ``mode="async"``,
-        ``pipeline_stages > 1``, `quantization`, `checkpoint` or `resume`.
+        `tensor_parallel` not an integer >= 1; with k > 1: ``mode="async"``,
+        ``pipeline_stages > 1``, `quantization`, `checkpoint` or `resume`. (``workers = d``
+        combines: d replicas of k ranks, see :func:`fit_tensor_parallel`.)
     """
     k = check_int("tensor_parallel", tensor_parallel, 1, COUNT_MAX)
     if k == 1:
         return k
-    refused = [(workers != 1, f"workers={workers}", "data parallelism over tensor-parallel "
-                "replicas is not implemented; use workers=1"),
-               (mode == "async", "mode='async'", "tensor-parallel ranks must run in lock-step "
+    refused = [(mode == "async", "mode='async'", "tensor-parallel ranks must run in lock-step "
                 "(every forward pass needs all of them)"),
                (pipeline_stages != 1, f"pipeline_stages={pipeline_stages}", "tensor and "
                 "pipeline parallelism do not combine; give one of them"),
@@ -139,13 +146,19 @@ def _shared_seed(comm, seed):
     return int(buf[0])
 
 
-def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True):
+def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True, data_comm=None,
+               world=None):
     """One rank of tensor-parallel training: shard, run the loop, gather (collective).
 
     Parameters
     ----------
     comm : Communicator
         The tensor-parallel group, k = ``comm.size``.
+    data_comm : Communicator, optional
+        The data-parallel group of this rank's shard (the same shard of every replica): the
+        loop splits each global batch over it and allreduces the shard's gradients over it.
+    world : Communicator, optional
+        The group of all ranks (for the start-up broadcasts); `comm` when None.
     model : Sequential, built and compiled
         The whole model (not changed here).
     X, y : ndarray
@@ -164,14 +177,15 @@ def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True):
         ``history``, ``backup`` (the pruning backup or None), ``error`` (a packed
         DivergenceError or None) and ``digest`` of the replicated part.
     """
-    if broadcast_start and comm.size > 1:
-        comm.broadcast(model.params, root=0)
+    world = comm if world is None else world
+    if broadcast_start and world.size > 1:
+        world.broadcast(model.params, root=0)
         mask = model.mask.astype(np.float64)
-        comm.broadcast(mask, root=0)
+        world.broadcast(mask, root=0)
         model.mask[...] = mask != 0
     shard = shard_model(model, comm)
     options = dict(options)
-    options["seed"] = _shared_seed(comm, options["seed"])
+    options["seed"] = _shared_seed(world, options["seed"])
     if comm.rank != 0:
         options["verbose"] = 0
     pruning, method = options.pop("pruning"), options.pop("pruning_method")
@@ -185,7 +199,7 @@ def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True):
     error = history = None
     try:
         history = run(shard, X, y, pruning=None, pruning_method=method, callbacks=callbacks,
-                      **options)
+                      comm=data_comm, **options)
     except DivergenceError as exc:
         # every rank sees the same (replicated) loss, so all stop at the same step
         error = exc
@@ -219,8 +233,9 @@ def _worker(comm, job):
     attached = [SharedArray.attach(job.X), SharedArray.attach(job.y)]
     try:
         model = job.model.relink()
-        report = train_rank(comm, model, attached[0].array, attached[1].array, job.options,
-                            chunk=job.chunk, broadcast_start=False)
+        tensor, data = _grid(comm, job.tensor_parallel)
+        report = train_rank(tensor, model, attached[0].array, attached[1].array, job.options,
+                            chunk=job.chunk, broadcast_start=False, data_comm=data, world=comm)
         if report["error"] is not None:
             report["error"] = pack_exception(report["error"])
         # the whole model is gathered on every rank; the parent needs it once
@@ -229,6 +244,15 @@ def _worker(comm, job):
         model = None
         for shared in attached:
             shared.close()
+
+
+def _grid(world, k):
+    """The tensor and data groups of `world` for k ranks per replica (no data group if d = 1)."""
+    d = world.size // k
+    if d == 1:
+        return world, None
+    tensor_groups, data_groups = grid_groups(d, k)
+    return SubgroupComm(world, tensor_groups), SubgroupComm(world, data_groups)
 
 
 def _activation_bytes(model, rows):
@@ -244,7 +268,8 @@ def _activation_bytes(model, rows):
     return rows * max(widths) * 8
 
 
-def fit_tensor_parallel(model, X, y, *, tensor_parallel, comm=None, epochs=1, batch_size=32,
+def fit_tensor_parallel(model, X, y, *, tensor_parallel, workers=1, comm=None, epochs=1,
+                        batch_size=32,
                         shuffle=True, seed=None, validation_data=None, verbose=0,
                         callbacks=None, pruning=None, pruning_method="magnitude", timeout=None,
                         blas_threads=1, start_method="spawn"):
@@ -259,9 +284,14 @@ def fit_tensor_parallel(model, X, y, *, tensor_parallel, comm=None, epochs=1, ba
     y : ndarray, shape (n, d_out), the model's dtype
     tensor_parallel : int, >= 1
         k, the ranks the model is split over (see :mod:`minscale.parallel.tensor`).
+    workers : int, >= 1, default 1
+        d, data-parallel replicas of the k ranks: d x k processes on this machine; replica i's
+        ranks take shard i of every global batch (`shard_bounds`) and the gradients of each
+        tensor shard are allreduced over the d replicas (`grid_groups`, `SubgroupComm`).
     comm : Communicator, optional
-        Train as one rank of this group (``MPIComm()`` under ``mpiexec -n k``; its size must
-        be k); without it, k worker processes on this machine.
+        Train as one rank of this group (``MPIComm()`` under ``mpiexec -n d*k``; its size must
+        be a multiple of k, and d = size / k); without it, d x k worker processes on this
+        machine.
     epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks, pruning,
     pruning_method
         As in :func:`minscale.train.fit`; `batch_size` is the global batch, which every rank
@@ -279,7 +309,7 @@ def fit_tensor_parallel(model, X, y, *, tensor_parallel, comm=None, epochs=1, ba
     ------
     ValueError
         Bad `tensor_parallel` for this model (:func:`~minscale.parallel.tensor.check_tensor_parallel`),
-        or a `comm` whose size is not k.
+        a `comm` whose size is not a multiple of k, or `workers` with `comm`.
     DivergenceError
         As in :func:`minscale.train.fit`; the model holds the last finite parameters.
     WorkerError
@@ -296,11 +326,14 @@ def fit_tensor_parallel(model, X, y, *, tensor_parallel, comm=None, epochs=1, ba
                    validation_data=validation_data, verbose=verbose,
                    callbacks=list(callbacks or []), pruning=pruning,
                    pruning_method=pruning_method)
+    d = check_int("workers", workers, 1, COUNT_MAX)
     if comm is not None:
-        if comm.size != k:
-            raise ValueError(f"tensor_parallel={k} needs a communicator of {k} ranks, got "
-                             f"comm of size {comm.size} (start mpiexec -n {k})")
-        report = train_rank(comm, model, X, y, options)
+        if comm.size % k or d != 1:
+            raise ValueError(f"tensor_parallel={k} over comm= needs a communicator of a "
+                             f"multiple of {k} ranks (d replicas x {k}; start mpiexec -n "
+                             f"d*{k}) and workers=1, got size {comm.size}, workers={d}")
+        tensor, data = _grid(comm, k)
+        report = train_rank(tensor, model, X, y, options, data_comm=data, world=comm)
     else:
         check_not_bootstrapping()
         timeout = default_timeout() if timeout is None else check_timeout(timeout)
@@ -308,6 +341,10 @@ def fit_tensor_parallel(model, X, y, *, tensor_parallel, comm=None, epochs=1, ba
                    0 if validation_data is None else len(validation_data[0]))
         activations = _activation_bytes(model, rows)
         chunk = max(activations // 8, _MIN_CHUNK)
+        # a sub-group collective carries every group's segment (SubgroupComm): d activation
+        # or gather buffers, or the k shards' gradients (at most twice the whole model)
+        nbytes = max(activations, chunk * 8) if d == 1 else \
+            d * max(activations, chunk * 8) + 8 * (2 * model.params.size + 2 * k + d * k)
         owned = []
         try:
             for arr in (X, y):
@@ -315,9 +352,9 @@ def fit_tensor_parallel(model, X, y, *, tensor_parallel, comm=None, epochs=1, ba
                 owned.append(shared)
                 shared.array[...] = arr
             job = _Job(model=model, backend=kernels.get_backend(), X=owned[0].spec,
-                       y=owned[1].spec, options=options, chunk=chunk)
+                       y=owned[1].spec, options=options, chunk=chunk, tensor_parallel=k)
             try:
-                report = run_workers(_worker, k, args=(job,), nbytes=max(activations, chunk * 8),
+                report = run_workers(_worker, d * k, args=(job,), nbytes=nbytes,
                                      timeout=timeout, blas_threads=blas_threads,
                                      start_method=start_method)[0]
             except WorkerError as err:

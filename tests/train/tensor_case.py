@@ -18,6 +18,7 @@ import numpy as np
 
 import minscale as ms
 from minscale.parallel import reduce_in_rank_order
+from minscale.parallel.tensor import SubgroupComm, grid_groups
 from minscale.prune import prune
 from minscale.train.callbacks import Callback
 from minscale.train.tensor import train_rank
@@ -108,12 +109,20 @@ def run_ranks(k, fn):
     return results
 
 
-def reference(model, X, y, k, chunk=None, **options):
-    """Tensor-parallel training of `model` (unchanged) in k threads; rank 0's report."""
+def reference(model, X, y, k, chunk=None, workers=1, **options):
+    """Tensor-parallel training of `model` (unchanged) in workers x k threads; rank 0's report."""
     options = dict(dict(OPTIONS, validation_data=None, verbose=0, callbacks=[], pruning=None,
                         pruning_method="magnitude"), **options)
-    return run_ranks(k, lambda comm: train_rank(comm, model, X, y, options, chunk=chunk,
-                                                broadcast_start=False))[0]
+
+    def rank_main(world):
+        tensor, data = world, None
+        if workers > 1:
+            tensor_groups, data_groups = grid_groups(workers, k)
+            tensor, data = SubgroupComm(world, tensor_groups), SubgroupComm(world, data_groups)
+        return train_rank(tensor, model, X, y, options, chunk=chunk, broadcast_start=False,
+                          data_comm=data, world=world)
+
+    return run_ranks(workers * k, rank_main)[0]
 
 
 class FailOnRank(Callback):
