@@ -102,8 +102,9 @@ def check_tensor_parallel_option(args):
     Raises
     ------
     ValueError
-        --tensor-parallel < 1 or above 8 x the CPU count; > 1 with --workers > 1 or
-        --mode async; under --comm mpi, anything but the ranks' count is found in ``run``.
+        --tensor-parallel < 1, or --workers x --tensor-parallel above 8 x the CPU count;
+        > 1 with --mode async. Under --comm mpi, a rank count that is not a multiple of K is
+        refused in ``run``.
     """
     k = args.tensor_parallel
     if k < 1:
@@ -112,9 +113,13 @@ def check_tensor_parallel_option(args):
     if k > limit:
         raise ValueError(f"--tensor-parallel must be at most 8 x the {os.cpu_count()} CPUs = "
                          f"{limit}, got {k}")
-    if k > 1 and (args.workers != 1 or args.mode == "async"):
-        raise ValueError(f"--tensor-parallel {k} does not combine with --workers "
-                         f"{args.workers} --mode {args.mode}: give one of them")
+    if k > 1 and args.mode == "async":
+        raise ValueError(f"--tensor-parallel {k} does not combine with --mode async: the "
+                         "ranks of a split model run in lock-step")
+    if k * args.workers > limit:
+        raise ValueError(f"--workers {args.workers} x --tensor-parallel {k} = "
+                         f"{args.workers * k} processes, more than 8 x the {os.cpu_count()} "
+                         f"CPUs = {limit}")
 
 
 def make_optimizer(args, schedule):
@@ -170,9 +175,10 @@ def run(args):
     except ValueError as exc:  # a model too large for the memory: say which option made it
         raise ValueError(f"--hidden {','.join(map(str, args.hidden))}: {exc}") from None
     if args.tensor_parallel > 1:
-        if comm is not None and comm.size != args.tensor_parallel:
+        if comm is not None and comm.size % args.tensor_parallel:
             raise ValueError(f"--tensor-parallel {args.tensor_parallel} under --comm mpi needs "
-                             f"mpiexec -n {args.tensor_parallel}, got {comm.size} ranks")
+                             f"a multiple of {args.tensor_parallel} ranks (mpiexec -n "
+                             f"d*{args.tensor_parallel}), got {comm.size}")
         hidden = ",".join(map(str, args.hidden)) or "''"
         try:
             check_tensor_parallel(model, args.tensor_parallel)

@@ -21,7 +21,9 @@ from minscale.parallel import WorkerError
 from minscale.parallel.tensor import (
     ColumnParallelDense,
     RowParallelDense,
+    SubgroupComm,
     check_tensor_parallel,
+    grid_groups,
     shard_model,
     tensor_roles,
 )
@@ -175,6 +177,54 @@ def test_validation_loss_is_the_whole_models():
 
 
 # ---------------------------------------------------------------------------------------------
+# combined with data parallelism: workers=d x tensor_parallel=k
+# ---------------------------------------------------------------------------------------------
+
+def test_grid_groups_by_hand():
+    assert grid_groups(2, 3) == ([[0, 1, 2], [3, 4, 5]], [[0, 3], [1, 4], [2, 5]])
+    assert grid_groups(1, 2) == ([[0, 1]], [[0], [1]])
+
+
+def test_subgroup_allreduce_and_broadcast_reduce_each_group_alone():
+    # 4 ranks in groups {0, 2} and {1, 3}; rank r contributes r + 1 (group {1, 3}: 2 values)
+    def rank_main(world):
+        sub = SubgroupComm(world, [[0, 2], [1, 3]])
+        buf = np.full(1 + world.rank % 2, world.rank + 1.0)
+        sub.allreduce(buf)
+        peak = np.array([-world.rank - 1.0])
+        sub.allreduce(peak, op="max")
+        seen = np.array([10.0 * world.rank])
+        sub.broadcast(seen, root=1)
+        return sub.rank, sub.size, buf.tolist(), peak.tolist(), seen.tolist()
+
+    assert run_ranks(4, rank_main) == [
+        (0, 2, [4.0], [-1.0], [20.0]), (0, 2, [6.0, 6.0], [-2.0], [30.0]),
+        (1, 2, [4.0], [-1.0], [20.0]), (1, 2, [6.0, 6.0], [-2.0], [30.0])]
+    with pytest.raises(ValueError, match="groups must partition the 4 world ranks"):
+        SubgroupComm(_NoComm(0, 4), [[0, 1], [1, 2, 3]])
+
+
+def test_three_replicas_of_two_ranks_match_plain_training_within_1e_12():
+    # batch 8 over 3 replicas: shards of 3, 3 and 2 rows
+    model, X, y = make_case()
+    report = reference(model, X, y, 2, workers=3)
+    plain, history = _plain(model, X, y)
+    np.testing.assert_allclose(report["params"], plain.params, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(report["history"].history["loss"], history.history["loss"],
+                               rtol=1e-12)
+
+
+def test_two_replicas_of_two_ranks_in_shared_memory_equal_the_reference_bit_for_bit():
+    model, X, y = make_case()
+    report = reference(model, X, y, 2, workers=2)
+    plain, _ = _plain(model, X, y)
+    history = model.fit(X, y, tensor_parallel=2, workers=2, **OPTIONS)
+    _assert_same_training(report, model, history)
+    np.testing.assert_allclose(model.params, plain.params, rtol=1e-12, atol=1e-15)
+    assert _segments() == []
+
+
+# ---------------------------------------------------------------------------------------------
 # failures and bad input
 # ---------------------------------------------------------------------------------------------
 
@@ -205,7 +255,6 @@ def test_a_killed_rank_is_a_worker_error_naming_it_within_30s():
     (dict(tensor_parallel=2.5), "tensor_parallel must be"),
     (dict(tensor_parallel=8), "tensor_parallel=8 is more than the 7 units of layer 0"),
     (dict(tensor_parallel=2, mode="async"), "tensor_parallel=2 does not work with mode='async'"),
-    (dict(tensor_parallel=2, workers=2), "tensor_parallel=2 does not work with workers=2"),
     (dict(tensor_parallel=2, quantization="int8"), "does not work with quantization"),
     (dict(tensor_parallel=2, checkpoint="x.npz"), "does not work with checkpoint/resume"),
 ])
@@ -238,7 +287,9 @@ TRAIN = ["train", "--data", "diabetes", "--epochs", "2", "--quiet"]
 
 @pytest.mark.parametrize("args, words", [
     (["--tensor-parallel", "0"], "--tensor-parallel must be an integer >= 1, got 0"),
-    (["--tensor-parallel", "2", "--workers", "2"], "--tensor-parallel 2 does not combine"),
+    (["--tensor-parallel", "2", "--workers", "2", "--mode", "async"],
+     "--tensor-parallel 2 does not combine with --mode async"),
+    (["--tensor-parallel", "4", "--workers", "5"], "--workers 5 x --tensor-parallel 4 = 20"),
     (["--tensor-parallel", "2", "--hidden", ""], "splits pairs of Dense layers"),
     (["--tensor-parallel", "5", "--hidden", "4"], "is more than the 4 units of layer 0"),
 ])
@@ -276,17 +327,17 @@ def _run_mpi(n, *args):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("k", [2, 3])
-def test_mpi_equals_the_reference_and_plain_training(k, tmp_path):
-    proc = _run_mpi(k, tmp_path)
+@pytest.mark.parametrize("n, k", [(2, 2), (3, 3), (4, 2)])
+def test_mpi_equals_the_reference_and_plain_training(n, k, tmp_path):
+    proc = _run_mpi(n, tmp_path, k)
     assert proc.returncode == 0, proc.stderr
     model, X, y = make_case()
-    report = reference(model, X, y, k)
+    report = reference(model, X, y, k, workers=n // k)
     plain, _ = _plain(model, X, y)
-    results = [np.load(tmp_path / f"rank{r}.npz") for r in range(k)]
+    results = [np.load(tmp_path / f"rank{r}.npz") for r in range(n)]
     for res in results:  # every rank's caller model holds the gathered whole model
         np.testing.assert_array_equal(res["params"], results[0]["params"])
-    if k == 2:  # two addends: the sum is the same in either order, so MPI matches bit for bit
+    if k == 2:  # two addends (or zeros): one sum in any order, so MPI matches bit for bit
         np.testing.assert_array_equal(results[0]["params"], report["params"])
         np.testing.assert_array_equal(results[0]["loss"], report["history"].history["loss"])
     np.testing.assert_allclose(results[0]["params"], plain.params, rtol=1e-12, atol=1e-15)
@@ -295,7 +346,7 @@ def test_mpi_equals_the_reference_and_plain_training(k, tmp_path):
 @pytest.mark.mpi
 def test_mpi_rank_failing_aborts_the_job_nonzero(tmp_path):
     start = time.monotonic()
-    proc = _run_mpi(2, tmp_path, "fail")
+    proc = _run_mpi(2, tmp_path, 2, "fail")
     assert proc.returncode != 0
     assert "rank 1 fails on purpose" in proc.stderr
     assert time.monotonic() - start < 60
