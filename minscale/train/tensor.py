@@ -136,6 +136,26 @@ def check_fit_arguments(tensor_parallel, *, workers=1, mode="sync", quantization
     return k
 
 
+def _finite_everywhere(apply, shard):
+    """`apply` (an optimizer's), then one scalar allreduce: if an update left any rank's shard
+    non-finite, every rank's shard becomes non-finite.
+
+    The loop checks the parameters for NaN/inf at the end of every epoch; on a shard that check
+    is local, and a rank stopping there alone would leave its peers waiting in their next
+    collective. With this, every rank raises the same DivergenceError at the same point.
+    """
+    def wrapped(params, grads, mask=None, weights=None):
+        lr = apply(params, grads, mask, weights=weights)
+        finite = bool(np.isfinite(params).all())
+        flag = np.array([0.0 if finite else 1.0])
+        shard.comm.allreduce(flag)
+        if flag[0] and finite:
+            params[0] = np.nan  # the loop restores the last finite parameters on every rank
+        return lr
+
+    return wrapped
+
+
 def _shared_seed(comm, seed):
     """The caller's seed, or one drawn on rank 0 and broadcast: every rank shuffles alike."""
     if seed is not None:
@@ -184,6 +204,7 @@ def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True, dat
         world.broadcast(mask, root=0)
         model.mask[...] = mask != 0
     shard = shard_model(model, comm)
+    shard.optimizer.apply = _finite_everywhere(shard.optimizer.apply, shard)
     options = dict(options)
     options["seed"] = _shared_seed(world, options["seed"])
     if comm.rank != 0:

@@ -136,3 +136,23 @@ class FailOnRank(Callback):
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise ArithmeticError(f"rank {self.rank} fails on purpose at step {step}")
+
+
+class PoisonedSGD(ms.optim.SGD):
+    """SGD whose update writes inf into the parameters while ``poison`` is set."""
+
+    def apply(self, params, grads, mask=None, weights=None):
+        lr = super().apply(params, grads, mask, weights)
+        if getattr(self, "poison", False):
+            params[...] = np.inf
+        return lr
+
+
+class PoisonOnRank(Callback):
+    """Sets the shard optimizer's ``poison`` on tensor rank `rank` for update `step` only."""
+
+    def __init__(self, rank, step):
+        self.rank, self.step = rank, step
+
+    def on_step_begin(self, model, step):
+        model.optimizer.poison = model.tensor_rank == self.rank and step == self.step

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensor_case import OPTIONS, FailOnRank, make_case, reference, run_ranks
+from tensor_case import (
+    OPTIONS,
+    FailOnRank,
+    PoisonedSGD,
+    PoisonOnRank,
+    make_case,
+    reference,
+    run_ranks,
+)
 
 import minscale as ms
 from minscale.parallel import WorkerError
@@ -248,6 +256,19 @@ def test_a_killed_rank_is_a_worker_error_naming_it_within_30s():
     assert time.monotonic() - start < 30
     assert info.value.rank == 1 and info.value.exitcode == -9
     assert _segments() == []
+
+
+def test_an_update_overflowing_on_one_rank_stops_every_rank_with_the_divergence_error():
+    # update 4 ends epoch 0 and leaves inf on rank 1 only: the epoch-end check must fire on
+    # every rank (not leave rank 0 waiting in its validation pass's allreduce)
+    model, X, y = make_case(optimizer=PoisonedSGD(0.01))
+    start = time.monotonic()
+    report = reference(model, X, y, 2, callbacks=[PoisonOnRank(1, 4)],
+                       validation_data=(X[:5], y[:5]))
+    assert time.monotonic() - start < 30
+    assert isinstance(report["error"], ms.train.DivergenceError)
+    assert "epoch 0, step 5" in str(report["error"])
+    assert np.isfinite(report["params"]).all() and report["iterations"] == 5
 
 
 @pytest.mark.parametrize("kwargs, words", [
