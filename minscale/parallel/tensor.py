@@ -15,7 +15,9 @@ Each rank's share is an ordinary :class:`minscale.Sequential` (:class:`TensorSha
 own flat buffers, so the training loop, every optimizer, masks and kernel regularizers run on
 it unchanged; ``TensorShard.full_index`` maps each of its parameters to the position in the
 full model's flat buffer, and `gather` / `scatter` move parameters, masks and optimizer state
-between the two layouts.
+between the two layouts. Split layers under quantization-aware training take the whole
+kernel's range for their scale (:class:`ShardWeightQuantizer`). `SubgroupComm` and
+`grid_groups` give the tensor and the data-parallel groups of ``workers=d x tensor_parallel=k``.
 
 References
 ----------
@@ -27,6 +29,7 @@ operators f and g).
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
@@ -34,6 +37,9 @@ from .. import kernels
 from .._checks import check_int
 from ..layers import Dense, dense_forward
 from ..model import Sequential
+from ..quant.affine import affine_qparams, channel_min_max
+from ..quant.fake_quant import fake_quantize_with_mask
+from ..quant.fixed_point import FRAC_BITS_LIMIT, QFormat, choose_frac_bits
 from .base import check_buffer, check_op, check_root, shard_bounds
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "scatter",
     "SubgroupComm",
     "grid_groups",
+    "ShardWeightQuantizer",
 ]
 
 #: Role of a layer in the split, by position: see `tensor_roles`.
@@ -96,8 +103,8 @@ def check_tensor_parallel(model, tensor_parallel):
     ValueError
         `tensor_parallel` not an integer >= 1; for k > 1, a model of fewer than 2 layers (no
         pair to split), a column-split layer narrower than k (a rank would hold no unit), or
-        layers with quantization-aware-training hooks (see docs/parallel.md, "Tensor
-        parallelism"). Every message names ``tensor_parallel``.
+        a kernel quantizer other than minscale's QAT weight quantizer (its scale must be made
+        global over the shards). Every message names ``tensor_parallel``.
     """
     k = check_int("tensor_parallel", tensor_parallel, 1)
     if k == 1:
@@ -111,11 +118,11 @@ def check_tensor_parallel(model, tensor_parallel):
             raise ValueError(f"tensor_parallel={k} is more than the {layer.units} units of "
                              f"layer {i}, which is split by columns: every rank needs at least "
                              "one unit")
-        if layer.kernel_quantizer is not None or layer.output_quantizer is not None:
-            raise ValueError(f"tensor_parallel={k} does not support quantization-aware "
-                             f"training (layer {i} has QAT hooks): a per-tensor weight scale "
-                             "and the activation observers would need the global range of "
-                             "sharded tensors; train with tensor_parallel=1")
+        kq = layer.kernel_quantizer
+        if kq is not None and not hasattr(kq, "spec"):
+            raise ValueError(f"tensor_parallel={k} needs layer {i}'s kernel quantizer to be "
+                             "a minscale.quant WeightFakeQuantizer (its scale must be made "
+                             f"global over the shards), got {type(kq).__name__}")
     return k
 
 
@@ -175,14 +182,21 @@ class RowParallelDense(Dense):
 
     def forward(self, x, training=False):
         """Partial product, allreduce, bias once, activation (shapes as :meth:`Dense.forward`)."""
-        z = dense_forward(x, self.W)
+        W = self.W
+        self._kernel_pass = None
+        if self.kernel_quantizer is not None:
+            W, self._kernel_pass = self.kernel_quantizer(W, training)
+        z = dense_forward(x, W)
         self.comm.allreduce(z)
         if self.use_bias:
             z += self.b
         a = kernels.bias_act(z, np.zeros(0, dtype=z.dtype),
                              kernels.ACTIVATION_CODES[self.activation], self.alpha)
-        self._a, self._x, self._W_used = a, x, self.W
-        self._kernel_pass = self._output_pass = None
+        self._a = a
+        self._output_pass = None
+        if self.output_quantizer is not None:
+            a, self._output_pass = self.output_quantizer(a, training)
+        self._x, self._W_used = x, W
         return a
 
 
@@ -279,6 +293,11 @@ def shard_model(model, comm):
         for pos, mine in parts:
             index.append(pos.reshape(-1))
             owned.append(np.full(pos.size, mine))
+        new = layers[-1]
+        if layer.kernel_quantizer is not None:
+            new.kernel_quantizer = layer.kernel_quantizer if role == "replicated" else \
+                ShardWeightQuantizer(layer.kernel_quantizer.spec, comm, role)
+        new.output_quantizer = copy.deepcopy(layer.output_quantizer)
         d_full = units
     shard = TensorShard(layers, input_dim=model.input_dim, seed=model.seed, dtype=model.dtype)
     shard.comm, shard.tensor_rank, shard.tensor_size = comm, rank, k
@@ -295,6 +314,74 @@ def shard_model(model, comm):
                   if buf.shape == model.params.shape}
         shard.optimizer.set_state(opt.iterations, arrays)
     return shard
+
+
+class ShardWeightQuantizer:
+    """QAT kernel hook of a split layer: the whole kernel's scale, applied to this shard.
+
+    :class:`minscale.quant.WeightFakeQuantizer` takes its scale from the W it is given; on a
+    shard that would be the shard's range. This hook computes the range the whole kernel has --
+    per tensor: min and max over every shard (one allreduce ``op="max"`` of ``[-min, max]``,
+    exact); per channel (a column of W): local for a column-split layer, which holds whole
+    columns, and one allreduce of the per-column ranges for a row-split layer -- and then
+    fake-quantizes exactly as the whole-model hook does. Whether the weights diverged (NaN,
+    inf, beyond the coarsest fixed-point format) is decided for all shards together, so every
+    rank takes the same branch.
+
+    Parameters
+    ----------
+    spec : minscale.quant.WeightSpec
+    comm : Communicator
+        The tensor-parallel group.
+    role : {"column", "row"}
+        How the kernel is split.
+    """
+
+    def __init__(self, spec, comm, role):
+        self.spec, self.comm, self.role = spec, comm, role
+
+    def _global_range(self, W, axis):
+        lo, hi = channel_min_max(W, axis)
+        if axis is not None and self.role == "column":
+            return lo, hi  # whole columns: the shard's range is the column's
+        lo, hi = np.atleast_1d(lo), np.atleast_1d(hi)
+        buf = np.concatenate([-lo, hi]).astype(np.float64)
+        self.comm.allreduce(buf, op="max")
+        lo, hi = -buf[:lo.size], buf[lo.size:]
+        return (lo, hi) if axis is not None else (float(lo[0]), float(hi[0]))
+
+    def _diverged(self, W):
+        spec = self.spec
+        bad = not np.isfinite(W).all()
+        if not bad and spec.scheme == "fixed" and spec.frac_bits is None and W.size:
+            coarsest = QFormat(spec.bits, -FRAC_BITS_LIMIT, spec.signed)
+            bad = bool(W.max() > coarsest.max_value
+                       or (spec.signed and W.min() < coarsest.min_value))
+        flag = np.array([1.0 if bad else 0.0])
+        self.comm.allreduce(flag, op="max")
+        return bool(flag[0])
+
+    def __call__(self, W, training=False):
+        """``W -> (fake-quantized W, pass mask or None)``, as WeightFakeQuantizer."""
+        spec = self.spec
+        if training and self._diverged(W):
+            return np.full_like(W, np.nan), None
+        if spec.scheme == "affine":
+            axis = 1 if spec.per_channel else None
+            lo, hi = self._global_range(W, axis)
+            scale, zp = affine_qparams(lo, hi, spec.bits, symmetric=True, narrow_range=True)
+            out, _ = fake_quantize_with_mask(W, scale, zp, spec.bits, narrow_range=True, axis=axis)
+            return out, None
+        f = spec.frac_bits
+        if f is None:
+            lo, hi = self._global_range(W, None)
+            f = choose_frac_bits(np.array([lo, hi]), spec.bits, spec.signed)
+        want_mask = training and spec.frac_bits is not None
+        step = math.ldexp(1.0, -f)
+        return fake_quantize_with_mask(W, step, 0, spec.bits, spec.signed, want_mask=want_mask)
+
+    def __repr__(self):
+        return f"ShardWeightQuantizer({self.spec.name}, {self.role})"
 
 
 def _fresh_copy(optimizer):

@@ -119,7 +119,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         Split the model over k ranks Megatron-style (:mod:`minscale.parallel.tensor`): k
         worker processes on this machine (``workers x k`` with ``workers`` data-parallel
         replicas), or the ranks of `comm` (a multiple of k). Not with ``mode="async"``,
-        `quantization`, `checkpoint` or `resume`.
+        `checkpoint` or `resume`.
 
     Returns
     -------
@@ -182,8 +182,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     if quantization is not None:
         quantization = qat_config(quantization)
-    tensor_parallel = check_fit_arguments(tensor_parallel, workers=workers, mode=mode,
-                                          quantization=quantization, checkpoint=checkpoint,
+    tensor_parallel = check_fit_arguments(tensor_parallel, mode=mode, checkpoint=checkpoint,
                                           resume=resume)
     if checkpoint is not None and (comm is None or comm.rank == 0):
         # only rank 0 writes; a path that cannot be a file is refused before any training

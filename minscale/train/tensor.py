@@ -23,6 +23,7 @@ import numpy as np
 from .. import kernels
 from ..data import COUNT_MAX, check_int
 from ..parallel.base import CommError, WorkerError, check_timeout, default_timeout
+from ..parallel.observers import synchronized_observers
 from ..parallel.shm import (
     SharedArray,
     SharedArraySpec,
@@ -97,14 +98,14 @@ class _ShardPruning(Callback):
         history.history["sparsity"] = list(self.sparsity)
 
 
-def check_fit_arguments(tensor_parallel, *, workers=1, mode="sync", quantization=None,
-                        checkpoint=None, resume=None, pipeline_stages=1):
+def check_fit_arguments(tensor_parallel, *, mode="sync", checkpoint=None, resume=None,
+                        pipeline_stages=1):
     """Refuse what tensor-parallel training does not combine with, naming the arguments.
 
     Parameters
     ----------
     tensor_parallel : int, >= 1
-    workers, mode, quantization, checkpoint, resume, pipeline_stages
+    mode, checkpoint, resume, pipeline_stages
         As given to :func:`minscale.train.fit`.
 
     Returns
@@ -116,7 +117,7 @@ def check_fit_arguments(tensor_parallel, *, workers=1, mode="sync", quantization
     ------
     ValueError
         `tensor_parallel` not an integer >= 1; with k > 1: ``mode="async"``,
-        ``pipeline_stages > 1``, `quantization`, `checkpoint` or `resume`. (``workers = d``
+        ``pipeline_stages > 1``, `checkpoint` or `resume`. (``workers = d``
         combines: d replicas of k ranks, see :func:`fit_tensor_parallel`.)
     """
     k = check_int("tensor_parallel", tensor_parallel, 1, COUNT_MAX)
@@ -126,8 +127,6 @@ def check_fit_arguments(tensor_parallel, *, workers=1, mode="sync", quantization
                 "(every forward pass needs all of them)"),
                (pipeline_stages != 1, f"pipeline_stages={pipeline_stages}", "tensor and "
                 "pipeline parallelism do not combine; give one of them"),
-               (quantization is not None, "quantization", "QAT's per-tensor scales and "
-                "activation observers would need the global range of sharded tensors"),
                (checkpoint is not None or resume is not None, "checkpoint/resume",
                 "checkpoints of a sharded model are not implemented")]
     for bad, what, why in refused:
@@ -194,8 +193,8 @@ def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True, dat
     -------
     dict
         ``params``, ``mask``, ``iterations``, ``arrays`` (optimizer state, whole model),
-        ``history``, ``backup`` (the pruning backup or None), ``error`` (a packed
-        DivergenceError or None) and ``digest`` of the replicated part.
+        ``history``, ``backup`` (the pruning backup or None), ``error`` (the DivergenceError
+        or None) and ``output_quantizers`` (the layers' QAT output hooks, with their observers).
     """
     world = comm if world is None else world
     if broadcast_start and world.size > 1:
@@ -219,8 +218,12 @@ def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True, dat
         callbacks.insert(0, pruner)
     error = history = None
     try:
-        history = run(shard, X, y, pruning=None, pruning_method=method, callbacks=callbacks,
-                      comm=data_comm, **options)
+        # QAT activation observers fold in the range over every rank: a column-split layer's
+        # units are spread over the tensor group and the batch over the data group (the
+        # loop's own data-group wrapping then finds them wrapped already)
+        with synchronized_observers(shard, world):
+            history = run(shard, X, y, pruning=None, pruning_method=method,
+                          callbacks=callbacks, comm=data_comm, **options)
     except DivergenceError as exc:
         # every rank sees the same (replicated) loss, so all stop at the same step
         error = exc
@@ -234,6 +237,7 @@ def train_rank(comm, model, X, y, options, chunk=None, broadcast_start=True, dat
         "history": history,
         "backup": None if pruner is None else pruner.full.state.get(BACKUP_KEY),
         "error": error,
+        "output_quantizers": [layer.output_quantizer for layer in shard.layers],
     }
     return report
 
@@ -246,6 +250,8 @@ def install(model, report):
         model.optimizer.set_state(report["iterations"], report["arrays"])
     if report["backup"] is not None:
         model.state[BACKUP_KEY] = report["backup"]
+    for layer, quantizer in zip(model.layers, report["output_quantizers"]):
+        layer.output_quantizer = quantizer  # QAT observers: the same on every rank
 
 
 def _worker(comm, job):

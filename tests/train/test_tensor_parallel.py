@@ -176,6 +176,60 @@ def test_gradual_pruning_prunes_the_whole_model_and_matches_plain_training():
     np.testing.assert_allclose(report["params"], plain.params, rtol=1e-12, atol=1e-15)
 
 
+QAT_SPECS = {
+    "affine-per-tensor": dict(weights=ms.quant.WeightSpec(8, per_channel=False)),
+    "affine-per-channel": dict(weights=ms.quant.WeightSpec(8, per_channel=True)),
+    "fixed-auto-weights-only": dict(weights=ms.quant.WeightSpec(8, "fixed"), activations=None),
+    "fixed-q5": dict(weights=ms.quant.WeightSpec(8, "fixed", frac_bits=5)),
+}
+
+
+def _qat_case(name):
+    model, X, y = make_case()
+    ms.quant.prepare_qat(model, QAT_SPECS[name])
+    return model, X, y
+
+
+def _plain_qat(model, X, y, name):
+    plain = model.copy()
+    ms.quant.prepare_qat(plain, QAT_SPECS[name])
+    return plain, plain.fit(X, y, quantization=QAT_SPECS[name], **OPTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(QAT_SPECS))
+@pytest.mark.parametrize("k", [2, 3])
+def test_qat_uses_the_whole_kernels_range_and_matches_plain_qat_within_1e_12(name, k):
+    # a shard's own range would give other scales: the per-tensor and the row-split
+    # per-channel ranges must be the whole kernel's
+    model, X, y = _qat_case(name)
+    report = reference(model, X, y, k)
+    plain, history = _plain_qat(model, X, y, name)
+    np.testing.assert_allclose(report["params"], plain.params, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(report["history"].history["loss"], history.history["loss"],
+                               rtol=1e-12)
+    for ours, theirs in zip(report["output_quantizers"], plain.layers):
+        if ours is not None:
+            obs = theirs.output_quantizer.observer
+            np.testing.assert_allclose([ours.observer.min_val, ours.observer.max_val],
+                                       [obs.min_val, obs.max_val], rtol=1e-12)
+
+
+def test_qat_in_shared_memory_equals_the_reference_bit_for_bit():
+    model, X, y = _qat_case("affine-per-tensor")
+    report = reference(model, X, y, 2)
+    plain, _ = _plain_qat(model, X, y, "affine-per-tensor")
+    history = model.fit(X, y, tensor_parallel=2, quantization=QAT_SPECS["affine-per-tensor"],
+                        **OPTIONS)
+    _assert_same_training(report, model, history)
+    np.testing.assert_allclose(model.params, plain.params, rtol=1e-12, atol=1e-15)
+    # the caller's model holds the synchronized observers and converts like a plain one
+    for layer, theirs in zip(model.layers, plain.layers):
+        assert layer.output_quantizer.observer.max_val == pytest.approx(
+            theirs.output_quantizer.observer.max_val, rel=1e-12)
+    np.testing.assert_allclose(ms.quant.convert(model, X).predict(X),
+                               ms.quant.convert(plain, X).predict(X), rtol=1e-9, atol=1e-9)
+
+
 def test_validation_loss_is_the_whole_models():
     model, X, y = make_case()
     report = reference(model, X, y, 3, validation_data=(X[:9], y[:9]))
@@ -276,7 +330,6 @@ def test_an_update_overflowing_on_one_rank_stops_every_rank_with_the_divergence_
     (dict(tensor_parallel=2.5), "tensor_parallel must be"),
     (dict(tensor_parallel=8), "tensor_parallel=8 is more than the 7 units of layer 0"),
     (dict(tensor_parallel=2, mode="async"), "tensor_parallel=2 does not work with mode='async'"),
-    (dict(tensor_parallel=2, quantization="int8"), "does not work with quantization"),
     (dict(tensor_parallel=2, checkpoint="x.npz"), "does not work with checkpoint/resume"),
 ])
 def test_bad_arguments_are_value_errors_naming_them_and_leave_the_model(kwargs, words):
