@@ -8,6 +8,7 @@ from ..io import save
 from ..optim import SGD, Adam, AdamW
 from ..optim import get as get_optimizer
 from ..parallel import MPIComm
+from ..parallel.tensor import check_tensor_parallel
 from ..schedules import InverseTimeDecay
 from ..study.runs import build_model
 from ..train import check_updates
@@ -54,6 +55,9 @@ def add_arguments(parser):
                              "this machine (not with --comm mpi)")
     parser.add_argument("--comm", default="local", choices=("local", "mpi"),
                         help="mpi: run as one rank under mpiexec")
+    parser.add_argument("--tensor-parallel", type=integer, default=1, metavar="K",
+                        help="split every pair of Dense layers over K processes (Megatron "
+                             "style; with --comm mpi, K = the ranks of mpiexec -n K; default 1)")
     parser.add_argument("--save", default=None, metavar="PATH", help="save the model (.npz)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
 
@@ -88,6 +92,34 @@ def check_parallel_options(args):
             raise ValueError("--comm mpi takes its ranks from mpiexec; leave --workers at 1")
     elif args.mode == "async" and args.workers < 2:
         raise ValueError(f"--mode async needs --workers >= 2, got --workers {args.workers}")
+    check_tensor_parallel_option(args)
+
+
+def check_tensor_parallel_option(args):
+    """Reject a bad ``--tensor-parallel`` before any work (the model's widths are checked
+    once it is built).
+
+    Raises
+    ------
+    ValueError
+        --tensor-parallel < 1, or --workers x --tensor-parallel above 8 x the CPU count;
+        > 1 with --mode async. Under --comm mpi, a rank count that is not a multiple of K is
+        refused in ``run``.
+    """
+    k = args.tensor_parallel
+    if k < 1:
+        raise ValueError(f"--tensor-parallel must be an integer >= 1, got {k}")
+    limit = 8 * (os.cpu_count() or 1)
+    if k > limit:
+        raise ValueError(f"--tensor-parallel must be at most 8 x the {os.cpu_count()} CPUs = "
+                         f"{limit}, got {k}")
+    if k > 1 and args.mode == "async":
+        raise ValueError(f"--tensor-parallel {k} does not combine with --mode async: the "
+                         "ranks of a split model run in lock-step")
+    if k * args.workers > limit:
+        raise ValueError(f"--workers {args.workers} x --tensor-parallel {k} = "
+                         f"{args.workers * k} processes, more than 8 x the {os.cpu_count()} "
+                         f"CPUs = {limit}")
 
 
 def make_optimizer(args, schedule):
@@ -142,6 +174,17 @@ def run(args):
                             activation, args.seed, args.dtype)
     except ValueError as exc:  # a model too large for the memory: say which option made it
         raise ValueError(f"--hidden {','.join(map(str, args.hidden))}: {exc}") from None
+    if args.tensor_parallel > 1:
+        if comm is not None and comm.size % args.tensor_parallel:
+            raise ValueError(f"--tensor-parallel {args.tensor_parallel} under --comm mpi needs "
+                             f"a multiple of {args.tensor_parallel} ranks (mpiexec -n "
+                             f"d*{args.tensor_parallel}), got {comm.size}")
+        hidden = ",".join(map(str, args.hidden)) or "''"
+        try:
+            check_tensor_parallel(model, args.tensor_parallel)
+        except ValueError as exc:
+            raise ValueError(f"--tensor-parallel {args.tensor_parallel} with --hidden "
+                             f"{hidden}: {exc}") from None
     metrics = ["accuracy"] if task["info"]["task"] == "classification" else None
     set_l2(model, args.l2)
     model.compile(optimizer=make_optimizer(args, schedule), metrics=metrics)
@@ -150,7 +193,8 @@ def run(args):
                   batch_size=args.batch_size, seed=args.seed,
                   verbose=0 if args.quiet or rank else 1,
                   validation_data=(task["X_test"], task["y_test"]),
-                  workers=args.workers, mode=args.mode, comm=comm)
+                  workers=args.workers, mode=args.mode, comm=comm,
+                  tensor_parallel=args.tensor_parallel)
     if rank == 0:
         train = model.evaluate(task["X_train"], task["y_train"], return_dict=True)
         test = model.evaluate(task["X_test"], task["y_test"], return_dict=True)

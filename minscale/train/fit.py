@@ -6,8 +6,10 @@ import math
 import os
 
 from ..data import COUNT_MAX, SEED_MAX, check_int, check_nbytes, check_output_path
+from ..parallel.tensor import check_tensor_parallel
 from ..quant import prepare_qat, qat_config
 from . import compiled, loop
+from .tensor import check_fit_arguments, fit_tensor_parallel
 from .workers import MODES, fit_workers
 
 __all__ = ["fit"]
@@ -64,7 +66,8 @@ def _prepare(model, X, y):
 
 def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
         verbose=0, callbacks=None, pruning=None, pruning_method="magnitude", quantization=None,
-        workers=1, mode="sync", comm=None, checkpoint=None, checkpoint_every=None, resume=None):
+        workers=1, mode="sync", comm=None, checkpoint=None, checkpoint_every=None, resume=None,
+        tensor_parallel=1):
     """Train `model` by minibatch gradient descent on MSE.
 
     Parameters
@@ -112,6 +115,11 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         `epochs` is the total to reach. The result is bit-identical to the uninterrupted
         run with the same arguments (checkpointing keeps a run off the compiled fast path,
         which agrees with this loop only to rounding).
+    tensor_parallel : int, >= 1, default 1
+        Split the model over k ranks Megatron-style (:mod:`minscale.parallel.tensor`): k
+        worker processes on this machine (``workers x k`` with ``workers`` data-parallel
+        replicas), or the ranks of `comm` (a multiple of k). Not with ``mode="async"``,
+        `checkpoint` or `resume`.
 
     Returns
     -------
@@ -174,11 +182,14 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     if quantization is not None:
         quantization = qat_config(quantization)
+    tensor_parallel = check_fit_arguments(tensor_parallel, mode=mode, checkpoint=checkpoint,
+                                          resume=resume)
     if checkpoint is not None and (comm is None or comm.rank == 0):
         # only rank 0 writes; a path that cannot be a file is refused before any training
         check_output_path(checkpoint, "checkpoint")
     X, y = _prepare(model, X, y)
     check_updates(epochs, X.shape[0], batch_size)
+    check_tensor_parallel(model, tensor_parallel)  # layers narrower than k, QAT hooks
     if validation_data is not None:
         validation_data = _prepare(model, *validation_data)
 
@@ -190,7 +201,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
                    validation_data=validation_data, verbose=verbose,
                    callbacks=list(callbacks or []), pruning=pruning,
                    pruning_method=pruning_method)
-    if workers > 1 or mode == "async":
+    if tensor_parallel > 1:
+        history = fit_tensor_parallel(model, X, y, tensor_parallel=tensor_parallel,
+                                      workers=workers, comm=comm, **options)
+    elif workers > 1 or mode == "async":
         history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
     elif comm is None and checkpoint is None and resume is None \
             and compiled.supports(model, options):
