@@ -227,6 +227,14 @@ class SharedMemoryLinks:
     def flush(self):
         """Nothing to complete: a shared-memory send is done when `send` returns."""
 
+    def reset(self):
+        """Forget the messages delivered to this stage, so the mailboxes serve another run
+        whose tags start again at 1. Every stage must call it between two barriers (no message
+        of either run in flight)."""
+        for (_src, dst), (_data, header) in self._boxes.items():
+            if dst == self.comm.rank:
+                header[...] = 0
+
     def close(self):
         """Detach from the mailboxes (the parent unlinks them)."""
         self._boxes.clear()

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels, losses
+from .._checks import check_int
 from ..io import TrainingProgress, data_digest, restore_checkpoint, write_checkpoint
 from ..parallel.base import CommError, WorkerError, default_timeout, shard_bounds
 from ..parallel.p2p import MPILinks, SharedMemoryLinks, SharedMemoryMailboxes
@@ -114,14 +115,11 @@ def stage_bounds(model, stages, bounds=None):
         raise ValueError(f"pipeline_stages={stages} is more than the model's {n_layers} layers "
                          "(every stage needs at least one layer)")
     if bounds is not None:
-        try:
-            cuts = [int(b) for b in bounds]
-        except (TypeError, ValueError):
-            raise ValueError(f"stage_bounds must be a sequence of layer indices, got "
-                             f"{bounds!r}") from None
+        if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__"):
+            raise ValueError(f"stage_bounds must be a sequence of layer indices, got {bounds!r}")
+        cuts = [check_int(f"stage_bounds[{i}]", b) for i, b in enumerate(bounds)]
         if (len(cuts) != stages + 1 or cuts[0] != 0 or cuts[-1] != n_layers
-                or any(b <= a for a, b in zip(cuts, cuts[1:]))
-                or any(isinstance(b, bool) for b in bounds)):
+                or any(b <= a for a, b in zip(cuts, cuts[1:]))):
             raise ValueError(f"stage_bounds must be {stages + 1} increasing layer indices from 0 "
                              f"to {n_layers} (pipeline_stages={stages}), got {list(bounds)!r}")
         return list(zip(cuts, cuts[1:]))
@@ -563,13 +561,20 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
                              else 0], dtype=np.float64)
         comm.broadcast(model.params, root=0)
         comm.broadcast(seed_buf, root=0)
-        return run_stage(model, X, y, comm=comm, links=links, bounds=bounds,
-                         micro_batches=micro_batches, schedule=schedule, epochs=epochs,
-                         batch_size=batch_size, shuffle=shuffle,
-                         seed=seed if seed is not None else int(seed_buf[0]),
-                         verbose=verbose, pruning=pruning, pruning_method=pruning_method,
-                         validation_data=validation_data, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, resume=resume)
+        try:
+            return run_stage(model, X, y, comm=comm, links=links, bounds=bounds,
+                             micro_batches=micro_batches, schedule=schedule, epochs=epochs,
+                             batch_size=batch_size, shuffle=shuffle,
+                             seed=seed if seed is not None else int(seed_buf[0]),
+                             verbose=verbose, pruning=pruning, pruning_method=pruning_method,
+                             validation_data=validation_data, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every, resume=resume)
+        except Exception as exc:
+            a, b = bounds[comm.rank]
+            if not isinstance(exc, DivergenceError) and hasattr(exc, "add_note"):
+                exc.add_note(f"(raised in pipeline stage {comm.rank} of {comm.size}, layers "
+                             f"{a}..{b - 1}, MPI rank {comm.rank})")
+            raise
     check_not_bootstrapping()
     timeout = default_timeout() if timeout is None else timeout
     if seed is None:
