@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -70,7 +71,7 @@ from .history import DivergenceError, History, divergence_limit
 from .loop import diverged
 from .progress import progress_bar, report_epoch
 
-__all__ = ["stage_bounds", "fit_pipeline", "PIPELINE_SCHEDULES"]
+__all__ = ["stage_bounds", "fit_pipeline"]
 
 # What Dense.forward keeps for its backward; saved per micro-batch while it is in flight.
 _LAYER_CACHE = ("_x", "_a", "_W_used", "_kernel_pass", "_output_pass")
@@ -230,10 +231,19 @@ class _Stage:
         return dy
 
 
-def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag):
+def _stash_bytes(saved):
+    # activations only (inputs, outputs, QAT pass masks; not the weights used), and each
+    # array once: a layer's output is the next layer's input
+    arrays = {id(a): a.nbytes for layer in saved for a in (layer[0], layer[1], layer[4])
+              if isinstance(a, np.ndarray)}
+    return sum(arrays.values())
+
+
+def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None):
     """One global batch through this stage: returns the data loss (last stage; 0.0 elsewhere).
 
-    Writes the stage's accumulated gradient into its slice of ``model.grads``.
+    Writes the stage's accumulated gradient into its slice of ``model.grads``; with `stats`,
+    raises ``stats["peak_stash_bytes"]`` to the most bytes of saved activations held at once.
     """
     model, links, rank = stage.model, stage.links, stage.rank
     dtype = model.dtype
@@ -252,6 +262,9 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag):
                 x = links.recv(np.empty((hi - lo, stage.width_in), dtype=dtype), rank - 1, i, tag)
             out = stage.forward(x)
             saved[i] = stage.stash()
+            if stats is not None:
+                held = sum(_stash_bytes(v) for v in saved.values())
+                stats["peak_stash_bytes"] = max(stats.get("peak_stash_bytes", 0), held)
             if stage.last:
                 yi = yb[lo:hi]
                 loss += losses.mse(yi, out, model.reduction, n_total)
@@ -279,7 +292,7 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag):
 
 def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epochs, batch_size,
               shuffle, seed, verbose, pruning, pruning_method, validation_data=None,
-              checkpoint=None, checkpoint_every=None, resume=None):
+              checkpoint=None, checkpoint_every=None, resume=None, stats=None):
     """Train pipeline stage ``comm.rank`` of ``comm.size``; the pipeline's training loop.
 
     Parameters
@@ -300,6 +313,9 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     epochs, batch_size, shuffle, seed, verbose, pruning, pruning_method, validation_data,
     checkpoint, checkpoint_every, resume
         As in :func:`minscale.train.fit`; rank 0 prints and writes checkpoints.
+    stats : dict, optional
+        Filled for benchmarks: ``step_seconds`` (list, wall time of each update on this
+        stage, its messages and the loss allreduce included) and ``peak_stash_bytes``.
 
     Returns
     -------
@@ -388,7 +404,9 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
                 if pruning is not None and pruning.should_prune(step):
                     _prune_stage(stage, pruning, pruning_method, step)
                 tag += 1
-                data_loss = _run_batch(stage, actions, Xb, yb, hi - lo, micro_batches, tag)
+                started = time.perf_counter()
+                data_loss = _run_batch(stage, actions, Xb, yb, hi - lo, micro_batches, tag,
+                                       stats)
                 lossbuf[:] = 0.0
                 if stage.last:
                     lossbuf[0] = data_loss
@@ -409,6 +427,8 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
                 mask = None if model.mask.all() else model.mask[lo_p:hi_p]
                 lr = optimizer.apply(params, grads, mask, weights=prunable)
                 history.history["lr"].append(lr)
+                if stats is not None:
+                    stats.setdefault("step_seconds", []).append(time.perf_counter() - started)
                 loss_total += batch_loss * (hi - lo) if model.reduction == "mean" else batch_loss
                 if checkpoint_every is not None and optimizer.iterations % checkpoint_every == 0:
                     save_checkpoint(epoch, b + 1, order, loss_total)
