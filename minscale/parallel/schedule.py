@@ -12,12 +12,15 @@ tests check every property of the schedules exactly. The derivations are in
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import numbers
 from fractions import Fraction
 
-from .._checks import ArgumentTypeError, check_choice, check_int, check_real, plain
+import numpy as np
+
+from .._checks import ArgumentTypeError, check_choice, check_int, plain
 
 __all__ = [
     "PIPELINE_SCHEDULES",
@@ -189,19 +192,17 @@ class ScheduleSimulation:
     slot: object
     grid: object
 
-    def render(self, width=None):
+    def render(self):
         """The grid as text: one row per stage, cells ``F3`` / ``B3`` and ``.`` when idle.
 
-        Parameters
-        ----------
-        width : int or None
-            Characters per cell; default: the longest label.
+        Every cell is as wide as the longest label.
 
         Returns
         -------
         str
-            Rows ``"stage s | F0 F1 .. B0"``, a header of slot numbers every 5 slots, each
-            row ending in a newline.
+            Rows ``"stage s | F0 F1 .  B0"`` (``F3``: forward of micro-batch 3, ``B3``: its
+            backward, ``.``: idle), under a header numbering every fifth slot; each line
+            ends in a newline.
 
         Raises
         ------
@@ -213,10 +214,13 @@ class ScheduleSimulation:
                              f"{_GRID_CELLS_MAX} cells)")
         labels = [["." if c is None else f"{c[0][0].upper()}{c[1]}" for c in row]
                   for row in self.grid]
-        w = width or max((len(x) for row in labels for x in row), default=1)
+        w = max((len(x) for row in labels for x in row), default=1)
         name_w = len(f"stage {len(labels) - 1}")
         slots = len(labels[0]) if labels else 0
-        head = " ".join(str(t).ljust(w) if t % 5 == 0 else " " * w for t in range(slots))
+        head = [" "] * (slots * (w + 1))
+        for t in range(0, slots, 5):  # 5 cells are wide enough for any slot number's label
+            head[t * (w + 1):t * (w + 1) + len(str(t))] = str(t)
+        head = "".join(head)
         lines = [f"{'slot'.ljust(name_w)} | {head}".rstrip()]
         for s, row in enumerate(labels):
             cells = " ".join(x.ljust(w) for x in row)
@@ -227,7 +231,11 @@ class ScheduleSimulation:
 def _cost(name, value, allow_zero=False):
     """A cost as a Fraction (int or Fraction given) or a float (any other real); finite, > 0
     (>= 0 if `allow_zero`)."""
-    check_real(name, value, 0.0, math.inf, lo_open=not allow_zero, hi_open=True)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a real number, got {plain(value)!r}")
+    bound = ">= 0" if allow_zero else "> 0"
+    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
+        raise ValueError(f"{name} must be a finite number {bound}, got {plain(value)!r}")
     if isinstance(value, numbers.Integral):
         return Fraction(int(value))
     if isinstance(value, Fraction):
@@ -236,13 +244,12 @@ def _cost(name, value, allow_zero=False):
 
 
 def _per_stage(name, value, p):
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return [_cost(name, value)] * p
-    try:
-        values = list(value)
-    except TypeError:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ArgumentTypeError(f"{name} must be a positive real number or a sequence of "
-                                f"{p} of them (one per stage), got {plain(value)!r}") from None
+                                f"{p} of them (one per stage), got {plain(value)!r}")
+    values = list(value)
     if len(values) != p:
         raise ValueError(f"{name} must hold one cost per stage ({p}), got {len(values)}")
     return [_cost(f"{name}[{s}]", v) for s, v in enumerate(values)]
@@ -256,7 +263,14 @@ def _check_schedule(schedule):
     p = len(schedule)
     if p < 1:
         raise ValueError("schedule must have at least one stage, got 0")
+    for s, actions in enumerate(schedule):
+        if not isinstance(actions, (list, tuple)):
+            raise ArgumentTypeError(f"schedule[{s}] must be a list of (action, micro_batch) "
+                                    f"pairs, got {type(actions).__name__}")
     m = len(schedule[0]) // 2
+    if m < 1:
+        raise ValueError(f"schedule[0] must hold at least one forward and one backward, got "
+                         f"{len(schedule[0])} actions")
     expected = {(a, i) for a in _ACTIONS for i in range(m)}
     for s, actions in enumerate(schedule):
         seen = set()
@@ -271,7 +285,7 @@ def _check_schedule(schedule):
             if key in seen:
                 raise ValueError(f"schedule[{s}] runs {key} twice")
             seen.add(key)
-        if seen != expected or m < 1:
+        if seen != expected:
             missing = sorted(expected - seen)
             extra = sorted(seen - expected)
             raise ValueError(
@@ -342,49 +356,79 @@ def simulate_schedule(schedule, forward_cost=1, backward_cost=2, comm_cost=0):
     fwd = _per_stage("forward_cost", forward_cost, p)
     bwd = _per_stage("backward_cost", backward_cost, p)
     comm = _cost("comm_cost", comm_cost, allow_zero=True)
-
-    end = {}  # (stage, action, micro_batch) -> end time
-    position = [0] * p
-    free_at = [Fraction(0)] * p
-    timeline = [[] for _ in range(p)]
-    remaining = 2 * m * p
-    while remaining:
-        progressed = False
-        for s in range(p):
-            while position[s] < len(schedule[s]):
-                action, i = schedule[s][position[s]]
-                i = int(i)
-                deps = _dependencies(s, action, i, p)
-                if any(d not in end for d in deps):
-                    break
-                ready = [end[d] + (comm if d[0] != s else 0) for d in deps]
-                start = max([free_at[s], *ready])
-                finish = start + (fwd[s] if action == "forward" else bwd[s])
-                end[(s, action, i)] = finish
-                free_at[s] = finish
-                timeline[s].append((start, finish, action, i))
-                position[s] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:
-            raise ValueError("schedule deadlocks: " + "; ".join(
-                _blocked(s, schedule[s][position[s]], p, end)
-                for s in range(p) if position[s] < len(schedule[s])))
+    exact = all(isinstance(x, Fraction) for x in [*fwd, *bwd, comm])
+    if exact:
+        # exact and fast: count time in integer units of 1 / (common denominator)
+        unit = math.lcm(*(x.denominator for x in [*fwd, *bwd, comm]))
+        fwd, bwd = [int(x * unit) for x in fwd], [int(x * unit) for x in bwd]
+        comm = int(comm * unit)
+    free_at, timeline = _run(schedule, p, fwd, bwd, comm)
 
     step_time = max(free_at)
-    busy = tuple(m * (fwd[s] + bwd[s]) for s in range(p))
-    exact = all(isinstance(x, Fraction) for x in [*fwd, *bwd, comm])
+    busy = [m * (fwd[s] + bwd[s]) for s in range(p)]
     idle = p * step_time - sum(busy)
-    bubble = Fraction(idle) / (p * step_time) if exact else float(idle) / float(p * step_time)
-    slot, grid = (_grid(timeline, step_time, [*fwd, *bwd, comm]) if exact else (None, None))
+    peaks = tuple(_peak_stashed(actions) for actions in schedule)
     if not exact:
-        step_time = float(step_time)
-        busy = tuple(float(b) for b in busy)
-        timeline = [[(float(a), float(b), act, i) for a, b, act, i in row] for row in timeline]
+        return ScheduleSimulation(
+            step_time=float(step_time), busy=tuple(float(x) for x in busy),
+            bubble_fraction=float(idle) / float(p * step_time), peak_stashed=peaks,
+            timeline=tuple(tuple((float(a), float(b), act, i) for a, b, act, i in row)
+                           for row in timeline), slot=None, grid=None)
+    slot = math.gcd(*fwd, *bwd, comm)
+    grid = None
+    if step_time // slot * p <= _GRID_CELLS_MAX:
+        grid = []
+        for row in timeline:
+            cells = [None] * (step_time // slot)
+            for start, finish, action, i in row:
+                cells[start // slot:finish // slot] = [(action, i)] * ((finish - start) // slot)
+            grid.append(tuple(cells))
+        grid = tuple(grid)
     return ScheduleSimulation(
-        step_time=step_time, busy=busy, bubble_fraction=bubble,
-        peak_stashed=tuple(_peak_stashed(actions) for actions in schedule),
-        timeline=tuple(tuple(row) for row in timeline), slot=slot, grid=grid)
+        step_time=Fraction(step_time, unit), busy=tuple(Fraction(x, unit) for x in busy),
+        bubble_fraction=Fraction(idle, p * step_time), peak_stashed=peaks,
+        timeline=tuple(tuple((Fraction(a, unit), Fraction(b, unit), act, i)
+                             for a, b, act, i in row) for row in timeline),
+        slot=Fraction(slot, unit), grid=grid)
+
+
+def _run(schedule, p, fwd, bwd, comm):
+    """Start and end every action as early as allowed; return (free_at, timeline)."""
+    end = {}  # (stage, action, micro_batch) -> end time
+    position = [0] * p
+    free_at = [0] * p
+    timeline = [[] for _ in range(p)]
+    # a stage's next action can only become ready when it or a neighbour advances: a work
+    # list of stages to retry keeps the simulation linear in the number of actions
+    pending = collections.deque(range(p))
+    queued = [True] * p
+    while pending:
+        s = pending.popleft()
+        queued[s] = False
+        advanced = False
+        actions = schedule[s]
+        while position[s] < len(actions):
+            action, i = actions[position[s]]
+            i = int(i)
+            deps = _dependencies(s, action, i, p)
+            if any(d not in end for d in deps):
+                break
+            start = max([free_at[s], *(end[d] + (comm if d[0] != s else 0) for d in deps)])
+            finish = start + (fwd[s] if action == "forward" else bwd[s])
+            end[(s, action, i)] = free_at[s] = finish
+            timeline[s].append((start, finish, action, i))
+            position[s] += 1
+            advanced = True
+        if advanced:
+            for t in (s - 1, s + 1):
+                if 0 <= t < p and not queued[t]:
+                    pending.append(t)
+                    queued[t] = True
+    if any(position[s] < len(schedule[s]) for s in range(p)):
+        raise ValueError("schedule deadlocks: " + "; ".join(
+            _blocked(s, schedule[s][position[s]], p, end)
+            for s in range(p) if position[s] < len(schedule[s])))
+    return free_at, timeline
 
 
 def _dependencies(s, action, i, p):
@@ -409,24 +453,6 @@ def _peak_stashed(actions):
         held += 1 if action == "forward" else -1
         peak = max(peak, held)
     return peak
-
-
-def _grid(timeline, step_time, costs):
-    slot = Fraction(0)
-    for c in costs:
-        slot = Fraction(math.gcd(slot.numerator * c.denominator, c.numerator * slot.denominator),
-                        slot.denominator * c.denominator)
-    slots = step_time / slot
-    if slots.denominator != 1 or slots * len(timeline) > _GRID_CELLS_MAX:
-        return slot, None
-    grid = []
-    for row in timeline:
-        cells = [None] * int(slots)
-        for start, finish, action, i in row:
-            for t in range(int(start / slot), int(finish / slot)):
-                cells[t] = (action, i)
-        grid.append(tuple(cells))
-    return slot, tuple(grid)
 
 
 def predict_step_times(stages, micro_batches, forward_cost, backward_cost, comm_cost=0,
