@@ -6,9 +6,10 @@ import math
 import os
 
 from ..data import COUNT_MAX, SEED_MAX, check_int, check_nbytes, check_output_path
+from ..parallel.schedule import PIPELINE_SCHEDULES
 from ..quant import prepare_qat, qat_config
 from . import compiled, loop
-from .pipeline import PIPELINE_SCHEDULES, fit_pipeline
+from .pipeline import fit_pipeline
 from .pipeline import stage_bounds as split_stages
 from .workers import MODES, fit_workers
 
@@ -154,6 +155,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         built from the width of `X`, which is checked last).
     minscale.io.ModelFileError
         A damaged or foreign `resume` file.
+    minscale.parallel.WorkerError
+        A pipeline stage process died or stopped answering (``pipeline_stages > 1``): the
+        message names the stage and its layers; a stage's exception is re-raised with its
+        own type and a note naming the stage.
     DivergenceError
         The loss became NaN or inf, or a batch loss exceeded `BLOWUP_FACTOR` (1e10) times the
         first batch loss of this call; the message names epoch, step and learning rate, and

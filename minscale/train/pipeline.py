@@ -57,7 +57,7 @@ from .._checks import check_int
 from ..io import TrainingProgress, data_digest, restore_checkpoint, write_checkpoint
 from ..parallel.base import CommError, WorkerError, default_timeout, shard_bounds
 from ..parallel.p2p import MPILinks, SharedMemoryLinks, SharedMemoryMailboxes
-from ..parallel.schedule import PIPELINE_SCHEDULES, pipeline_schedule
+from ..parallel.schedule import pipeline_schedule
 from ..parallel.shm import (
     SharedArray,
     SharedArraySpec,
@@ -292,7 +292,7 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None)
 
 def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epochs, batch_size,
               shuffle, seed, verbose, pruning, pruning_method, validation_data=None,
-              checkpoint=None, checkpoint_every=None, resume=None, stats=None):
+              checkpoint=None, checkpoint_every=None, resume=None, stats=None, run_seed=None):
     """Train pipeline stage ``comm.rank`` of ``comm.size``; the pipeline's training loop.
 
     Parameters
@@ -313,6 +313,9 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     epochs, batch_size, shuffle, seed, verbose, pruning, pruning_method, validation_data,
     checkpoint, checkpoint_every, resume
         As in :func:`minscale.train.fit`; rank 0 prints and writes checkpoints.
+    run_seed : int or None
+        The caller's `seed`, recorded in and checked against checkpoints when `seed` is one
+        derived from it (every stage must shuffle alike, so a None seed is drawn once).
     stats : dict, optional
         Filled for benchmarks: ``step_seconds`` (list, wall time of each update on this
         stage, its messages and the loss allreduce included) and ``peak_stash_bytes``.
@@ -332,6 +335,8 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     actions = pipeline_schedule(comm.size, micro_batches, schedule)[comm.rank]
     rank = comm.rank
     rng = np.random.default_rng(seed)
+    if run_seed is None:
+        run_seed = seed
     n = X.shape[0]
     n_batches = math.ceil(n / batch_size)
     optimizer = model.optimizer
@@ -340,7 +345,8 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     if checkpoint is not None or resume is not None:
         data_sha = data_digest(X, y)
     if resume is not None:
-        progress = restore_checkpoint(model, resume, X, y, batch_size, shuffle, seed, epochs)
+        progress = restore_checkpoint(model, resume, X, y, batch_size, shuffle, run_seed,
+                                      epochs)
         rng.bit_generator.state = progress.rng_state
         history = progress.history
         start_epoch, start_batch = progress.epoch, progress.batch
@@ -373,7 +379,7 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
             stage.set_full_optimizer(full)
             write_checkpoint(checkpoint, model, TrainingProgress(
                 epoch=epoch, batch=batch, loss_total=loss_total, order=order,
-                rng_state=rng.bit_generator.state, history=history, seed=seed,
+                rng_state=rng.bit_generator.state, history=history, seed=run_seed,
                 batch_size=batch_size, shuffle=bool(shuffle), n_samples=n,
                 data_sha256=data_sha))
             stage.slice_optimizer()
@@ -586,6 +592,7 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
                              micro_batches=micro_batches, schedule=schedule, epochs=epochs,
                              batch_size=batch_size, shuffle=shuffle,
                              seed=seed if seed is not None else int(seed_buf[0]),
+                             run_seed=seed,
                              verbose=verbose, pruning=pruning, pruning_method=pruning_method,
                              validation_data=validation_data, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every, resume=resume)
@@ -597,11 +604,13 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
             raise
     check_not_bootstrapping()
     timeout = default_timeout() if timeout is None else timeout
-    if seed is None:
-        # every stage must shuffle alike
-        seed = int(np.random.SeedSequence().entropy % 2**52)
+    # every stage must shuffle alike: a None seed is drawn once, here
     options = dict(micro_batches=micro_batches, schedule=schedule, epochs=epochs,
-                   batch_size=batch_size, shuffle=shuffle, seed=seed, verbose=verbose,
+                   batch_size=batch_size, shuffle=shuffle,
+                   seed=seed if seed is not None else int(np.random.SeedSequence().entropy
+                                                          % 2**52),
+                   run_seed=seed,
+                   verbose=verbose,
                    pruning=pruning, pruning_method=pruning_method,
                    validation_data=validation_data, checkpoint=checkpoint,
                    checkpoint_every=checkpoint_every, resume=resume)

@@ -218,6 +218,20 @@ def test_failing_stage_stops_the_pipeline_within_30s_naming_it(how, created_segm
     assert not any(_exists(name) for name in created_segments)
 
 
+def test_diverging_pipeline_raises_and_keeps_the_last_finite_parameters(numpy_kernels):
+    model, X, y, kwargs = cases.build("plain")
+    reference, _, _, _ = cases.build("plain")
+    for m in (model, reference):
+        m.compile(optimizer=ms.optim.SGD(50.0))
+    with pytest.raises(ms.train.DivergenceError) as expected:
+        reference.fit(X, y, micro_batches=2, **kwargs)
+    with pytest.raises(ms.train.DivergenceError) as info:
+        model.fit(X, y, pipeline_stages=2, micro_batches=2, schedule="1f1b", **kwargs)
+    assert str(info.value) == str(expected.value)
+    assert np.isfinite(model.params).all()
+    assert np.array_equal(model.params, reference.params)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, name", [
