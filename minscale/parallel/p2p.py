@@ -23,7 +23,8 @@ finish the step whose results the sender waited for). The wait is bounded like e
 collective of :class:`~minscale.parallel.SharedMemoryComm`: it ends with CommAbortedError as
 soon as the group is aborted (a peer failed, the parent stopped the run) or the parent died,
 and with CommTimeoutError after ``timeout`` seconds. It polls with a sleep growing from 10 us
-to 1 ms, so a waiting stage leaves its core to the one computing.
+to 0.2 ms (a message is seen at most that late), so a waiting stage leaves its core to the
+one computing.
 
 Memory order: the tag is written after the payload with plain stores; x86-64 makes stores
 visible in program order (TSO), so a receiver that sees the tag sees the payload. CPUs with a
@@ -53,7 +54,7 @@ __all__ = ["SharedMemoryMailboxes", "SharedMemoryLinks", "MPILinks"]
 # Seconds between looks at the parent process while a receive waits.
 _PARENT_POLL = 0.1
 # Longest sleep between two looks at a mailbox's tag word.
-_MAX_PAUSE = 1e-3
+_MAX_PAUSE = 2e-4
 
 
 class SharedMemoryMailboxes:
