@@ -102,11 +102,10 @@ def stage_bounds(model, stages, bounds=None):
     Notes
     -----
     Without `bounds`: the split that minimizes the largest stage's parameter count (dynamic
-    programming over the cut points, O(p L^2)); among equal ones the first found, which
-    puts the earlier cuts as late as possible... ties are resolved deterministically. The
-    slowest stage sets the pipeline's pace (GPipe, Huang et al. 2019, section 2.2: "partition
-    ... to balance the computation"); parameter count is a proxy for a Dense layer's FLOPs
-    (2 * rows * d_in * d_out per pass).
+    programming over the cut points, O(p L^2)); among equally good splits, each cut is the
+    earliest that reaches the optimum (deterministic). The slowest stage sets the pipeline's
+    pace, so the stages are balanced by cost as in GPipe (Huang et al. 2019); a Dense
+    layer's parameter count is proportional to its multiply-adds per row (d_in * d_out).
     """
     n_layers = len(model.layers)
     if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or stages < 1:

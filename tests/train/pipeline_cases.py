@@ -32,8 +32,13 @@ def build(name):
     if name == "regularized":
         for layer in layers:
             layer.kernel_regularizer = ms.regularizers.L2(0.01)
-    model = ms.Sequential(layers, input_dim=3, seed=7)
-    if name == "plain":
+    dtype = "float32" if name == "float32" else "float64"
+    model = ms.Sequential(layers, input_dim=3, seed=7, dtype=dtype)
+    if name == "float32":
+        from minscale.schedules import InverseTimeDecay
+
+        model.compile(optimizer=SGD(InverseTimeDecay(0.1, decay_rate=0.5, decay_steps=5)))
+    elif name == "plain":
         model.compile(optimizer=Adam(0.02))
     elif name == "momentum":
         model.compile(optimizer=SGD(0.003, momentum=0.9, nesterov=True, weight_decay=0.01),
@@ -117,6 +122,7 @@ def stage_cases(comm, job):
             quantization = kwargs.pop("quantization", None)
             if quantization is not None:
                 prepare_qat(model, qat_config(quantization))
+            X, y = X.astype(model.dtype), y.astype(model.dtype)  # as fit validates them
             bounds = stage_bounds(model, comm.size)
             comm.barrier()
             links.reset()
