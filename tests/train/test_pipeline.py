@@ -189,7 +189,9 @@ def test_pipeline_resumes_a_checkpoint_and_ends_as_the_uninterrupted_run(tmp_pat
     uninterrupted.fit(X, y, micro_batches=3, **kwargs)
     path = tmp_path / "ckpt.msc"
     first = dict(kwargs, epochs=2)
-    model.fit(X, y, micro_batches=3, checkpoint=path, **first)  # single process, 8 updates
+    # 8 updates by a pipeline, checkpoints after 3, 6 and 8
+    model.fit(X, y, pipeline_stages=2, micro_batches=3, checkpoint=path, checkpoint_every=3,
+              **first)
     resumed, _, _, _ = cases.build("pruned")
     resumed.fit(X, y, pipeline_stages=2, micro_batches=3, schedule="1f1b", resume=path,
                 **kwargs)
