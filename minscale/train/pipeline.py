@@ -247,8 +247,7 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None)
     model, links, rank = stage.model, stage.links, stage.rank
     dtype = model.dtype
     grads = model.grads[stage.lo:stage.hi]
-    n = n_total
-    rows = [shard_bounds(n, i, micro_batches) for i in range(micro_batches)]
+    rows = [shard_bounds(n_total, i, micro_batches) for i in range(micro_batches)]
     saved, outputs = {}, {}
     acc = None
     loss = 0.0
@@ -278,6 +277,8 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None)
                 dy = links.recv(np.empty((hi - lo, stage.width_out), dtype=dtype), rank + 1, i,
                                 tag)
             dx = stage.backward(dy)
+            # the backwards come in micro-batch order (checked in run_stage): the order in
+            # which accumulate_micro_batches adds the gradients
             if acc is None:
                 acc = grads.copy()
             else:
@@ -332,6 +333,10 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     """
     stage = _Stage(model, bounds, comm, links)
     actions = pipeline_schedule(comm.size, micro_batches, schedule)[comm.rank]
+    if [i for action, i in actions if action == "backward"] != list(range(micro_batches)):
+        raise RuntimeError(f"schedule {schedule!r} runs the backwards of stage {comm.rank} out "
+                           "of micro-batch order; the gradients would not add up as the "
+                           "single-process reference adds them")
     rank = comm.rank
     rng = np.random.default_rng(seed)
     if run_seed is None:
