@@ -12,12 +12,16 @@ is not timed); the configurations run interleaved, round after round (A B C ... 
 each run one untimed warm-up update and then `--steps` timed ones; the figures are medians
 over rounds with min and max.
 
-Reported per configuration: seconds per update (stage 0's wall time per update, messages and
-the loss allreduce included), the speed-up over one process, the measured bubble
-``1 - T_1 / (p * T_p)`` (the fraction of the stages' time not spent on the one-process work,
-so communication and imbalance count as bubble) beside GPipe's ``(p - 1) / (m + p - 1)``, and
+Reported per configuration: seconds per update (the slower stage's wall time per update,
+messages and the loss allreduce included), the speed-up over one process with m = 1, the
+measured bubble (the fraction of the stages' time not spent on the one-process work, so
+communication and imbalance count as bubble) beside GPipe's ``(p - 1) / (m + p - 1)``, and
 the peak bytes of activations each stage keeps saved for its backwards (GPipe: all m
-micro-batches; 1F1B: at most p - s on stage s).
+micro-batches; 1F1B: at most p - s on stage s). "one" rows: one process accumulating the
+same m micro-batches (``accumulate_micro_batches``), which separates the cost of
+micro-batching itself (a pass over the gradients and a thin, memory-bound ``x.T @ dz`` per
+micro-batch) from the pipeline's idle time; the bubble is measured against it:
+``1 - T_one(m) / (p * T_pipeline(m))``.
 
 The machine has 2 cores shared with whatever else runs: figures are indicative unless taken
 in a quiet window.
@@ -50,13 +54,19 @@ def _data(width, rows, dtype):
     return X, y
 
 
-def _one_process(model, X, y, batch):
-    """Seconds per update of plain single-process training (the loop's work per batch)."""
+def _one_process(model, X, y, batch, micro_batches):
+    """Seconds per update of single-process training with `micro_batches` accumulated (1:
+    plain full-batch training), the loop's work per batch."""
+    from minscale.train.loop import accumulate_micro_batches
+
     times = []
     for b in range(X.shape[0] // batch):
         Xb, yb = X[b * batch:(b + 1) * batch], y[b * batch:(b + 1) * batch]
         start = time.perf_counter()
-        model.compute_gradients(Xb, yb, regularize=False)
+        if micro_batches == 1:
+            model.compute_gradients(Xb, yb, regularize=False)
+        else:
+            accumulate_micro_batches(model, Xb, yb, batch, micro_batches)
         model.optimizer.apply(model.params, model.grads)
         times.append(time.perf_counter() - start)
     return times
@@ -83,7 +93,7 @@ def _stage_body(comm, job):
                 model = _build(width, layers, dtype)
                 if kind == "one":
                     if comm.rank == 0:
-                        seconds = _one_process(model, X, y, batch)[1:]
+                        seconds = _one_process(model, X, y, batch, m)[1:]
                         results.append((round_, kind, m, 0, statistics.median(seconds), 0))
                     comm.barrier()
                     continue
@@ -122,7 +132,7 @@ def main(argv=None):
 
     ms_list = [int(v) for v in args.micro_batches.split(",")]
     p = args.stages
-    configs = [("one", 1)] + [(kind, m) for m in ms_list for kind in ("gpipe", "1f1b")]
+    configs = [(kind, m) for m in ms_list for kind in ("one", "gpipe", "1f1b")]
     itemsize = np.dtype(args.dtype).itemsize
     start = time.monotonic()
     with threadpool_limits(1), SharedMemoryMailboxes(
@@ -133,31 +143,38 @@ def main(argv=None):
         per_rank = run_workers(_stage_body, p, args=(job,), nbytes=8 * args.width ** 2 * 4,
                                timeout=600, blas_threads=1)
     rows = [r for results in per_rank for r in results]
-    one = [r[4] for r in rows if r[1] == "one"]
-    t1 = statistics.median(one)
+
+    def per_round(kind, m):
+        mine = [r for r in rows if r[1] == kind and r[2] == m]
+        # the slowest stage's step in each round (the stages wait for each other)
+        return [max(r[4] for r in mine if r[0] == k) for k in range(args.rounds)]
+
+    t1 = statistics.median(per_round("one", 1))
     report = {"model": f"{args.layers} x Dense {args.width}, {args.dtype}, batch {args.batch}",
               "stages": p, "one_process_seconds": t1, "configs": []}
     print(f"{report['model']}, p = {p}, {args.rounds} rounds x {args.steps} updates, "
           f"machine load {os.getloadavg()[0]:.1f}")
-    print(f"one process: {t1 * 1e3:.1f} ms per update (min {min(one) * 1e3:.1f}, "
-          f"max {max(one) * 1e3:.1f})")
+    print("one: one process accumulating the same m micro-batches; speed-up over one process "
+          "with m = 1; bubble = 1 - T_one(m) / (p T_pipeline(m))")
     print(f"{'schedule':>8} {'m':>3} {'ms/update':>10} {'(min..max)':>16} {'speed-up':>8} "
           f"{'bubble':>7} {'formula':>7} " + " ".join(f"{'stash s' + str(s):>10}" for s in range(p)))
-    for kind, m in configs[1:]:
-        mine = [r for r in rows if r[1] == kind and r[2] == m]
-        # per round: the slowest stage's step (they wait for each other)
-        per_round = [max(r[4] for r in mine if r[0] == k) for k in range(args.rounds)]
-        tp = statistics.median(per_round)
-        bubble = 1 - t1 / (p * tp)
-        stash = [max(r[5] for r in mine if r[3] == s) for s in range(p)]
-        formula = float(bubble_fraction(p, m))
-        report["configs"].append(dict(schedule=kind, micro_batches=m, seconds=tp,
-                                      seconds_min=min(per_round), seconds_max=max(per_round),
-                                      speedup=t1 / tp, bubble=bubble, bubble_formula=formula,
-                                      stash_bytes=stash))
-        print(f"{kind:>8} {m:>3} {tp * 1e3:>10.1f} {min(per_round) * 1e3:>7.1f}.."
-              f"{max(per_round) * 1e3:<8.1f} {t1 / tp:>8.2f} {bubble:>7.3f} {formula:>7.3f} "
-              + " ".join(f"{b / 2**20:>8.2f}MB" for b in stash))
+    for kind, m in configs:
+        times = per_round(kind, m)
+        tp = statistics.median(times)
+        t1m = statistics.median(per_round("one", m))
+        entry = dict(schedule=kind, micro_batches=m, seconds=tp, seconds_min=min(times),
+                     seconds_max=max(times), speedup=t1 / tp)
+        text = (f"{kind:>8} {m:>3} {tp * 1e3:>10.1f} {min(times) * 1e3:>7.1f}.."
+                f"{max(times) * 1e3:<8.1f} {t1 / tp:>8.2f}")
+        if kind != "one":
+            stash = [max(r[5] for r in rows if r[1] == kind and r[2] == m and r[3] == s)
+                     for s in range(p)]
+            entry.update(bubble=1 - t1m / (p * tp), bubble_formula=float(bubble_fraction(p, m)),
+                         stash_bytes=stash)
+            text += (f" {entry['bubble']:>7.3f} {entry['bubble_formula']:>7.3f} "
+                     + " ".join(f"{b / 2**20:>8.2f}MB" for b in stash))
+        report["configs"].append(entry)
+        print(text)
     print(f"total {time.monotonic() - start:.0f} s")
     if args.out:
         with open(args.out, "w") as f:
