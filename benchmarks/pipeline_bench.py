@@ -1,6 +1,6 @@
 """Pipeline training: step time against micro-batches, the bubble, activation memory per stage.
 
-Run (from the project root, in a quiet window; about 2 minutes with the defaults)::
+Run (from the project root, in a quiet window; about 2.5 minutes with the defaults)::
 
     PYTHONPATH=$PWD python -m benchmarks.pipeline_bench [--out results/pipeline.json]
 
@@ -119,7 +119,7 @@ def main(argv=None):
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--micro-batches", default="1,2,4,8,16")
     parser.add_argument("--steps", type=int, default=3, help="timed updates per run")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--backend", default="numpy", choices=("numpy", "numba"))
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
