@@ -194,6 +194,8 @@ ADDED = {
     # pipeline schedules as data (issue 17)
     "minscale.parallel": ["PIPELINE_SCHEDULES", "ScheduleSimulation", "bubble_fraction",
                           "pipeline_schedule", "predict_step_times", "simulate_schedule"],
+    # pipeline training (issue 17)
+    "minscale.commands.train": ["check_pipeline_options"],
 }
 
 

@@ -58,6 +58,15 @@ def add_arguments(parser):
     parser.add_argument("--tensor-parallel", type=integer, default=1, metavar="K",
                         help="split every pair of Dense layers over K processes (Megatron "
                              "style; with --comm mpi, K = the ranks of mpiexec -n K; default 1)")
+    parser.add_argument("--pipeline-stages", type=integer, default=1, metavar="P",
+                        help="pipeline-parallel training: cut the layers into P stages, one "
+                             "process each (with --comm mpi: the mpiexec ranks, -n P); "
+                             "1 .. the number of layers (default: 1)")
+    parser.add_argument("--micro-batches", type=integer, default=1, metavar="M",
+                        help="split every batch into M micro-batches whose gradients add up "
+                             "(default: 1)")
+    parser.add_argument("--schedule", default="gpipe", choices=("gpipe", "1f1b"),
+                        help="pipeline schedule (default: gpipe)")
     parser.add_argument("--save", default=None, metavar="PATH", help="save the model (.npz)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
 
@@ -122,6 +131,34 @@ def check_tensor_parallel_option(args):
                          f"CPUs = {limit}")
 
 
+def check_pipeline_options(args):
+    """Reject --pipeline-stages / --micro-batches combinations before any work.
+
+    Raises
+    ------
+    ValueError
+        --pipeline-stages or --micro-batches below 1; more stages than the model's layers
+        (``len(--hidden) + 1``); a pipeline or micro-batches with --mode async,
+        --workers > 1 or --tensor-parallel > 1.
+    """
+    check_at_least(args.pipeline_stages, "--pipeline-stages", 1)
+    check_at_least(args.micro_batches, "--micro-batches", 1)
+    layers = len(args.hidden) + 1
+    if args.pipeline_stages > layers:
+        raise ValueError(f"--pipeline-stages {args.pipeline_stages} is more than the model's "
+                         f"{layers} layers (--hidden {','.join(map(str, args.hidden))} and the "
+                         "output layer); every stage needs one")
+    if args.pipeline_stages > 1 or args.micro_batches > 1:
+        if args.mode == "async":
+            raise ValueError("--pipeline-stages and --micro-batches need --mode sync")
+        if args.workers > 1:
+            raise ValueError("--pipeline-stages and --micro-batches do not combine with "
+                             f"--workers {args.workers}")
+        if args.tensor_parallel > 1:
+            raise ValueError("--pipeline-stages and --micro-batches do not combine with "
+                             f"--tensor-parallel {args.tensor_parallel}")
+
+
 def make_optimizer(args, schedule):
     """The optimizer of ``--optimizer``, with ``--weight-decay`` (coupled) or, with
     ``--decoupled``, AdamW."""
@@ -150,6 +187,7 @@ def run(args):
     check_at_least(args.epochs, "--epochs", 0)
     check_at_least(args.batch_size, "--batch-size", 1)
     check_parallel_options(args)
+    check_pipeline_options(args)
     check_regularization_options(args)
     if args.activation is not None and not args.hidden:
         raise ValueError(f"--activation {args.activation}: --hidden '' builds no hidden layer "
@@ -161,6 +199,9 @@ def run(args):
     if args.comm == "mpi":
         comm = MPIComm()
     rank = 0 if comm is None else comm.rank
+    if comm is not None and args.pipeline_stages > 1 and args.pipeline_stages != comm.size:
+        raise ValueError(f"--pipeline-stages {args.pipeline_stages} must equal the number of "
+                         f"MPI ranks (mpiexec -n {comm.size}): one rank per stage")
     task = load_task(args, args.dtype)
     n_rows = task["X_train"].shape[0]
     if args.workers > n_rows:
@@ -194,7 +235,9 @@ def run(args):
                   verbose=0 if args.quiet or rank else 1,
                   validation_data=(task["X_test"], task["y_test"]),
                   workers=args.workers, mode=args.mode, comm=comm,
-                  tensor_parallel=args.tensor_parallel)
+                  tensor_parallel=args.tensor_parallel,
+                  pipeline_stages=args.pipeline_stages, micro_batches=args.micro_batches,
+                  schedule=args.schedule)
     if rank == 0:
         train = model.evaluate(task["X_train"], task["y_train"], return_dict=True)
         test = model.evaluate(task["X_test"], task["y_test"], return_dict=True)

@@ -326,6 +326,46 @@ class MPIComm:
         """Block until every rank has entered (``MPI_Ibarrier``; the job aborts after `timeout`)."""
         self._complete(self.comm.Ibarrier(), "barrier")
 
+    def isend(self, buf, dest, tag=0):
+        """Start sending `buf` to rank `dest` (``MPI_Isend``); complete it with `wait`.
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous
+            Must stay unchanged until the send is complete.
+        dest : int, in [0, size)
+        tag : int, >= 0
+
+        Returns
+        -------
+        mpi4py.MPI.Request
+        """
+        check_buffer(buf)
+        return self.comm.Isend(buf, dest=check_root(dest, self.size), tag=tag)
+
+    def wait(self, request, what="send"):
+        """Complete `request` under the deadline: after `timeout` s one line, then ``MPI_Abort``."""
+        self._complete(request, what)
+
+    def recv(self, buf, source, tag=0):
+        """Receive a message from rank `source` into `buf` (``MPI_Irecv``, under the deadline).
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable
+            The message's size and dtype.
+        source : int, in [0, size)
+        tag : int, >= 0
+
+        Returns
+        -------
+        buf : the same array
+        """
+        check_buffer(buf)
+        source = check_root(source, self.size)
+        self._complete(self.comm.Irecv(buf, source=source, tag=tag), f"receive from rank {source}")
+        return buf
+
     def abort(self, errorcode=1):
         """End the whole MPI job with `errorcode` (``MPI_Abort``); does not return."""
         _abort(self.comm, errorcode)

@@ -6,9 +6,12 @@ import math
 import os
 
 from ..data import COUNT_MAX, SEED_MAX, check_int, check_nbytes, check_output_path
+from ..parallel.schedule import PIPELINE_SCHEDULES
 from ..parallel.tensor import check_tensor_parallel
 from ..quant import prepare_qat, qat_config
 from . import compiled, loop
+from .pipeline import fit_pipeline
+from .pipeline import stage_bounds as split_stages
 from .tensor import check_fit_arguments, fit_tensor_parallel
 from .workers import MODES, fit_workers
 
@@ -67,7 +70,8 @@ def _prepare(model, X, y):
 def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
         verbose=0, callbacks=None, pruning=None, pruning_method="magnitude", quantization=None,
         workers=1, mode="sync", comm=None, checkpoint=None, checkpoint_every=None, resume=None,
-        tensor_parallel=1):
+        tensor_parallel=1, pipeline_stages=1, micro_batches=1, schedule="gpipe",
+        stage_bounds=None):
     """Train `model` by minibatch gradient descent on MSE.
 
     Parameters
@@ -120,6 +124,21 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         worker processes on this machine (``workers x k`` with ``workers`` data-parallel
         replicas), or the ranks of `comm` (a multiple of k). Not with ``mode="async"``,
         `checkpoint` or `resume`.
+    pipeline_stages : int, in [1, len(model.layers)], default 1
+        Pipeline-parallel training (:mod:`minscale.train.pipeline`, docs/parallel.md
+        "Pipeline training"): the layers are cut into this many contiguous stages, one
+        process each (on this machine, or the ranks of `comm` under ``mpiexec``, whose size
+        must equal it). Not with ``workers > 1``, ``mode="async"`` or `callbacks`.
+    micro_batches : int, >= 1, default 1
+        Split every batch into this many micro-batches and accumulate their gradients (in
+        micro-batch order, each scaled by the batch's row count); an update per batch. With
+        ``pipeline_stages=1`` this is the single-process reference pipeline training equals
+        bit for bit. A batch of fewer rows has empty micro-batches, which add nothing.
+    schedule : {"gpipe", "1f1b"}, default "gpipe"
+        Pipeline schedule (:func:`minscale.parallel.schedule.pipeline_schedule`).
+    stage_bounds : sequence of int, optional
+        Cut points ``0 = b_0 < ... < b_p = len(model.layers)`` instead of the split balanced
+        by parameter count (:func:`minscale.train.pipeline.stage_bounds`).
 
     Returns
     -------
@@ -144,6 +163,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         built from the width of `X`, which is checked last).
     minscale.io.ModelFileError
         A damaged or foreign `resume` file.
+    minscale.parallel.WorkerError
+        A pipeline stage process died or stopped answering (``pipeline_stages > 1``): the
+        message names the stage and its layers; a stage's exception is re-raised with its
+        own type and a note naming the stage.
     DivergenceError
         The loss became NaN or inf, or a batch loss exceeded `BLOWUP_FACTOR` (1e10) times the
         first batch loss of this call; the message names epoch, step and learning rate, and
@@ -173,6 +196,29 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
                          "comm= is synchronous (mode='sync')")
     if comm is not None and workers > 1:
         raise ValueError("give either workers (processes on this machine) or comm, not both")
+    pipeline_stages = _check_int("pipeline_stages", pipeline_stages, 1)
+    micro_batches = _check_int("micro_batches", micro_batches, 1)
+    if schedule not in PIPELINE_SCHEDULES:
+        raise ValueError(f"schedule must be one of {PIPELINE_SCHEDULES}, got {schedule!r}")
+    if pipeline_stages > 1 or micro_batches > 1:
+        if mode == "async":
+            raise ValueError("pipeline_stages and micro_batches need mode='sync': the pipeline "
+                             "makes one synchronous update per global batch")
+        if workers > 1:
+            raise ValueError(f"pipeline_stages={pipeline_stages}, micro_batches={micro_batches} "
+                             f"do not combine with workers={workers}")
+    if pipeline_stages > 1:
+        if pipeline_stages > len(model.layers):
+            raise ValueError(f"pipeline_stages={pipeline_stages} is more than the model's "
+                             f"{len(model.layers)} layers (every stage needs at least one layer)")
+        if callbacks:
+            raise ValueError("callbacks do not run in pipeline training (pipeline_stages > 1): "
+                             "each stage holds a part of the model")
+        if comm is not None and comm.size != pipeline_stages:
+            raise ValueError(f"pipeline_stages={pipeline_stages} must equal the communicator's "
+                             f"size {comm.size} (one rank per stage)")
+    elif stage_bounds is not None:
+        raise ValueError("stage_bounds needs pipeline_stages > 1")
     if pruning is not None and not (hasattr(pruning, "should_prune")
                                     and hasattr(pruning, "sparsity")):
         raise ValueError("pruning must be a sparsity schedule with should_prune(step) and "
@@ -183,7 +229,8 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     if quantization is not None:
         quantization = qat_config(quantization)
     tensor_parallel = check_fit_arguments(tensor_parallel, mode=mode, checkpoint=checkpoint,
-                                          resume=resume)
+                                          resume=resume, pipeline_stages=pipeline_stages,
+                                          micro_batches=micro_batches)
     if checkpoint is not None and (comm is None or comm.rank == 0):
         # only rank 0 writes; a path that cannot be a file is refused before any training
         check_output_path(checkpoint, "checkpoint")
@@ -192,6 +239,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     check_tensor_parallel(model, tensor_parallel)  # layers narrower than k, QAT hooks
     if validation_data is not None:
         validation_data = _prepare(model, *validation_data)
+    bounds = split_stages(model, pipeline_stages, stage_bounds) if pipeline_stages > 1 else None
 
     if model.optimizer is None:
         model.compile()
@@ -204,13 +252,20 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     if tensor_parallel > 1:
         history = fit_tensor_parallel(model, X, y, tensor_parallel=tensor_parallel,
                                       workers=workers, comm=comm, **options)
+    elif pipeline_stages > 1:
+        history = fit_pipeline(model, X, y, stages=pipeline_stages, micro_batches=micro_batches,
+                               schedule=schedule, bounds=bounds, comm=comm,
+                               checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                               resume=resume, **{k: v for k, v in options.items()
+                                                 if k != "callbacks"})
     elif workers > 1 or mode == "async":
         history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
-    elif comm is None and checkpoint is None and resume is None \
+    elif comm is None and checkpoint is None and resume is None and micro_batches == 1 \
             and compiled.supports(model, options):
         history = compiled.run(model, X, y, **options)
     else:
         history = loop.run(model, X, y, comm=comm, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every, resume=resume, **options)
+                           checkpoint_every=checkpoint_every, resume=resume,
+                           micro_batches=micro_batches, **options)
     model.history = history
     return history

@@ -26,7 +26,7 @@ __all__ = []
 
 def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks,
         pruning, pruning_method, comm=None, checkpoint=None, checkpoint_every=None,
-        resume=None):
+        resume=None, micro_batches=1):
     """The training loop proper, on validated arrays (see :func:`fit`).
 
     Parameters
@@ -38,6 +38,10 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
         gradient of its shard of every batch and allreduces it.
     checkpoint, checkpoint_every, resume
         See :func:`fit`; every rank reads `resume`, rank 0 writes `checkpoint`.
+    micro_batches : int, default 1
+        Split each batch (each rank's shard) into this many micro-batches and accumulate
+        their gradients (:func:`accumulate_micro_batches`): the single-process reference of
+        pipeline training.
 
     Returns
     -------
@@ -116,8 +120,12 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 for cb in callbacks:
                     cb.on_step_begin(model, step)
                 # grads (P values) and the batch loss share one buffer: one allreduce sums both
-                model.grad_buffer[P] = model.compute_gradients(Xb, yb, n_total=hi - lo,
-                                                               regularize=False)
+                if micro_batches == 1:
+                    model.grad_buffer[P] = model.compute_gradients(Xb, yb, n_total=hi - lo,
+                                                                   regularize=False)
+                else:
+                    model.grad_buffer[P] = accumulate_micro_batches(model, Xb, yb, hi - lo,
+                                                                    micro_batches)
                 if size > 1:
                     comm.allreduce(model.grad_buffer)
                 if regularized:
@@ -163,6 +171,56 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     for cb in callbacks:
         cb.on_train_end(model, history)
     return history
+
+
+def accumulate_micro_batches(model, X, y, n_total, micro_batches):
+    """Gradient of a batch as the sum of its micro-batches' gradients, in micro-batch order.
+
+    The single-process reference of pipeline training: micro-batch i is rows
+    ``shard_bounds(n, i, micro_batches)`` of the batch (contiguous, the first ones one row
+    longer, empty ones when ``n < micro_batches``); each gets a forward and a backward pass of
+    the whole model, and ``grads = ((g_0 + g_1) + g_2) + ...``. A pipeline stage runs the same
+    float operations on its layers in the same order, so it ends with the same bits.
+
+    Parameters
+    ----------
+    model : Sequential, built and compiled
+    X : ndarray, shape (n, d_in), the model's dtype
+    y : ndarray, shape (n, d_out), the model's dtype
+    n_total : int, >= 1
+        Rows of the global batch (``n`` in one process): the ``mean`` reduction divides every
+        micro-batch's squared error by it, so the micro-batch losses and gradients add up to
+        those of the batch (see ``docs/mse.md``, "Shards of a batch: n_total"); dividing
+        each by its own row count and averaging would weight the rows of a short micro-batch
+        more.
+    micro_batches : int, >= 1
+
+    Returns
+    -------
+    float
+        The batch's data loss, the micro-batch losses added in order (no regularization;
+        the loop adds it once).
+
+    Notes
+    -----
+    Writes ``model.grads``. Memory: one more gradient buffer (P values).
+
+    References
+    ----------
+    Gradient accumulation over micro-batches as in GPipe (Huang et al. 2019, section 2.2).
+    """
+    P = model.params.size
+    acc = None
+    loss = 0.0
+    for i in range(micro_batches):
+        lo, hi = shard_bounds(X.shape[0], i, micro_batches)
+        loss += model.compute_gradients(X[lo:hi], y[lo:hi], n_total=n_total, regularize=False)
+        if acc is None:
+            acc = model.grads.copy()
+        else:
+            acc += model.grad_buffer[:P]
+    np.copyto(model.grads, acc)
+    return loss
 
 
 def diverged(model, backup, epoch, step, lr, loss, loss_limit=math.inf):

@@ -99,13 +99,13 @@ class _ShardPruning(Callback):
 
 
 def check_fit_arguments(tensor_parallel, *, mode="sync", checkpoint=None, resume=None,
-                        pipeline_stages=1):
+                        pipeline_stages=1, micro_batches=1):
     """Refuse what tensor-parallel training does not combine with, naming the arguments.
 
     Parameters
     ----------
     tensor_parallel : int, >= 1
-    mode, checkpoint, resume, pipeline_stages
+    mode, checkpoint, resume, pipeline_stages, micro_batches
         As given to :func:`minscale.train.fit`.
 
     Returns
@@ -117,7 +117,7 @@ def check_fit_arguments(tensor_parallel, *, mode="sync", checkpoint=None, resume
     ------
     ValueError
         `tensor_parallel` not an integer >= 1; with k > 1: ``mode="async"``,
-        ``pipeline_stages > 1``, `checkpoint` or `resume`. (``workers = d``
+        ``pipeline_stages > 1``, ``micro_batches > 1``, `checkpoint` or `resume`. (``workers = d``
         combines: d replicas of k ranks, see :func:`fit_tensor_parallel`.)
     """
     k = check_int("tensor_parallel", tensor_parallel, 1, COUNT_MAX)
@@ -127,6 +127,8 @@ def check_fit_arguments(tensor_parallel, *, mode="sync", checkpoint=None, resume
                 "(every forward pass needs all of them)"),
                (pipeline_stages != 1, f"pipeline_stages={pipeline_stages}", "tensor and "
                 "pipeline parallelism do not combine; give one of them"),
+               (micro_batches != 1, f"micro_batches={micro_batches}", "micro-batches belong to "
+                "pipeline training"),
                (checkpoint is not None or resume is not None, "checkpoint/resume",
                 "checkpoints of a sharded model are not implemented")]
     for bad, what, why in refused:
