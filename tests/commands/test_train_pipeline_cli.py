@@ -40,6 +40,8 @@ def _losses(stdout):
     (["--micro-batches", "0"], ["--micro-batches must be an integer >= 1"]),
     (["--pipeline-stages", "2", "--mode", "async", "--workers", "2"], ["--mode sync"]),
     (["--micro-batches", "2", "--workers", "2"], ["--workers 2"]),
+    (["--pipeline-stages", "2", "--tensor-parallel", "2"], ["--tensor-parallel 2"]),
+    (["--micro-batches", "2", "--tensor-parallel", "2"], ["--tensor-parallel 2"]),
 ])
 def test_bad_pipeline_options_are_one_line_and_exit_2(capsys, tmp_path, argv, words):
     save = tmp_path / "m.npz"

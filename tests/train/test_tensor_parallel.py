@@ -344,6 +344,9 @@ def test_bad_arguments_are_value_errors_naming_them_and_leave_the_model(kwargs, 
 def test_pipeline_stages_and_a_single_layer_are_refused():
     with pytest.raises(ValueError, match="tensor_parallel=2 does not work with pipeline_stages=2"):
         check_fit_arguments(2, pipeline_stages=2)
+    with pytest.raises(ValueError, match="tensor_parallel=2 does not work with micro_batches=4"):
+        check_fit_arguments(2, micro_batches=4)
+    assert check_fit_arguments(1, micro_batches=4) == 1
     one = ms.Sequential([ms.Dense(4)], input_dim=3)
     with pytest.raises(ValueError, match="tensor_parallel=2 splits pairs of Dense layers"):
         check_tensor_parallel(one, 2)
