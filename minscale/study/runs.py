@@ -57,6 +57,7 @@ __all__ = [
     "regularization_runs",
     "register_part",
     "part_names",
+    "default_parts",
     "EXTRA_PARTS",
     "run_study",
 ]
@@ -1122,11 +1123,11 @@ def _aggregate_regularization(outs, seeds, base_val, base_test, config):
 # ----------------------------------------------------------------------------------------
 # the whole study
 
-#: parts registered by other modules: name -> (run, render); see :func:`register_part`
+#: parts registered by other modules: name -> (run, default); see :func:`register_part`
 EXTRA_PARTS = {}
 
 
-def register_part(name, run, render=None):
+def register_part(name, run, default=False):
     """Add a part to the study under `name` (``--part NAME``).
 
     Parameters
@@ -1138,9 +1139,11 @@ def register_part(name, run, render=None):
         (list of int), ``baseline`` (the result's baseline section, with the chosen
         ``initial_learning_rate`` and ``decay_rate``), ``finetune_learning_rate`` and
         ``jobs``; the part runs its seeds itself (:func:`minscale.study.seeds.map_seeds`),
-        chooses on ``task["X_val"]`` and reports on ``task["X_test"]``.
-    render : callable, optional
-        ``render(section, result) -> list of str``: its lines of the text report.
+        chooses on ``task["X_val"]`` and reports on ``task["X_test"]``. An optional
+        ``"text"`` entry (list of str) holds its lines of the text report
+        (:func:`minscale.report.render_text` prints them after the built-in parts).
+    default : bool, default False
+        Run it when ``--part`` is not given (:func:`default_parts`).
 
     Raises
     ------
@@ -1149,7 +1152,7 @@ def register_part(name, run, render=None):
     """
     if name in PARTS or name in EXTRA_PARTS:
         raise ValueError(f"a study part named {name!r} exists already")
-    EXTRA_PARTS[name] = (run, render)
+    EXTRA_PARTS[name] = (run, bool(default))
 
 
 def part_names():
@@ -1160,6 +1163,16 @@ def part_names():
     tuple of str
     """
     return PARTS + tuple(EXTRA_PARTS)
+
+
+def default_parts():
+    """The parts run without ``--part``: every built-in one and the registered defaults.
+
+    Returns
+    -------
+    tuple of str
+    """
+    return PARTS + tuple(n for n, (_, default) in EXTRA_PARTS.items() if default)
 
 
 def _task_info(task):
@@ -1323,10 +1336,12 @@ def run_study(task, config=None, progress=None):
                                              _schedule(base_run, n_batches), step)
         context = {"seeds": seeds, "baseline": result["baseline"],
                    "finetune_learning_rate": finetune_lr, "jobs": jobs}
+        result["extra_parts"] = []
         for name, (run, _) in EXTRA_PARTS.items():
             if name in config.parts:
                 bar.part(name)
                 result[name] = run(task, config, context)
+                result["extra_parts"].append(name)
         result["summary"] = summarize(result, config.tolerance)
         result["seconds_total"] = time.perf_counter() - t_start
         return result
