@@ -67,10 +67,10 @@ def check_outputs(args):
         raise ValueError(f"--epochs {args.epochs} conflicts with --quick, which fixes the "
                          "budgets; give one of them")
     for flag in ("epochs", "batch_size", "seeds", "jobs"):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    args.parts = parse_parts(args.part)
+    args.parts = parse_parts(getattr(args, "part", None))
     suffixes = {"json": None, "csv": None, "plot": None}
     if args.plot is not None:
         suffixes["plot"] = report.plot_formats()  # ImportError without matplotlib
