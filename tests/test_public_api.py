@@ -191,6 +191,9 @@ ADDED = {
     "minscale.optim": ["AdamW"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
+    # study scaling parts (issue 15): lottery-ticket rewinding, the width/depth plot panel
+    "minscale.prune": ["WeightSnapshots", "reinitialize", "rewind"],
+    "minscale.report": ["plot_width_depth"],
 }
 
 

@@ -9,8 +9,6 @@ Henighan et al. 2020); ``docs/study.md`` derives the fit and its bootstrap.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .._checks import check_int, check_real
