@@ -6,10 +6,11 @@ import pytest
 from minscale.commands._common import load_task
 from minscale.optim import Adam
 from minscale.schedules import InverseTimeDecay
-from minscale.study.recovery import RECOVERY_METHODS, recovery_part
+from minscale.study.config import StudyConfig
+from minscale.study.recovery import RECOVERY_METHODS, RECOVERY_PRESETS, recovery_part, run_recovery
 from minscale.study.runs import build_model, measure
 from minscale.study.scaling import training_flops_per_sample
-from minscale.study.width_depth import width_depth_part
+from minscale.study.width_depth import WIDTH_DEPTH_PRESETS, run_width_depth, width_depth_part
 
 pytestmark = pytest.mark.exactness
 
@@ -83,3 +84,20 @@ def test_width_depth_bad_input(digits, kwargs, match):
 def test_recovery_bad_input(digits, kwargs, match):
     with pytest.raises(ValueError, match=match):
         recovery_part(digits, [0], epochs=1, retrain_epochs=1, **kwargs)
+
+
+def test_register_part_entries_take_the_quick_preset(digits):
+    config = StudyConfig.preset(quick=True, hidden=(8,))
+    context = {"seeds": [0], "jobs": 1, "pool": None, "finetune_learning_rate": 0.001,
+               "baseline": {"initial_learning_rate": 0.01, "decay_rate": 0.0, "epochs": 2}}
+    wd = run_width_depth(digits, config, context)
+    quick = WIDTH_DEPTH_PRESETS["quick"]
+    assert wd["epochs"] == quick["epochs"] and wd["widths"] == list(quick["widths"])
+    assert len(wd["rows"]) == len(quick["widths"]) * len(quick["depths"])
+    assert all(f["n_bootstrap"] == quick["n_bootstrap"] for f in wd["fits"])
+    # one seed: no interval, printed as n/a
+    assert wd["rows"][0]["loss_ci95"] == [None, None] and "n/a" in "\n".join(wd["text"])
+    rec = run_recovery(digits, config, context)
+    assert rec["epochs"] == rec["retrain_epochs"] == 2  # the baseline's epochs
+    assert rec["sparsities"] == list(RECOVERY_PRESETS["quick"]["sparsities"])
+    assert rec["finetune_learning_rate"] == 0.001 and rec["hidden"] == [8]
