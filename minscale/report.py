@@ -878,6 +878,14 @@ def plot_width_depth(ax, section, result=None):
     ax.set_yscale("log")
     if drawn:
         ax.set_ylim(min(drawn) / 1.3, max(drawn) * 1.3)
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415 (optional, only when drawing)
+
+    def two_five(x, _):
+        # label the 2x and 5x minor ticks too: the panel spans one or two decades of loss
+        lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9), 6) if x > 0 else 0
+        return f"{x:.3g}" if lead in (2.0, 5.0) else ""
+    ax.yaxis.set_minor_formatter(FuncFormatter(two_five))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
     ax.set_xlabel("parameters N (labels: hidden width)")
     ax.set_ylabel("test loss (MSE)")
     ax.set_title("Width and depth: test loss against size, power law per depth")
