@@ -190,12 +190,11 @@ ADDED = {
     # regularization: decoupled weight decay
     "minscale.optim": ["AdamW"],
     # issue 15: seeds and intervals in the study's tables
-    "minscale.report": ["format_interval", "PLOT_PANELS"],
+    "minscale.report": ["format_interval", "PLOT_PANELS", "plot_width_depth"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
-    # study scaling parts (issue 15): lottery-ticket rewinding, the width/depth plot panel
+    # issue 15, recovery part: lottery-ticket rewinding (the width/depth panel: report above)
     "minscale.prune": ["WeightSnapshots", "reinitialize", "rewind"],
-    "minscale.report": ["plot_width_depth"],
 }
 
 
