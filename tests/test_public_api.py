@@ -191,6 +191,8 @@ ADDED = {
     "minscale.optim": ["AdamW"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
+    # issue 15: the shipped MNIST subset
+    "minscale.datasets": ["load_mnist5k"],
 }
 
 
