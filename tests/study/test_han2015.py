@@ -3,7 +3,6 @@ import argparse
 import json
 import math
 
-import numpy as np
 import pytest
 
 from minscale.commands._common import load_task
@@ -33,7 +32,7 @@ def test_schedule_is_geometric_in_the_survivors_and_exact_at_the_end():
 def small_task():
     task = load_task(argparse.Namespace(data="mnist5k", target=None, test_size=0.2, seed=0),
                      validation_size=0.2)
-    for key, n in (("train", 500), ("val", 200), ("test", 200)):
+    for key, n in (("train", 320), ("val", 200), ("test", 200)):
         task[f"X_{key}"] = task[f"X_{key}"][:n]
         task[f"y_{key}"] = task[f"y_{key}"][:n]
         if key != "train":
@@ -43,7 +42,7 @@ def small_task():
 
 @pytest.fixture(scope="module")
 def small_result(small_task):
-    return han2015_part(small_task, seeds=(0, 1), epochs=2, rounds=2, retrain_epochs=1)
+    return han2015_part(small_task, seeds=(0, 1), epochs=1, rounds=2, retrain_epochs=1)
 
 
 def test_han_counts_on_lenet_300_100(small_result):
@@ -65,7 +64,7 @@ def test_han_counts_on_lenet_300_100(small_result):
 
 
 def test_control_gets_exactly_the_retraining_updates(small_result):
-    per_round = math.ceil(500 / 64)  # one epoch of 500 rows at batch 64
+    per_round = math.ceil(320 / 64)  # one epoch of 320 rows at batch 64
     for i, rec in enumerate(small_result["rounds"]):
         assert rec["retrain_updates"] == rec["control_updates"] == (i + 1) * per_round
 
@@ -93,7 +92,7 @@ def test_reported_errors_intervals_and_selection(small_result):
     else:
         assert r["reached"]["round"] == ok
         assert r["reached"]["sparsity"] == r["rounds"][ok - 1]["sparsity"]
-    assert r["data"]["splits"] == {"train": 500, "validation": 200, "test": 200}
+    assert r["data"]["splits"] == {"train": 320, "validation": 200, "test": 200}
     json.dumps(r, allow_nan=False)
 
 
@@ -119,3 +118,11 @@ def test_refuses_regression_and_wrong_layer_count(small_task):
     missing = {k: v for k, v in small_task.items() if k != "X_val"}
     with pytest.raises(ValueError, match="'X_val'"):
         han2015_part(missing, seeds=(0,))
+
+
+def test_retraining_rate_is_the_one_with_the_lowest_validation_error(small_result):
+    ret = small_result["retraining"]
+    assert [c["learning_rate"] for c in ret["candidates"]] == [1e-3, 1e-4]
+    best = min(ret["candidates"], key=lambda c: c["final_val_error_mean"])
+    assert ret["learning_rate"] == best["learning_rate"]
+    assert any(line.startswith("retraining rate ") for line in small_result["text"])
