@@ -393,17 +393,13 @@ def render_text(result):
         by_name = {r["name"]: r for r in rg["rows"]}
         for kind, name in rg["best"].items():
             r = by_name[name]
+            lo, hi = r["loss_ci95"]
+            relation = {"better": "better than", "worse": "worse than"}.get(
+                r["verdict"], f"{r['verdict']} from")
             out.append(f"   best {kind}: strength {r['strength']:g} (validation loss "
                        f"{format_number(r['val_loss_mean'])}), test loss "
                        f"{format_interval(r['loss_mean'], r['loss_ci95'])}, 95% interval "
-                       f"[{format_number(r['loss_ci95'][0])}, "
-                       f"{format_number(r['loss_ci95'][1])}], {r['verdict']} than no "
-                       "regularization" if r["verdict"] in ("better", "worse") else
-                       f"   best {kind}: strength {r['strength']:g} (validation loss "
-                       f"{format_number(r['val_loss_mean'])}), test loss "
-                       f"{format_interval(r['loss_mean'], r['loss_ci95'])}, 95% interval "
-                       f"[{format_number(r['loss_ci95'][0])}, "
-                       f"{format_number(r['loss_ci95'][1])}], {r['verdict']} from no "
+                       f"[{format_number(lo)}, {format_number(hi)}], {relation} no "
                        "regularization")
 
     # workers -------------------------------------------------------------------------------

@@ -189,6 +189,8 @@ ADDED = {
     "minscale": ["export", "regularizers"],
     # regularization: decoupled weight decay
     "minscale.optim": ["AdamW"],
+    # issue 15: seeds and intervals in the study's tables
+    "minscale.report": ["format_interval", "PLOT_PANELS"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
     # issue 15: the shipped MNIST subset

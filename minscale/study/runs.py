@@ -37,7 +37,7 @@ from .metrics import (
     sparse_codes_nbytes,
     summarize,
 )
-from .seeds import map_seeds, study_seeds, variant_record
+from .seeds import map_seeds, seed_pool, study_seeds, variant_record
 from .stats import mean_ci95
 
 __all__ = [
@@ -1269,83 +1269,89 @@ def run_study(task, config=None, progress=None):
         from threadpoolctl import threadpool_limits  # noqa: PLC0415 (heavy, optional)
         limits = threadpool_limits(limits=config.blas_threads, user_api="blas")
     try:
-        n_batches = _n_batches(task, config)
-        bar.part("learning rate")
-        per_seed = map_seeds(functools.partial(_lr_seed, task, config, step), seeds, jobs,
-                             config.blas_threads)
-        runs, best, target = _aggregate_learning_rate(per_seed, config, n_batches)
-        base_run = runs[best]
-        weights = {s: w[best] for s, (_, w) in zip(seeds, per_seed)}
-        del per_seed
-        finetune_lr = config.finetune_factor * base_run["initial_learning_rate"]
-        probe = new_model(task, config)
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "minscale_version": __version__,
-            "backend": get_backend(),
-            "data": _task_info(task),
-            "config": config.to_dict(),
-            "seeds": seeds,
-            "baseline": {
-                "run": best,
-                "initial_learning_rate": base_run["initial_learning_rate"],
-                "decay_rate": base_run["decay_rate"],
-                "epochs": config.epochs,
-                "updates": base_run["updates"],
-                "n_params": probe.count_params(),
-                "n_weights": int(probe.prunable.sum()),
-                "nbytes": model_nbytes(probe, "dense", bits=FLOAT_BITS),
-                "seeds": seeds,
-                "losses": base_run["test_losses"],
-                "loss_mean": base_run["test_loss_mean"],
-                "loss_ci95": base_run["test_loss_ci95"],
-                "loss": base_run["test_loss_mean"],
-                "accuracy": base_run["test_accuracy"],
-                "val_loss_mean": base_run["final_loss"],
-                "selection": "lowest mean final validation loss of the learning-rate sweep "
-                             "over the seeds",
-            },
-            "learning_rate": {"decay_steps": n_batches,
-                              "target_factor": config.target_factor, "target": target,
-                              "target_measured": "mean validation loss over the seeds at "
-                                                 "the end of each epoch",
-                              "runs": runs},
-        }
-        variant_parts = [p for p in ("pruning", "quantization", "combined", "regularization")
-                         if p in config.parts]
-        if variant_parts:
-            bar.part(", ".join(variant_parts))
-            outs = map_seeds(functools.partial(_variants_seed, task, config, base_run,
-                                               weights, step),
-                             seeds, jobs, config.blas_threads)
-            base_test = [o["baseline"]["test"]["loss"] for o in outs]
-            base_val = [o["baseline"]["val"]["loss"] for o in outs]
-            if "pruning" in config.parts:
-                result["pruning"] = _aggregate_pruning(outs, seeds, config)
-            if "quantization" in config.parts:
-                result["quantization"] = _aggregate_quantization(outs, seeds, config)
-            if "combined" in config.parts:
-                result["combined"] = _aggregate_combined(outs, seeds, config)
-            if "regularization" in config.parts:
-                result["regularization"] = _aggregate_regularization(outs, seeds, base_val,
-                                                                     base_test, config)
-            del outs
-        if "workers" in config.parts:
-            bar.part("workers")
-            result["workers"] = workers_part(task, _seed_config(config, seeds[0]),
-                                             _schedule(base_run, n_batches), step)
-        context = {"seeds": seeds, "baseline": result["baseline"],
-                   "finetune_learning_rate": finetune_lr, "jobs": jobs}
-        result["extra_parts"] = []
-        for name, (run, _) in EXTRA_PARTS.items():
-            if name in config.parts:
-                bar.part(name)
-                result[name] = run(task, config, context)
-                result["extra_parts"].append(name)
-        result["summary"] = summarize(result, config.tolerance)
-        result["seconds_total"] = time.perf_counter() - t_start
-        return result
+        with seed_pool(jobs) as pool:
+            return _run_study(task, config, bar, step, seeds, jobs, pool, t_start)
     finally:
         bar.close()
         if limits is not None:
             limits.restore_original_limits()
+
+
+def _run_study(task, config, bar, step, seeds, jobs, pool, t_start):
+    """The body of :func:`run_study`, its resources (BLAS limits, bar, pool) held."""
+    n_batches = _n_batches(task, config)
+    bar.part("learning rate")
+    per_seed = map_seeds(functools.partial(_lr_seed, task, config, step), seeds, jobs,
+                         config.blas_threads, pool)
+    runs, best, target = _aggregate_learning_rate(per_seed, config, n_batches)
+    base_run = runs[best]
+    weights = {s: w[best] for s, (_, w) in zip(seeds, per_seed)}
+    del per_seed
+    finetune_lr = config.finetune_factor * base_run["initial_learning_rate"]
+    probe = new_model(task, config)
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "minscale_version": __version__,
+        "backend": get_backend(),
+        "data": _task_info(task),
+        "config": config.to_dict(),
+        "seeds": seeds,
+        "baseline": {
+            "run": best,
+            "initial_learning_rate": base_run["initial_learning_rate"],
+            "decay_rate": base_run["decay_rate"],
+            "epochs": config.epochs,
+            "updates": base_run["updates"],
+            "n_params": probe.count_params(),
+            "n_weights": int(probe.prunable.sum()),
+            "nbytes": model_nbytes(probe, "dense", bits=FLOAT_BITS),
+            "seeds": seeds,
+            "losses": base_run["test_losses"],
+            "loss_mean": base_run["test_loss_mean"],
+            "loss_ci95": base_run["test_loss_ci95"],
+            "loss": base_run["test_loss_mean"],
+            "accuracy": base_run["test_accuracy"],
+            "val_loss_mean": base_run["final_loss"],
+            "selection": "lowest mean final validation loss of the learning-rate sweep "
+                         "over the seeds",
+        },
+        "learning_rate": {"decay_steps": n_batches,
+                          "target_factor": config.target_factor, "target": target,
+                          "target_measured": "mean validation loss over the seeds at "
+                                             "the end of each epoch",
+                          "runs": runs},
+    }
+    variant_parts = [p for p in ("pruning", "quantization", "combined", "regularization")
+                     if p in config.parts]
+    if variant_parts:
+        bar.part(", ".join(variant_parts))
+        outs = map_seeds(functools.partial(_variants_seed, task, config, base_run,
+                                           weights, step),
+                         seeds, jobs, config.blas_threads, pool)
+        base_test = [o["baseline"]["test"]["loss"] for o in outs]
+        base_val = [o["baseline"]["val"]["loss"] for o in outs]
+        if "pruning" in config.parts:
+            result["pruning"] = _aggregate_pruning(outs, seeds, config)
+        if "quantization" in config.parts:
+            result["quantization"] = _aggregate_quantization(outs, seeds, config)
+        if "combined" in config.parts:
+            result["combined"] = _aggregate_combined(outs, seeds, config)
+        if "regularization" in config.parts:
+            result["regularization"] = _aggregate_regularization(outs, seeds, base_val,
+                                                                 base_test, config)
+        del outs
+    if "workers" in config.parts:
+        bar.part("workers")
+        result["workers"] = workers_part(task, _seed_config(config, seeds[0]),
+                                         _schedule(base_run, n_batches), step)
+    context = {"seeds": seeds, "baseline": result["baseline"],
+               "finetune_learning_rate": finetune_lr, "jobs": jobs, "pool": pool}
+    result["extra_parts"] = []
+    for name, (run, _) in EXTRA_PARTS.items():
+        if name in config.parts:
+            bar.part(name)
+            result[name] = run(task, config, context)
+            result["extra_parts"].append(name)
+    result["summary"] = summarize(result, config.tolerance)
+    result["seconds_total"] = time.perf_counter() - t_start
+    return result

@@ -9,6 +9,7 @@ control into the fields every variant of a study result carries (``docs/study.md
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +19,7 @@ from .._checks import check_int
 from ..kernels import get_backend, set_backend
 from .stats import mean_ci95, paired_difference_ci95, verdict
 
-__all__ = ["map_seeds", "variant_record", "study_seeds"]
+__all__ = ["map_seeds", "seed_pool", "variant_record", "study_seeds"]
 
 
 def study_seeds(first, n):
@@ -69,7 +70,32 @@ def _run_seed(fn, seed, blas_threads, backend):
             limits.restore_original_limits()
 
 
-def map_seeds(fn, seeds, jobs=1, blas_threads=1):
+@contextlib.contextmanager
+def seed_pool(jobs):
+    """A pool of `jobs` spawned worker processes for several :func:`map_seeds` calls, or None.
+
+    Starting a worker costs seconds (imports, JIT cache loads); a study maps its seeds twice
+    (learning rates, then the variants) and reuses one pool for both.
+
+    Parameters
+    ----------
+    jobs : int, >= 1
+        1 yields None (everything runs in this process).
+
+    Yields
+    ------
+    concurrent.futures.ProcessPoolExecutor or None
+    """
+    jobs = check_int("jobs", jobs, 1)
+    if jobs == 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=jobs,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def map_seeds(fn, seeds, jobs=1, blas_threads=1, pool=None):
     """``[fn(s) for s in seeds]``, in `jobs` worker processes when `jobs` > 1.
 
     Parameters
@@ -84,6 +110,8 @@ def map_seeds(fn, seeds, jobs=1, blas_threads=1):
     blas_threads : int or None, default 1
         BLAS threads during each run (threadpoolctl), the same in both modes so that the
         results are identical; None keeps the library default.
+    pool : ProcessPoolExecutor, optional
+        From :func:`seed_pool`: run there (whatever `jobs`) instead of starting workers.
 
     Returns
     -------
@@ -108,23 +136,28 @@ def map_seeds(fn, seeds, jobs=1, blas_threads=1):
     jobs = check_int("jobs", jobs, 1)
     if blas_threads is not None:
         blas_threads = check_int("blas_threads", blas_threads, 1)
-    if jobs == 1 or len(seeds) == 1:
+    if pool is None and (jobs == 1 or len(seeds) == 1):
         return [_run_seed(fn, s, blas_threads, None) for s in seeds]
-    ctx = multiprocessing.get_context("spawn")
+    if pool is not None:
+        return _map_in(pool, fn, seeds, blas_threads)
+    with seed_pool(min(jobs, len(seeds))) as own:
+        return _map_in(own, fn, seeds, blas_threads)
+
+
+def _map_in(pool, fn, seeds, blas_threads):
     backend = get_backend()
-    with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx) as pool:
-        futures = [pool.submit(_run_seed, fn, s, blas_threads, backend) for s in seeds]
-        results = []
-        try:
-            for s, future in zip(seeds, futures):
-                try:
-                    results.append(future.result())
-                except BrokenProcessPool:
-                    raise RuntimeError(f"the worker process running seed {s} died before "
-                                       "returning (killed, or out of memory?)") from None
-        finally:
-            for future in futures:
-                future.cancel()
+    futures = [pool.submit(_run_seed, fn, s, blas_threads, backend) for s in seeds]
+    results = []
+    try:
+        for s, future in zip(seeds, futures):
+            try:
+                results.append(future.result())
+            except BrokenProcessPool:
+                raise RuntimeError(f"the worker process running seed {s} died before "
+                                   "returning (killed, or out of memory?)") from None
+    finally:
+        for future in futures:
+            future.cancel()
     return results
 
 

@@ -287,6 +287,7 @@ def test_same_seed_same_numbers():
     assert a["baseline"]["losses"][0] != a["baseline"]["losses"][1]
 
 
+@pytest.mark.slow  # spawned workers start in seconds each on a busy machine
 def test_jobs_2_gives_the_numbers_of_jobs_1():
     task = _diabetes(0)
     parts = ("learning_rate", "pruning", "quantization", "combined")
