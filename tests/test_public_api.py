@@ -195,6 +195,8 @@ ADDED = {
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
     # issue 15, recovery part: lottery-ticket rewinding (the width/depth panel: report above)
     "minscale.prune": ["WeightSnapshots", "reinitialize", "rewind"],
+    # issue 15: the shipped MNIST subset
+    "minscale.datasets": ["load_mnist5k"],
 }
 
 

@@ -74,7 +74,8 @@ def _parse_int(text):
 def add_data_arguments(parser, default="diabetes"):
     """--data, --target, --test-size, --seed."""
     parser.add_argument("--data", default=default,
-                        help="diabetes | digits | PATH.csv | PATH.npz (default: %(default)s)")
+                        help="diabetes | digits | mnist5k | PATH.csv | PATH.npz "
+                             "(default: %(default)s)")
     parser.add_argument("--target", default=None, help="target column of a CSV (default: last)")
     parser.add_argument("--test-size", type=float, default=0.2,
                         help="held-out fraction (default: %(default)s)")
@@ -94,8 +95,8 @@ def add_recorded_data_arguments(parser, seed_use="the split"):
         What the seed drives besides the split, for the help text.
     """
     parser.add_argument("--data", default=None,
-                        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
-                             "model file records, else diabetes)")
+                        help="diabetes | digits | mnist5k | PATH.csv | PATH.npz (default: the "
+                             "data the model file records, else diabetes)")
     parser.add_argument("--target", default=None, help="target column of a CSV")
     parser.add_argument("--test-size", type=float, default=None,
                         help="held-out fraction (default: as recorded, else 0.2)")
@@ -175,7 +176,9 @@ def divergence_reported():
 def load_task(args, dtype="float64", validation_size=None):
     """Load, split and standardize the data named by ``args``.
 
-    Features are standardized with the training part's mean and deviation; a regression
+    Features are standardized with the training part's mean and deviation, except those of
+    a data set whose ``info`` gives a ``feature_range`` (images: ``mnist5k``), which are
+    mapped from that range to [0, 1]; a regression
     target is standardized the same way (losses are then in units of the target's variance:
     multiply by ``y_scale**2`` for the original unit).
 
@@ -212,10 +215,19 @@ def load_task(args, dtype="float64", validation_size=None):
         X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=validation_size,
                                                   seed=args.seed)
     source = f"--data {str(args.data)!r}"
-    X_tr, X_te, std = standardize(X_tr, X_te, names=(f"{source} features (training split)",
-                                                     f"{source} features (test split)"))
-    if X_va is not None:
-        X_va = std.transform(X_va)
+    if info.get("feature_range") is not None:
+        # images: one known range for every pixel; a per-pixel deviation would blow a pixel
+        # that is ink in a handful of training images up to ~180 deviations on test images
+        low, high = info["feature_range"]
+        X_tr, X_te = (X_tr - low) / (high - low), (X_te - low) / (high - low)
+        if X_va is not None:
+            X_va = (X_va - low) / (high - low)
+    else:
+        X_tr, X_te, std = standardize(X_tr, X_te,
+                                      names=(f"{source} features (training split)",
+                                             f"{source} features (test split)"))
+        if X_va is not None:
+            X_va = std.transform(X_va)
     labels, labels_va, y_scale = None, None, 1.0
     if info["task"] == "classification":
         k = info["n_classes"]

@@ -33,6 +33,7 @@ set, sizes, summary), :mod:`minscale.study.config` the :class:`StudyConfig`, and
 """
 from __future__ import annotations
 
+from . import han2015  # noqa: F401  (registers the han2015 part of `minscale study`)
 from .config import SCHEMA_VERSION, StudyConfig
 from .metrics import (
                       first_reached,
