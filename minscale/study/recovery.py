@@ -32,7 +32,7 @@ from ..optim import Adam
 from ..prune import WeightSnapshots, prune, reinitialize, rewind
 from ..schedules import InverseTimeDecay
 from ..train import DivergenceError
-from .runs import build_model, measure
+from .runs import build_model, measure, register_part
 from .seeds import map_seeds, variant_record
 
 __all__ = ["RECOVERY_METHODS", "RECOVERY_PRESETS", "recovery_part", "recovery_text",
@@ -315,3 +315,6 @@ def run_recovery(task, config, context):
                          finetune_learning_rate=context["finetune_learning_rate"],
                          jobs=context.get("jobs", 1), pool=context.get("pool"),
                          blas_threads=config.blas_threads, **preset)
+
+
+register_part("recovery", run_recovery, default=True)

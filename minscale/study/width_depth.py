@@ -18,7 +18,7 @@ from ..data import plain
 from ..optim import Adam
 from ..schedules import InverseTimeDecay
 from ..train import DivergenceError
-from .runs import build_model, measure
+from .runs import build_model, measure, register_part
 from .scaling import fit_power_law, training_flops_per_sample
 from .seeds import map_seeds
 from .stats import mean_ci95
@@ -263,3 +263,6 @@ def run_width_depth(task, config, context):
                             decay_rate=base["decay_rate"], jobs=context.get("jobs", 1),
                             pool=context.get("pool"),
                             blas_threads=config.blas_threads, **preset)
+
+
+register_part("width_depth", run_width_depth, default=True)
