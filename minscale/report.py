@@ -510,7 +510,8 @@ def csv_rows(result):
         learning-rate runs (loss = mean test loss, validation_loss = mean final validation
         loss; seconds empty), the baseline, pruning rows and the gradual one (seconds = CSR
         predict time), quantization rows, the combined variant, regularization rows,
-        workers rows (seconds = time per epoch; one seed). ``loss`` equals ``loss_mean``
+        workers rows (seconds = time per epoch; one seed), width/depth rows (nbytes = float32
+        parameters, seconds = mean training time; no control) and recovery rows. ``loss`` equals ``loss_mean``
         (the mean test loss over ``seeds`` seeds); ``loss_ci95_low``/``high`` its 95 %
         interval; ``control``, ``control_loss_mean``, ``effect`` and ``verdict`` as in the
         JSON.
@@ -561,6 +562,16 @@ def csv_rows(result):
         add(part="workers", name=f"workers {r['workers']}", workers=r["workers"], seeds=1,
             loss=r["final_loss"], accuracy=r["final_accuracy"],
             seconds=r["seconds_per_epoch"])
+    for r in result.get("width_depth", {}).get("rows", []):
+        ci = r["loss_ci95"]
+        add(part="width_depth", name=f"depth {r['depth']} width {r['width']}",
+            method=f"depth {r['depth']}", seeds=len(r["seeds"]), loss=r["loss_mean"],
+            loss_mean=r["loss_mean"], loss_ci95_low=ci[0], loss_ci95_high=ci[1],
+            validation_loss=r["val_loss_mean"], accuracy=r["accuracy_mean"],
+            updates=r["updates"], nbytes=4 * r["n_params"], seconds=r["seconds_mean"])
+    for r in result.get("recovery", {}).get("rows", []):
+        add(part="recovery", name=r["name"], method=r["method"], sparsity=r["sparsity"],
+            updates=r["updates"], **_seed_columns(dict(r, accuracy=r["accuracy_mean"])))
     return rows
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from minscale.commands._common import load_task
 from minscale.optim import Adam
+from minscale.report import csv_rows
 from minscale.schedules import InverseTimeDecay
 from minscale.study.config import StudyConfig
 from minscale.study.recovery import RECOVERY_METHODS, RECOVERY_PRESETS, recovery_part, run_recovery
@@ -101,3 +102,26 @@ def test_register_part_entries_take_the_quick_preset(digits):
     assert rec["epochs"] == rec["retrain_epochs"] == 2  # the baseline's epochs
     assert rec["sparsities"] == list(RECOVERY_PRESETS["quick"]["sparsities"])
     assert rec["finetune_learning_rate"] == 0.001 and rec["hidden"] == [8]
+
+
+def test_csv_rows_of_both_parts(digits):
+    wd = width_depth_part(digits, [0, 1], widths=(4, 8, 16), depths=(1,), epochs=1,
+                          n_bootstrap=0)
+    rec = recovery_part(digits, [0, 1], hidden=(8,), sparsities=(0.9,), epochs=1,
+                        retrain_epochs=1)
+    base = {"loss_mean": 0.1, "loss_ci95": [0.0, 0.2], "val_loss_mean": 0.1, "accuracy": 0.9,
+            "updates": 1, "nbytes": 4}
+    result = {"baseline": base, "seeds": [0, 1], "learning_rate": {"runs": []},
+              "width_depth": wd, "recovery": rec}
+    rows = [r for r in csv_rows(result) if r["part"] in ("width_depth", "recovery")]
+    assert [r["name"] for r in rows[:3]] == ["depth 1 width 4", "depth 1 width 8",
+                                             "depth 1 width 16"]
+    assert rows[1]["loss"] == wd["rows"][1]["loss_mean"]
+    assert rows[1]["nbytes"] == 4 * wd["rows"][1]["n_params"]
+    assert rows[1]["loss_ci95_low"] == wd["rows"][1]["loss_ci95"][0]
+    rec_rows = rows[3:]
+    assert len(rec_rows) == len(RECOVERY_METHODS)
+    for row, r in zip(rec_rows, rec["rows"]):
+        assert row["effect"] == r["effect"] and row["verdict"] == r["verdict"]
+        assert row["control_loss_mean"] == r["control"]["loss_mean"]
+        assert row["updates"] == r["updates"] and row["sparsity"] == 0.9
