@@ -34,6 +34,7 @@ __all__ = [
     "plot",
     "CSV_COLUMNS",
     "PLOT_PANELS",
+    "plot_width_depth",
 ]
 
 
@@ -811,6 +812,84 @@ def plot(result, path):
 #: extra plot panels for registered study parts: section name -> ``draw(ax, section,
 #: result)``, drawn in the bottom-right panel of :func:`plot` when the result has the section
 PLOT_PANELS = {}
+
+
+def plot_width_depth(ax, section, result=None):
+    """Draw the width and depth part on a matplotlib Axes: test loss against parameters.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    section : dict
+        The part's section of a study result (:func:`minscale.study.width_depth.
+        width_depth_part`): ``rows`` (``depth``, ``width``, ``n_params``, ``loss_mean``,
+        ``loss_ci95``) and ``fits`` (per depth ``c``, ``a``, ``alpha``, ``alpha_ci95``, or
+        ``error``).
+    result : dict, optional
+        The whole result (unused; the signature of :data:`PLOT_PANELS`).
+
+    Notes
+    -----
+    Log-log axes; per depth one colour: the mean test loss at each width with its 95 %
+    interval over seeds as error bars (none with one seed; an interval reaching 0 or below
+    runs off the bottom), each point labelled with its width, and the fitted ``c + a * N**(-alpha)`` as a line over the measured range, with
+    alpha and its bootstrap interval in the legend.
+    """
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    fits = {f["depth"]: f for f in section.get("fits", [])}
+    drawn = []
+    for i, depth in enumerate(sorted({r["depth"] for r in section["rows"]})):
+        colour = colours[i % len(colours)]
+        rows = [r for r in section["rows"] if r["depth"] == depth and r["loss_mean"] is not None]
+        if not rows:
+            continue
+        n = [r["n_params"] for r in rows]
+        y = [r["loss_mean"] for r in rows]
+        low = [r["loss_mean"] - r["loss_ci95"][0] if r["loss_ci95"][0] is not None else 0.0
+               for r in rows]
+        high = [r["loss_ci95"][1] - r["loss_mean"] if r["loss_ci95"][1] is not None else 0.0
+                for r in rows]
+        drawn.extend(y)
+        drawn.extend(v - lo for v, lo in zip(y, low) if v - lo > 0)
+        drawn.extend(v + hi for v, hi in zip(y, high))
+        # a lower end at or below 0 cannot be drawn on a log axis: the bar runs off the
+        # bottom of the panel instead (its limits come from the drawable values)
+        low = [min(lo, 0.9999 * v) for lo, v in zip(low, y)]
+        ax.errorbar(n, y, yerr=[low, high], fmt="o", color=colour, capsize=3, ms=5,
+                    label=f"depth {depth}: mean test loss, 95 % interval", zorder=3)
+        for r in rows:
+            ax.annotate(str(r["width"]), (r["n_params"], r["loss_mean"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points", color=colour)
+        fit = fits.get(depth)
+        if fit is not None and "alpha" in fit:
+            lo_n, hi_n = math.log(min(n)), math.log(max(n))
+            grid = [math.exp(lo_n + (hi_n - lo_n) * k / 99) for k in range(100)]
+            curve = [fit["c"] + fit["a"] * v ** (-fit["alpha"]) for v in grid]
+            lo, hi = fit["alpha_ci95"]
+            ci = "" if lo is None else f" [{lo:.2g}, {hi:.2g}]"
+            ax.plot(grid, curve, "-", color=colour, lw=1.5, alpha=0.8,
+                    label=(f"depth {depth} fit: c + a N^-alpha, alpha = "
+                           f"{fit['alpha']:.2g}{ci}, c = {fit['c']:.2g}"))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if drawn:
+        ax.set_ylim(min(drawn) / 1.3, max(drawn) * 1.3)
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415 (optional, only when drawing)
+
+    def two_five(x, _):
+        # label the 2x and 5x minor ticks too: the panel spans one or two decades of loss
+        lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9), 6) if x > 0 else 0
+        return f"{x:.3g}" if lead in (2.0, 5.0) else ""
+    ax.yaxis.set_minor_formatter(FuncFormatter(two_five))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+    ax.set_xlabel("parameters N (labels: hidden width)")
+    ax.set_ylabel("test loss (MSE)")
+    ax.set_title("Width and depth: test loss against size, power law per depth")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+PLOT_PANELS["width_depth"] = plot_width_depth
 
 
 def _record_of(result, variant):

@@ -36,6 +36,8 @@ def add_arguments(parser):
     parser.add_argument("--jobs", type=integer, default=1, metavar="K",
                         help="worker processes running the seeds; the numbers do not depend "
                              "on it (default: %(default)s)")
+    parser.add_argument("--depth", type=integer, default=None, metavar="N",
+                        help="the width/depth part trains depths 1 .. N (default: 2)")
     parser.add_argument("--part", default=None, metavar="NAME[,NAME...]",
                         help="run only these parts (the learning-rate part always runs: it "
                              "gives the baseline): " + ", ".join(part_names()) +
@@ -59,18 +61,18 @@ def check_outputs(args):
         Two of --json/--csv/--plot name the same file; a file that cannot be written (see
         :func:`minscale.commands._common.check_output_path`); a --plot extension that
         matplotlib cannot write; --epochs combined with --quick (which fixes the budgets);
-        a size, --seeds or --jobs < 1; an unknown --part.
+        a size, --seeds, --jobs or --depth < 1; an unknown --part.
     ImportError
         --plot without matplotlib.
     """
     if args.quick and args.epochs is not None:
         raise ValueError(f"--epochs {args.epochs} conflicts with --quick, which fixes the "
                          "budgets; give one of them")
-    for flag in ("epochs", "batch_size", "seeds", "jobs"):
-        value = getattr(args, flag)
+    for flag in ("epochs", "batch_size", "seeds", "jobs", "depth"):
+        value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    args.parts = parse_parts(args.part)
+    args.parts = parse_parts(getattr(args, "part", None))
     suffixes = {"json": None, "csv": None, "plot": None}
     if args.plot is not None:
         suffixes["plot"] = report.plot_formats()  # ImportError without matplotlib
@@ -126,6 +128,8 @@ def run(args):
     config = study.StudyConfig.preset(quick=args.quick, epochs=args.epochs,
                                       batch_size=args.batch_size, seed=args.seed,
                                       seeds=args.seeds, jobs=args.jobs, parts=args.parts,
+                                      depths=(None if getattr(args, "depth", None) is None
+                                              else tuple(range(1, args.depth + 1))),
                                       hidden=None if args.hidden is None else tuple(args.hidden))
     task = load_task(args, validation_size=config.validation_size)
     try:

@@ -33,7 +33,8 @@ set, sizes, summary), :mod:`minscale.study.config` the :class:`StudyConfig`, and
 """
 from __future__ import annotations
 
-from . import han2015  # noqa: F401  (registers the han2015 part of `minscale study`)
+# each registers its part of `minscale study` (runs.register_part) when imported
+from . import han2015, recovery, width_depth  # noqa: F401
 from .config import SCHEMA_VERSION, StudyConfig
 from .metrics import (
                       first_reached,

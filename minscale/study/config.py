@@ -57,6 +57,9 @@ class StudyConfig:
         Keras L2 strengths of the regularization part (``regularizers.L2``, kernels only).
     decay_strengths : tuple of float, default (1e-3, 1e-2, 1e-1, 1.0)
         Decoupled weight decays of the regularization part (``optim.AdamW``).
+    depths : tuple of int or None, default None
+        Depths (hidden layers) of the width/depth part (``--depth N``: 1 .. N); None keeps
+        that part's preset (1 and 2).
     learning_rates : tuple of float, default (0.1, 0.01, 0.001)
         Initial rates eta0 of Adam.
     decay_rates : tuple of float, default (0.0, 0.1, 1.0)
@@ -101,6 +104,7 @@ class StudyConfig:
     parts: tuple = PARTS
     l2_strengths: tuple = (1e-5, 1e-4, 1e-3, 1e-2)
     decay_strengths: tuple = (1e-3, 1e-2, 1e-1, 1.0)
+    depths: tuple | None = None
     learning_rates: tuple = (0.1, 0.01, 0.001)
     decay_rates: tuple = (0.0, 0.1, 1.0)
     target_factor: float = 1.1
@@ -142,6 +146,11 @@ class StudyConfig:
         decays = tuple(check_real("decay_rates[i]", v, lo=0.0) for v in self.decay_rates)
         if not lrs or not decays:
             raise ValueError("learning_rates and decay_rates must each hold at least one value")
+        if self.depths is not None:
+            depths = tuple(check_int("depths[i]", d, 1) for d in self.depths)
+            if not depths:
+                raise ValueError("depths must hold at least one depth, or be None")
+            object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "learning_rates", lrs)
         object.__setattr__(self, "decay_rates", decays)
         object.__setattr__(self, "finetune_factor",

@@ -920,9 +920,14 @@ def _variants_seed(task, config, base_run, weights, progress, seed):
     # the dense control chain: the fine-tunings of the pruning walk without pruning, from
     # the baseline, each with a fresh optimizer at the same rate and the same shuffling
     chain = [(baseline, 0)]
-    if any(p in parts for p in ("pruning", "quantization", "combined")):
+    # as long as the deepest control asked for: QAT needs 1 fine-tuning, the pruning walk one
+    # per level, the combined variant that of its level
+    depth = max(1 if "quantization" in parts else 0,
+                len(levels) if "pruning" in parts else 0,
+                max(1, len(levels)) if "combined" in parts else 0)
+    if depth:
         model, updates = baseline, 0
-        for _ in range(max(1, len(levels))):
+        for _ in range(depth):
             model = _compile(model.copy(), finetune_lr, task)
             _fit(model, task, cfg, cfg.finetune_epochs)
             updates += model.optimizer.iterations
@@ -1035,6 +1040,8 @@ def _record(rows_by_seed, seeds, name, control_name, **extra):
     for key in ("loss", "accuracy", "name"):
         row.pop(key, None)
     rec.update(row)
+    if "diverged" in row:
+        rec["diverged"] = any(r["diverged"] for r in rows_by_seed)
     rec["loss"] = rec["loss_mean"]
     rec["accuracy"] = _mean([r["accuracy"] for r in rows_by_seed])
     rec.update(extra)

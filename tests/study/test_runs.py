@@ -337,6 +337,7 @@ BAD = [
     (["study", "--seeds", "0"], "--seeds"),
     (["study", "--seeds", "x"], "--seeds"),
     (["study", "--jobs", "0"], "--jobs"),
+    (["study", "--depth", "0"], "--depth"),
     (["study", "--hidden", "0"], "--hidden"),
     (["study", "--hidden", "-4"], "--hidden"),
     (["study", "--hidden", "1.5"], "--hidden"),
