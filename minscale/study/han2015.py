@@ -28,7 +28,7 @@ from ..losses import mse
 from ..optim import Adam
 from ..prune import prune
 from .runs import build_model, register_part
-from .seeds import map_seeds
+from .seeds import map_seeds, variant_record
 from .stats import mean_ci95, paired_difference_ci95, verdict
 
 __all__ = ["PAPER", "HAN_LAYER_SPARSITY", "han2015_schedule", "han2015_part", "format_han2015",
@@ -245,8 +245,10 @@ def han2015_part(task, hidden=(300, 100), seeds=(0, 1, 2), jobs=1, epochs=20, ro
         model), ``compression``, test error before retraining, after retraining and of the dense
         control, each a mean with interval; paired differences against the dense model and
         against the control on test, and against the dense model on validation, each
-        ``{mean, ci95, verdict}``; ``loss_mean``/``control`` fields of
-        :func:`minscale.study.seeds.variant_record` on test MSE), ``reached`` (the round
+        ``{mean, ci95, verdict}``; and the fields of
+        :func:`minscale.study.seeds.variant_record` on test MSE against the control:
+        ``name``, ``seeds``, ``losses``, ``loss_mean``, ``loss_ci95``, ``control``,
+        ``effect``, ``difference_ci95``, ``verdict``), ``reached`` (the round
         selected and its numbers, or None), ``what_differs`` (list of str) and
         ``seconds`` (wall time of the whole part and per seed).
 
@@ -393,15 +395,10 @@ def han2015_part(task, hidden=(300, 100), seeds=(0, 1, 2), jobs=1, epochs=20, ro
 
 def _loss_record(outs, r, seeds):
     """The issue-15 variant fields on test MSE, against the dense control."""
-    losses = _series(outs, ("rounds", r, "pruned", "test", "loss"))
-    control = _series(outs, ("rounds", r, "control", "test", "loss"))
-    m, ci = _ci(losses)
-    cm, cci = _ci(control)
-    return {"name": f"han2015 round {r + 1}", "losses": losses, "loss_mean": m,
-            "loss_ci95": ci,
-            "control": {"name": "dense, same retraining", "losses": control, "loss_mean": cm,
-                        "loss_ci95": cci},
-            "effect": m / cm if cm > 0 else None}
+    return variant_record(f"han2015 round {r + 1}",
+                          _series(outs, ("rounds", r, "pruned", "test", "loss")),
+                          "dense, same retraining",
+                          _series(outs, ("rounds", r, "control", "test", "loss")), seeds)
 
 
 def _what_differs(result):
@@ -424,7 +421,10 @@ def _what_differs(result):
         "threshold of a quality parameter times each layer's standard deviation",
         "no dropout and no L2 regularization (the paper retrained with L2); mnist5k's "
         "pixels scaled to [0, 1], as in the paper's Caffe LeNet",
-        f"{len(result['seeds'])} seeds with 95 % t-intervals; the paper reports one run",
+        (f"{len(result['seeds'])} seeds with 95 % t-intervals; the paper reports one run"
+         if len(result["seeds"]) > 1 else
+         "1 seed: no interval, so no loss can be called significant and the last round is "
+         "always 'reached'; the paper reports one run too"),
     ]
 
 

@@ -82,7 +82,8 @@ def test_reported_errors_intervals_and_selection(small_result):
         assert d["mean"] == pytest.approx(rec["test_error_mean"] - m, abs=1e-12)
         assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
         assert d["verdict"] in ("better", "worse", "no significant difference")
-        assert rec["control"]["name"] == "dense, same retraining"
+        assert rec["control"]["name"] == "dense, same retraining" and rec["seeds"] == [0, 1]
+        assert rec["effect"] == pytest.approx(rec["loss_mean"] / rec["control"]["loss_mean"])
     verdicts = [rec["vs_dense_val"]["verdict"] for rec in r["rounds"]]
     ok = 0
     while ok < len(verdicts) and verdicts[ok] != "worse":
