@@ -32,7 +32,8 @@ def _strip_times(obj):
     if isinstance(obj, dict):
         return {k: _strip_times(v) for k, v in obj.items()
                 if not (k.startswith("seconds") or k.startswith("predict_seconds")
-                        or k in ("speedup", "jobs"))}
+                        # "text": report lines of registered parts, train times in them
+                        or k in ("speedup", "jobs", "text"))}
     if isinstance(obj, list):
         return [_strip_times(v) for v in obj]
     return obj
