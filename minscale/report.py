@@ -225,7 +225,7 @@ def render_text(result):
         test loss of the variant's control, "effect" loss / control loss, "verdict" better,
         worse or n.s. (the paired interval includes 0).
     """
-    d, base, cfg = result["data"], result["baseline"], result["config"]
+    d, base, cfg = result["data"], result.get("baseline"), result["config"]
     cls = d["task"] == "classification"
     seeds = result["seeds"]
     sp = d["splits"]
@@ -234,6 +234,16 @@ def render_text(result):
                f"{sp['validation']} validation / {sp['test']} test rows, {d['n_features']} "
                f"features -> {d['n_outputs']} output{'s' if d['n_outputs'] > 1 else ''}")
     kind = "ReLU hidden, linear output" if cfg["hidden"] else "linear"
+    if base is None:
+        # only parts that train their own models: no baseline, no sweep, no summary
+        out.append(f"backend {result['backend']}; seeds {', '.join(map(str, seeds))}; "
+                   f"{cfg['jobs']} job{'s' if cfg['jobs'] > 1 else ''}")
+        for name in result.get("extra_parts", []):
+            out.append("")
+            out.extend(result[name].get("text") or [])
+        out.append("")
+        out.append(f"study time {result['seconds_total']:.1f} s")
+        return "\n".join(out) + "\n"
     out.append(f"model {_architecture(result)} ({kind}), "
                f"{base['n_params']:,} parameters; backend {result['backend']}; "
                f"{cfg['blas_threads'] or 'default'} BLAS thread"
@@ -516,14 +526,14 @@ def csv_rows(result):
         interval; ``control``, ``control_loss_mean``, ``effect`` and ``verdict`` as in the
         JSON.
     """
-    base = result["baseline"]
+    base = result.get("baseline")
     n_seeds = len(result["seeds"])
     rows = []
 
     def add(**kw):
         rows.append({k: kw.get(k) for k in CSV_COLUMNS})
 
-    for r in result["learning_rate"]["runs"]:
+    for r in result.get("learning_rate", {}).get("runs", []):
         ci = r["test_loss_ci95"]
         add(part="learning_rate",
             name=f"eta0 {r['initial_learning_rate']:g} decay {r['decay_rate']:g}",
@@ -532,11 +542,12 @@ def csv_rows(result):
             loss_ci95_low=ci[0], loss_ci95_high=ci[1], validation_loss=r["final_loss"],
             accuracy=r["test_accuracy"], updates=r["updates"],
             target_update=r["target_update"])
-    add(part="baseline", name="baseline float32", seeds=n_seeds, loss=base["loss_mean"],
-        loss_mean=base["loss_mean"], loss_ci95_low=base["loss_ci95"][0],
-        loss_ci95_high=base["loss_ci95"][1], validation_loss=base["val_loss_mean"],
-        accuracy=base["accuracy"], updates=base["updates"], nbytes=base["nbytes"],
-        compression_ratio=1.0)
+    if base is not None:
+        add(part="baseline", name="baseline float32", seeds=n_seeds, loss=base["loss_mean"],
+            loss_mean=base["loss_mean"], loss_ci95_low=base["loss_ci95"][0],
+            loss_ci95_high=base["loss_ci95"][1], validation_loss=base["val_loss_mean"],
+            accuracy=base["accuracy"], updates=base["updates"], nbytes=base["nbytes"],
+            compression_ratio=1.0)
     if "pruning" in result:
         pr = result["pruning"]
         for r in pr["rows"] + [pr["gradual"]]:
@@ -681,8 +692,22 @@ def plot(result, path):
         raise ValueError(f"path {os.fspath(path)!r}: expected an extension among "
                          f"{', '.join(plot_formats())} (the image format), got "
                          f"{'.' + fmt if fmt else 'none'}")
-    s, base, d = result["summary"], result["baseline"], result["data"]
     extra = [name for name in PLOT_PANELS if name in result]
+    if "summary" not in result:
+        # only parts without a baseline were run: their panel, or a note that there is none
+        fig, ax = plt.subplots(figsize=(8, 6), constrained_layout=True)
+        if extra:
+            PLOT_PANELS[extra[0]](ax, result[extra[0]], result)
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "the parts run (" + ", ".join(result.get("extra_parts", []))
+                    + ") have no plot; see the text report", ha="center", va="center")
+        try:
+            atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=100))
+        finally:
+            plt.close(fig)
+        return
+    s, base, d = result["summary"], result["baseline"], result["data"]
     fig, axes = plt.subplots(2, 2, figsize=(15, 11.5), constrained_layout=True)
     (ax, ax2), (ax3, ax4) = axes
     plain_bytes = FuncFormatter(lambda x, _: f"{x:,.0f}")

@@ -5,7 +5,7 @@ import os
 import sys
 
 from .. import report, study
-from ..study.runs import default_parts, new_model, part_names
+from ..study.runs import default_parts, needs_baseline, new_model, part_names
 from ._common import add_data_arguments, check_output_path, hidden_sizes, integer, load_task
 
 NAME = "study"
@@ -39,8 +39,8 @@ def add_arguments(parser):
     parser.add_argument("--depth", type=integer, default=None, metavar="N",
                         help="the width/depth part trains depths 1 .. N (default: 2)")
     parser.add_argument("--part", default=None, metavar="NAME[,NAME...]",
-                        help="run only these parts (the learning-rate part always runs: it "
-                             "gives the baseline): " + ", ".join(part_names()) +
+                        help="run only these parts (the learning-rate part runs whenever one "
+                             "of them needs its baseline): " + ", ".join(part_names()) +
                              " (default: " + ",".join(default_parts()) + ")")
     parser.add_argument("--quick", action="store_true",
                         help="small budgets (10 epochs, 2 fine-tuning epochs, 1 seed): a "
@@ -104,7 +104,8 @@ def parse_parts(text):
     Returns
     -------
     tuple of str
-        Always with ``learning_rate`` (it gives the baseline).
+        With ``learning_rate`` when one of them needs its baseline
+        (:func:`minscale.study.runs.needs_baseline`).
 
     Raises
     ------
@@ -119,7 +120,8 @@ def parse_parts(text):
         if name not in known:
             raise ValueError(f"--part {name!r} is not a part of the study; choose among "
                              f"{', '.join(known)}")
-    return tuple(p for p in known if p in names or p == "learning_rate")
+    with_baseline = needs_baseline(names)
+    return tuple(p for p in known if p in names or (p == "learning_rate" and with_baseline))
 
 
 def run(args):

@@ -51,8 +51,8 @@ class StudyConfig:
         Fraction of the training split the caller carved off as the validation split (recorded
         here; :func:`minscale.commands._common.load_task` does the carving).
     parts : tuple of str, default: every part of :data:`PARTS`
-        The parts to run (``--part``); the learning-rate part always runs (it gives the
-        baseline).
+        The parts to run (``--part``); the learning-rate part also runs when one of them
+        needs its baseline (:func:`minscale.study.runs.needs_baseline`).
     l2_strengths : tuple of float, default (1e-5, 1e-4, 1e-3, 1e-2)
         Keras L2 strengths of the regularization part (``regularizers.L2``, kernels only).
     decay_strengths : tuple of float, default (1e-3, 1e-2, 1e-1, 1.0)

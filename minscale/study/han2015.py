@@ -537,4 +537,5 @@ def study_part(task, config, context):
                         jobs=context["jobs"], blas_threads=config.blas_threads, **budgets)
 
 
-register_part("han2015", study_part)
+# the part trains its own dense model: the study's learning-rate sweep is not needed
+register_part("han2015", study_part, needs_baseline=False)

@@ -58,6 +58,7 @@ __all__ = [
     "register_part",
     "part_names",
     "default_parts",
+    "needs_baseline",
     "EXTRA_PARTS",
     "run_study",
 ]
@@ -1130,11 +1131,12 @@ def _aggregate_regularization(outs, seeds, base_val, base_test, config):
 # ----------------------------------------------------------------------------------------
 # the whole study
 
-#: parts registered by other modules: name -> (run, default); see :func:`register_part`
+#: parts registered by other modules: name -> (run, default, needs_baseline); see
+#: :func:`register_part`
 EXTRA_PARTS = {}
 
 
-def register_part(name, run, default=False):
+def register_part(name, run, default=False, needs_baseline=True):
     """Add a part to the study under `name` (``--part NAME``).
 
     Parameters
@@ -1151,6 +1153,10 @@ def register_part(name, run, default=False):
         (:func:`minscale.report.render_text` prints them after the built-in parts).
     default : bool, default False
         Run it when ``--part`` is not given (:func:`default_parts`).
+    needs_baseline : bool, default True
+        It reads ``context["baseline"]``: the learning-rate part runs before it. When every
+        part asked needs no baseline, the study skips the learning-rate sweep (and the
+        result has no ``baseline``, ``learning_rate`` or ``summary``).
 
     Raises
     ------
@@ -1159,7 +1165,7 @@ def register_part(name, run, default=False):
     """
     if name in PARTS or name in EXTRA_PARTS:
         raise ValueError(f"a study part named {name!r} exists already")
-    EXTRA_PARTS[name] = (run, bool(default))
+    EXTRA_PARTS[name] = (run, bool(default), bool(needs_baseline))
 
 
 def part_names():
@@ -1179,7 +1185,23 @@ def default_parts():
     -------
     tuple of str
     """
-    return PARTS + tuple(n for n, (_, default) in EXTRA_PARTS.items() if default)
+    return PARTS + tuple(n for n, (_, default, _) in EXTRA_PARTS.items() if default)
+
+
+def needs_baseline(parts):
+    """Whether the learning-rate part must run for `parts`: asked, or needed by one of them.
+
+    Parameters
+    ----------
+    parts : sequence of str
+
+    Returns
+    -------
+    bool
+        Every built-in part needs the baseline; a registered one unless it was registered
+        with ``needs_baseline=False``.
+    """
+    return any(p in PARTS or EXTRA_PARTS.get(p, (None, False, True))[2] for p in parts)
 
 
 def _task_info(task):
@@ -1287,78 +1309,78 @@ def run_study(task, config=None, progress=None):
 def _run_study(task, config, bar, step, seeds, jobs, pool, t_start):
     """The body of :func:`run_study`, its resources (BLAS limits, bar, pool) held."""
     n_batches = _n_batches(task, config)
-    bar.part("learning rate")
-    per_seed = map_seeds(functools.partial(_lr_seed, task, config, step), seeds, jobs,
-                         config.blas_threads, pool)
-    runs, best, target = _aggregate_learning_rate(per_seed, config, n_batches)
-    base_run = runs[best]
-    weights = {s: w[best] for s, (_, w) in zip(seeds, per_seed)}
-    del per_seed
-    finetune_lr = config.finetune_factor * base_run["initial_learning_rate"]
-    probe = new_model(task, config)
-    result = {
-        "schema_version": SCHEMA_VERSION,
-        "minscale_version": __version__,
-        "backend": get_backend(),
-        "data": _task_info(task),
-        "config": config.to_dict(),
-        "seeds": seeds,
-        "baseline": {
-            "run": best,
-            "initial_learning_rate": base_run["initial_learning_rate"],
-            "decay_rate": base_run["decay_rate"],
-            "epochs": config.epochs,
-            "updates": base_run["updates"],
-            "n_params": probe.count_params(),
-            "n_weights": int(probe.prunable.sum()),
-            "nbytes": model_nbytes(probe, "dense", bits=FLOAT_BITS),
-            "seeds": seeds,
-            "losses": base_run["test_losses"],
-            "loss_mean": base_run["test_loss_mean"],
-            "loss_ci95": base_run["test_loss_ci95"],
-            "loss": base_run["test_loss_mean"],
-            "accuracy": base_run["test_accuracy"],
-            "val_loss_mean": base_run["final_loss"],
-            "selection": "lowest mean final validation loss of the learning-rate sweep "
-                         "over the seeds",
-        },
-        "learning_rate": {"decay_steps": n_batches,
-                          "target_factor": config.target_factor, "target": target,
-                          "target_measured": "mean validation loss over the seeds at "
-                                             "the end of each epoch",
-                          "runs": runs},
-    }
-    variant_parts = [p for p in ("pruning", "quantization", "combined", "regularization")
-                     if p in config.parts]
-    if variant_parts:
-        bar.part(", ".join(variant_parts))
-        outs = map_seeds(functools.partial(_variants_seed, task, config, base_run,
-                                           weights, step),
-                         seeds, jobs, config.blas_threads, pool)
-        base_test = [o["baseline"]["test"]["loss"] for o in outs]
-        base_val = [o["baseline"]["val"]["loss"] for o in outs]
-        if "pruning" in config.parts:
-            result["pruning"] = _aggregate_pruning(outs, seeds, config)
-        if "quantization" in config.parts:
-            result["quantization"] = _aggregate_quantization(outs, seeds, config)
-        if "combined" in config.parts:
-            result["combined"] = _aggregate_combined(outs, seeds, config)
-        if "regularization" in config.parts:
-            result["regularization"] = _aggregate_regularization(outs, seeds, base_val,
-                                                                 base_test, config)
-        del outs
-    if "workers" in config.parts:
-        bar.part("workers")
-        result["workers"] = workers_part(task, _seed_config(config, seeds[0]),
-                                         _schedule(base_run, n_batches), step)
-    context = {"seeds": seeds, "baseline": result["baseline"],
+    result = {"schema_version": SCHEMA_VERSION, "minscale_version": __version__,
+              "backend": get_backend(), "data": _task_info(task), "config": config.to_dict(),
+              "seeds": seeds}
+    finetune_lr = None
+    if "learning_rate" in config.parts or needs_baseline(config.parts):
+        bar.part("learning rate")
+        per_seed = map_seeds(functools.partial(_lr_seed, task, config, step), seeds, jobs,
+                             config.blas_threads, pool)
+        runs, best, target = _aggregate_learning_rate(per_seed, config, n_batches)
+        base_run = runs[best]
+        weights = {s: w[best] for s, (_, w) in zip(seeds, per_seed)}
+        del per_seed
+        finetune_lr = config.finetune_factor * base_run["initial_learning_rate"]
+        probe = new_model(task, config)
+        result.update({
+            "baseline": {
+                "run": best,
+                "initial_learning_rate": base_run["initial_learning_rate"],
+                "decay_rate": base_run["decay_rate"],
+                "epochs": config.epochs,
+                "updates": base_run["updates"],
+                "n_params": probe.count_params(),
+                "n_weights": int(probe.prunable.sum()),
+                "nbytes": model_nbytes(probe, "dense", bits=FLOAT_BITS),
+                "seeds": seeds,
+                "losses": base_run["test_losses"],
+                "loss_mean": base_run["test_loss_mean"],
+                "loss_ci95": base_run["test_loss_ci95"],
+                "loss": base_run["test_loss_mean"],
+                "accuracy": base_run["test_accuracy"],
+                "val_loss_mean": base_run["final_loss"],
+                "selection": "lowest mean final validation loss of the learning-rate sweep "
+                             "over the seeds",
+            },
+            "learning_rate": {"decay_steps": n_batches,
+                              "target_factor": config.target_factor, "target": target,
+                              "target_measured": "mean validation loss over the seeds at "
+                                                 "the end of each epoch",
+                              "runs": runs},
+        })
+        variant_parts = [p for p in ("pruning", "quantization", "combined", "regularization")
+                         if p in config.parts]
+        if variant_parts:
+            bar.part(", ".join(variant_parts))
+            outs = map_seeds(functools.partial(_variants_seed, task, config, base_run,
+                                               weights, step),
+                             seeds, jobs, config.blas_threads, pool)
+            base_test = [o["baseline"]["test"]["loss"] for o in outs]
+            base_val = [o["baseline"]["val"]["loss"] for o in outs]
+            if "pruning" in config.parts:
+                result["pruning"] = _aggregate_pruning(outs, seeds, config)
+            if "quantization" in config.parts:
+                result["quantization"] = _aggregate_quantization(outs, seeds, config)
+            if "combined" in config.parts:
+                result["combined"] = _aggregate_combined(outs, seeds, config)
+            if "regularization" in config.parts:
+                result["regularization"] = _aggregate_regularization(outs, seeds, base_val,
+                                                                     base_test, config)
+            del outs
+        if "workers" in config.parts:
+            bar.part("workers")
+            result["workers"] = workers_part(task, _seed_config(config, seeds[0]),
+                                             _schedule(base_run, n_batches), step)
+    context = {"seeds": seeds, "baseline": result.get("baseline"),
                "finetune_learning_rate": finetune_lr, "jobs": jobs, "pool": pool}
     result["extra_parts"] = []
-    for name, (run, _) in EXTRA_PARTS.items():
+    for name, (run, _, _) in EXTRA_PARTS.items():
         if name in config.parts:
             bar.part(name)
             result[name] = run(task, config, context)
             result["extra_parts"].append(name)
-    result["summary"] = summarize(result, config.tolerance)
+    if "baseline" in result:
+        result["summary"] = summarize(result, config.tolerance)
     result["seconds_total"] = time.perf_counter() - t_start
     return result

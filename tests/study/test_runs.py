@@ -518,3 +518,33 @@ def test_quick_study_records_carry_the_issue_fields(quick):
         assert r["verdict"] == study.stats.verdict(r["losses"], r["control"]["losses"])
         if len(seeds) == 1:
             assert r["loss_ci95"] == [None, None]
+
+
+def test_parts_that_need_no_baseline_skip_the_learning_rate_sweep(monkeypatch):
+    jsonschema = pytest.importorskip("jsonschema")
+    from minscale.commands.study import parse_parts
+    from minscale.study import runs
+    monkeypatch.setattr(runs, "EXTRA_PARTS", dict(runs.EXTRA_PARTS))
+    calls = []
+
+    def own_models(task, config, context):
+        calls.append(context)
+        return {"n_train": int(task["X_train"].shape[0]), "text": ["Own part", "  done"]}
+
+    runs.register_part("own_models", own_models, needs_baseline=False)
+    with pytest.raises(ValueError, match="exists already"):
+        runs.register_part("own_models", own_models)
+    assert parse_parts("own_models") == ("own_models",)
+    assert parse_parts("own_models,pruning") == ("learning_rate", "pruning", "own_models")
+    assert "own_models" not in runs.default_parts()
+    result = study.run_study(_diabetes(0), _tiny(parts=("own_models",), seeds=2),
+                             progress=False)
+    assert "baseline" not in result and "learning_rate" not in result
+    assert "summary" not in result and result["extra_parts"] == ["own_models"]
+    assert calls[0]["baseline"] is None and calls[0]["seeds"] == [0, 1]
+    assert result["own_models"]["n_train"] == result["data"]["splits"]["train"]
+    jsonschema.validate(json.loads(json.dumps(result)), report.load_schema(),
+                        cls=jsonschema.Draft202012Validator)
+    text = report.render_text(result)
+    assert "Own part\n  done" in text and "Learning rate" not in text
+    assert report.csv_rows(result) == []
