@@ -485,8 +485,8 @@ def test_load_files(tmp_path):
 
 @pytest.mark.parametrize("data", ["iris", "Diabetes", "data.txt", "x.npy", ""])
 def test_load_rejects_unknown_names(data):
-    with pytest.raises(ValueError, match=r"data must be 'diabetes', 'digits', or a path ending "
-                                         r"in \.csv or \.npz, got '"):
+    with pytest.raises(ValueError, match=r"data must be 'diabetes', 'digits', 'mnist5k', or a "
+                                         r"path ending in \.csv or \.npz, got '"):
         load(data)
 
 
@@ -774,7 +774,7 @@ def test_accuracy_errors(y_true, y_pred, match):
 def test_module_exports():
     assert set(msdata.__all__) == {"check_array", "check_Xy", "train_test_split", "mean_and_scale", "Standardizer",
                                    "standardize", "one_hot", "accuracy"}
-    assert datasets.NAMES == ("diabetes", "digits")
+    assert datasets.NAMES == ("diabetes", "digits", "mnist5k")
 
 
 # ----------------------------------------------------------------------------- messages

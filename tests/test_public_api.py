@@ -189,6 +189,8 @@ ADDED = {
     "minscale": ["export", "regularizers"],
     # regularization: decoupled weight decay
     "minscale.optim": ["AdamW"],
+    # issue 15: seeds and intervals in the study's tables
+    "minscale.report": ["format_interval", "PLOT_PANELS", "plot_width_depth"],
     "minscale.quant": ["FIXED_ROUNDINGS", "FIXED_SPECS", "FixedDense", "FixedPointModel",
                        "fixed_frac_range", "fixed_shift_round", "quantize_fixed_model"],
     # pipeline schedules as data (issue 17)
@@ -196,6 +198,10 @@ ADDED = {
                           "pipeline_schedule", "predict_step_times", "simulate_schedule"],
     # pipeline training (issue 17)
     "minscale.commands.train": ["check_pipeline_options"],
+    # issue 15, recovery part: lottery-ticket rewinding (the width/depth panel: report above)
+    "minscale.prune": ["WeightSnapshots", "reinitialize", "rewind"],
+    # issue 15: the shipped MNIST subset
+    "minscale.datasets": ["load_mnist5k"],
 }
 
 

@@ -19,6 +19,13 @@ def test_number_bytes_and_seconds_formats():
     assert report.format_seconds(None) == report.format_number(None) == "-"
 
 
+def test_format_interval_prints_the_half_width():
+    assert report.format_interval(0.030123, [0.029, 0.031246]) == "0.03012 ± 0.0011"
+    assert report.format_interval(0.5, [None, None]) == "0.5"
+    assert report.format_interval(0.5, None) == "0.5"
+    assert report.format_interval(None, [0.1, 0.2]) == "-"
+
+
 def test_schema_rejects_what_it_should():
     jsonschema = pytest.importorskip("jsonschema")
     schema = report.load_schema()

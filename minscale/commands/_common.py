@@ -74,7 +74,8 @@ def _parse_int(text):
 def add_data_arguments(parser, default="diabetes"):
     """--data, --target, --test-size, --seed."""
     parser.add_argument("--data", default=default,
-                        help="diabetes | digits | PATH.csv | PATH.npz (default: %(default)s)")
+                        help="diabetes | digits | mnist5k | PATH.csv | PATH.npz "
+                             "(default: %(default)s)")
     parser.add_argument("--target", default=None, help="target column of a CSV (default: last)")
     parser.add_argument("--test-size", type=float, default=0.2,
                         help="held-out fraction (default: %(default)s)")
@@ -94,8 +95,8 @@ def add_recorded_data_arguments(parser, seed_use="the split"):
         What the seed drives besides the split, for the help text.
     """
     parser.add_argument("--data", default=None,
-                        help="diabetes | digits | PATH.csv | PATH.npz (default: the data the "
-                             "model file records, else diabetes)")
+                        help="diabetes | digits | mnist5k | PATH.csv | PATH.npz (default: the "
+                             "data the model file records, else diabetes)")
     parser.add_argument("--target", default=None, help="target column of a CSV")
     parser.add_argument("--test-size", type=float, default=None,
                         help="held-out fraction (default: as recorded, else 0.2)")
@@ -172,19 +173,33 @@ def divergence_reported():
     return np.errstate(over="ignore", invalid="ignore")
 
 
-def load_task(args, dtype="float64"):
+def load_task(args, dtype="float64", validation_size=None):
     """Load, split and standardize the data named by ``args``.
 
-    Features are standardized with the training part's mean and deviation; a regression
+    Features are standardized with the training part's mean and deviation, except those of
+    a data set whose ``info`` gives a ``feature_range`` (images: ``mnist5k``), which are
+    mapped from that range to [0, 1]; a regression
     target is standardized the same way (losses are then in units of the target's variance:
     multiply by ``y_scale**2`` for the original unit).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``data``, ``target``, ``test_size``, ``seed``.
+    dtype : str, default "float64"
+    validation_size : float in (0, 1), optional
+        Carve this fraction of the training split off as a validation split, by a second
+        seeded permutation with ``args.seed`` (:func:`minscale.data.train_test_split`),
+        before the standardization, whose statistics then come from the remaining training
+        rows only. The study selects on it and reports on the test split.
 
     Returns
     -------
     dict
         X_train, X_test, y_train, y_test (targets 2-D; one-hot for classification), info,
         labels_test (class labels or None), y_scale (float; None for a multi-output
-        target, whose standardized losses have no single factor; 1.0 for classification).
+        target, whose standardized losses have no single factor; 1.0 for classification);
+        with `validation_size` also X_val, y_val and labels_val.
 
     Raises
     ------
@@ -195,25 +210,47 @@ def load_task(args, dtype="float64"):
     """
     X, y, info = load(args.data, target=args.target)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
+    X_va = y_va = None
+    if validation_size is not None:
+        X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=validation_size,
+                                                  seed=args.seed)
     source = f"--data {str(args.data)!r}"
-    X_tr, X_te, _ = standardize(X_tr, X_te, names=(f"{source} features (training split)",
-                                                   f"{source} features (test split)"))
-    labels, y_scale = None, 1.0
+    if info.get("feature_range") is not None:
+        # images: one known range for every pixel; a per-pixel deviation would blow a pixel
+        # that is ink in a handful of training images up to ~180 deviations on test images
+        low, high = info["feature_range"]
+        X_tr, X_te = (X_tr - low) / (high - low), (X_te - low) / (high - low)
+        if X_va is not None:
+            X_va = (X_va - low) / (high - low)
+    else:
+        X_tr, X_te, std = standardize(X_tr, X_te,
+                                      names=(f"{source} features (training split)",
+                                             f"{source} features (test split)"))
+        if X_va is not None:
+            X_va = std.transform(X_va)
+    labels, labels_va, y_scale = None, None, 1.0
     if info["task"] == "classification":
         k = info["n_classes"]
-        labels = y_te
+        labels, labels_va = y_te, y_va
         y_tr, y_te = one_hot(y_tr, k, dtype), one_hot(y_te, k, dtype)
+        if y_va is not None:
+            y_va = one_hot(y_va, k, dtype)
     else:
         y_tr, y_te, y_std = standardize(y_tr.reshape(len(y_tr), -1),
                                         y_te.reshape(len(y_te), -1),
                                         names=(f"{source} target (training split)",
                                                f"{source} target (test split)"))
+        if y_va is not None:
+            y_va = y_std.transform(y_va.reshape(len(y_va), -1))
         # a loss converts back to the target's unit by one factor only for a single output
         y_scale = float(y_std.scale_[0]) if y_std.scale_.size == 1 else None
     out = {"info": info, "labels_test": labels, "y_scale": y_scale}
+    splits = [("X_train", X_tr), ("X_test", X_te), ("y_train", y_tr), ("y_test", y_te)]
+    if X_va is not None:
+        out["labels_val"] = labels_va
+        splits += [("X_val", X_va), ("y_val", y_va)]
     with np.errstate(over="ignore"):  # a float32 overflow is reported just below
-        for key, arr in (("X_train", X_tr), ("X_test", X_te), ("y_train", y_tr),
-                         ("y_test", y_te)):
+        for key, arr in splits:
             out[key] = arr.astype(dtype)
             if not np.isfinite(out[key]).all():
                 raise ValueError(f"{source}: the standardized {key} has values beyond the "

@@ -210,9 +210,10 @@ def _study(seed, out):
     out("5. A quick study on real data: minscale study --data diabetes --quick "
         f"--seed {seed}")
     out("")
+    config = study.StudyConfig.preset(quick=True, seed=seed)
     task = load_task(argparse.Namespace(data="diabetes", target=None, test_size=0.2,
-                                        seed=seed))
-    result = study.run_study(task, study.StudyConfig.preset(quick=True, seed=seed))
+                                        seed=seed), validation_size=config.validation_size)
+    result = study.run_study(task, config)
     out(report.render_text(result).rstrip("\n"))
     return result
 

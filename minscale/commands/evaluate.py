@@ -6,6 +6,7 @@ import os
 import sys
 
 from ..data import accuracy
+from ..datasets import NAMES
 from ..io import load
 from ..losses import mse
 from ._common import (
@@ -73,7 +74,7 @@ def data_options(args, recorded, model_path=None):
             values[key] = recorded.get(key, default)
     data = values["data"]
     if (model_path is not None and args.data is None and "data" in recorded
-            and isinstance(data, str) and data not in ("diabetes", "digits")
+            and isinstance(data, str) and data not in NAMES
             and not os.path.exists(data)):
         raise FileNotFoundError(f"the data file {data!r} recorded in the model file "
                                 f"{model_path!r} does not exist (moved or renamed?); give its "

@@ -5,7 +5,7 @@ import os
 import sys
 
 from .. import report, study
-from ..study.runs import new_model
+from ..study.runs import default_parts, needs_baseline, new_model, part_names
 from ._common import add_data_arguments, check_output_path, hidden_sizes, integer, load_task
 
 NAME = "study"
@@ -29,8 +29,22 @@ def add_arguments(parser):
                         help="write loss-vs-bytes and learning-rate curves (matplotlib); the "
                              "extension picks the format: .png, .pdf, .svg, ... (none: .png "
                              "is appended)")
+    parser.add_argument("--seeds", type=integer, default=None, metavar="N",
+                        help="run every measurement from N seeds (--seed, --seed + 1, ...; the "
+                             "data split stays fixed) and print means with 95%% intervals "
+                             "(default: 3; --quick: 1)")
+    parser.add_argument("--jobs", type=integer, default=1, metavar="K",
+                        help="worker processes running the seeds; the numbers do not depend "
+                             "on it (default: %(default)s)")
+    parser.add_argument("--depth", type=integer, default=None, metavar="N",
+                        help="the width/depth part trains depths 1 .. N (default: 2)")
+    parser.add_argument("--part", default=None, metavar="NAME[,NAME...]",
+                        help="run only these parts (the learning-rate part runs whenever one "
+                             "of them needs its baseline): " + ", ".join(part_names()) +
+                             " (default: " + ",".join(default_parts()) + ")")
     parser.add_argument("--quick", action="store_true",
-                        help="small budgets (10 epochs, 2 fine-tuning epochs): a minute or less")
+                        help="small budgets (10 epochs, 2 fine-tuning epochs, 1 seed): a "
+                             "minute or less")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is shown only when stderr is a terminal)")
 
@@ -47,17 +61,18 @@ def check_outputs(args):
         Two of --json/--csv/--plot name the same file; a file that cannot be written (see
         :func:`minscale.commands._common.check_output_path`); a --plot extension that
         matplotlib cannot write; --epochs combined with --quick (which fixes the budgets);
-        a size < 1.
+        a size, --seeds, --jobs or --depth < 1; an unknown --part.
     ImportError
         --plot without matplotlib.
     """
     if args.quick and args.epochs is not None:
         raise ValueError(f"--epochs {args.epochs} conflicts with --quick, which fixes the "
                          "budgets; give one of them")
-    for flag in ("epochs", "batch_size"):
-        value = getattr(args, flag)
+    for flag in ("epochs", "batch_size", "seeds", "jobs", "depth"):
+        value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    args.parts = parse_parts(getattr(args, "part", None))
     suffixes = {"json": None, "csv": None, "plot": None}
     if args.plot is not None:
         suffixes["plot"] = report.plot_formats()  # ImportError without matplotlib
@@ -78,13 +93,47 @@ def check_outputs(args):
         seen[real] = flag
 
 
+def parse_parts(text):
+    """The parts named by ``--part`` (comma-separated), in the study's order.
+
+    Parameters
+    ----------
+    text : str or None
+        None: :func:`minscale.study.runs.default_parts`.
+
+    Returns
+    -------
+    tuple of str
+        With ``learning_rate`` when one of them needs its baseline
+        (:func:`minscale.study.runs.needs_baseline`).
+
+    Raises
+    ------
+    ValueError
+        An empty or unknown name (the message lists the known ones).
+    """
+    if text is None:
+        return default_parts()
+    names = [t.strip() for t in text.split(",")]
+    known = part_names()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"--part {name!r} is not a part of the study; choose among "
+                             f"{', '.join(known)}")
+    with_baseline = needs_baseline(names)
+    return tuple(p for p in known if p in names or (p == "learning_rate" and with_baseline))
+
+
 def run(args):
     """Run the study, print its tables and write the asked-for files."""
     check_outputs(args)
     config = study.StudyConfig.preset(quick=args.quick, epochs=args.epochs,
                                       batch_size=args.batch_size, seed=args.seed,
+                                      seeds=args.seeds, jobs=args.jobs, parts=args.parts,
+                                      depths=(None if getattr(args, "depth", None) is None
+                                              else tuple(range(1, args.depth + 1))),
                                       hidden=None if args.hidden is None else tuple(args.hidden))
-    task = load_task(args)
+    task = load_task(args, validation_size=config.validation_size)
     try:
         # the study's model, built once here: one too large for the memory is refused now,
         # under the option's name, not in the middle of the study

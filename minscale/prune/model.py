@@ -105,10 +105,11 @@ def prune(model, sparsity, method="magnitude", include_bias=False, seed=0, norm=
     Parameters
     ----------
     model : Sequential, built
-    sparsity : float in [0, 1]
+    sparsity : float in [0, 1], or a sequence of them, one per layer
         Fraction of zeros asked for: of each tensor (``"magnitude"``, ``"random"``), of all
         pruned tensors together (``"global"``), or of each hidden layer's neurons
-        (``"structured"``).
+        (``"structured"``). A sequence (``"magnitude"`` and ``"random"`` only) gives layer
+        i's tensors sparsity ``sparsity[i]``: the per-layer rates of Han et al. 2015.
     method : {"magnitude", "global", "random", "structured"}, default "magnitude"
         ``"magnitude"``: :func:`magnitude_mask` per tensor (layer-wise).
         ``"global"``: :func:`global_magnitude_masks`, one ranking over all pruned tensors.
@@ -131,8 +132,10 @@ def prune(model, sparsity, method="magnitude", include_bias=False, seed=0, norm=
     Raises
     ------
     ValueError
-        If sparsity is NaN or outside [0, 1], `method` is unknown, `model` is not built, or
-        ``method="structured"`` on a model with a single layer (no hidden neuron to prune).
+        If sparsity is NaN or outside [0, 1], `method` is unknown, `model` is not built,
+        ``method="structured"`` on a model with a single layer (no hidden neuron to prune),
+        or a sequence of sparsities whose length is not the number of layers or whose
+        method is ``"global"`` or ``"structured"``.
     TypeError
         If `model` is not a Sequential or `include_bias` not a bool.
 
@@ -161,8 +164,17 @@ def prune(model, sparsity, method="magnitude", include_bias=False, seed=0, norm=
     0.5
     """
     model = check_model(model)
-    s = _checks.check_sparsity("sparsity", sparsity)
     _checks.check_choice("method", method, METHODS)
+    if isinstance(sparsity, (list, tuple, np.ndarray)):
+        if method not in ("magnitude", "random"):
+            raise ValueError(f"one sparsity per layer needs method 'magnitude' or 'random' "
+                             f"(layer-wise rules), got method={method!r}")
+        if len(sparsity) != len(model.layers):
+            raise ValueError(f"sparsity must give one value per layer: the model has "
+                             f"{len(model.layers)} layers, got {len(sparsity)} values")
+        s = [_checks.check_sparsity(f"sparsity[{i}]", v) for i, v in enumerate(sparsity)]
+    else:
+        s = _checks.check_sparsity("sparsity", sparsity)
     include_bias = _checks.check_bool("include_bias", include_bias)
     if method == "structured":
         new = _structured_keep(model, s, norm, include_bias)
@@ -193,8 +205,16 @@ def _structured_keep(model, s, norm, include_bias):
 
 
 def _unstructured_keep(model, s, method, include_bias, seed):
-    """Flat keep-mask of the per-entry rules, the current mask ranking first."""
+    """Flat keep-mask of the per-entry rules, the current mask ranking first.
+
+    `s` is one sparsity, or (layer-wise rules) a list of one per layer.
+    """
     tensors = _prunable_tensors(model, include_bias)
+    if isinstance(s, list):  # each of a layer's tensors (W, then b if pruned) gets its rate
+        per_tensor = [v for v, layer in zip(s, model.layers)
+                      for _ in range(2 if include_bias and layer.use_bias else 1)]
+    else:
+        per_tensor = [s] * len(tensors)
     prev = [model.mask[lo:hi].reshape(v.shape) for v, lo, hi in tensors]
     backup = model.state.get(BACKUP_KEY)
     if backup is not None and backup.shape == model.params.shape:
@@ -206,10 +226,11 @@ def _unstructured_keep(model, s, method, include_bias, seed):
     if method == "global":
         masks = global_magnitude_masks(values, s, masks=prev)
     elif method == "magnitude":
-        masks = [magnitude_mask(v, s, mask=m) for v, m in zip(values, prev)]
+        masks = [magnitude_mask(v, st, mask=m) for v, st, m in zip(values, per_tensor, prev)]
     else:
         rng = _checks.as_rng("seed", seed)
-        masks = [random_mask(v.shape, s, rng, mask=m) for (v, _, _), m in zip(tensors, prev)]
+        masks = [random_mask(v.shape, st, rng, mask=m)
+                 for (v, _, _), st, m in zip(tensors, per_tensor, prev)]
     new = model.mask.copy()
     for (_, lo, hi), m in zip(tensors, masks):
         new[lo:hi] = m.ravel()

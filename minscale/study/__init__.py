@@ -1,19 +1,24 @@
-"""The scaling study: what learning rate, pruning, quantization and more workers do to one
-model's held-out loss, size and speed, measured on real data.
+"""The scaling study: what learning rate, pruning, quantization, regularization and more
+workers do to one model's test loss, size and speed, measured on real data from several seeds.
 
-:func:`run_study` runs five parts on one split of one data set and returns a JSON-ready dict
-(schema: ``docs/study.md`` and ``minscale/study_schema.json``):
+:func:`run_study` runs six parts on one split of one data set (train / validation / test)
+and returns a JSON-ready dict (schema: ``docs/study.md`` and ``minscale/study_schema.json``):
 
 1. learning rate: Adam with inverse-time decay over a grid of initial rates and decay rates,
-   each run from the same initial weights; final held-out loss and the first update at which a
-   loss target is reached. The run with the lowest final held-out loss becomes the baseline.
-2. pruning: magnitude (layer-wise), global and random masks at each sparsity, each applied to a
-   copy of the baseline and fine-tuned with the same budget, plus gradual (polynomial) pruning
-   to the top level with the same budget.
-3. quantization: fixed point at several bit widths (frac bits chosen per tensor) and int8
-   affine per channel, post-training (PTQ) and quantization-aware (QAT, same budget).
-4. combined: pruning and int8 together against the float baseline.
-5. workers: the baseline's training with 1 and 2 synchronous data-parallel workers.
+   each run from the same initial weights; the grid point with the lowest mean final
+   validation loss over the seeds becomes the baseline.
+2. pruning: magnitude (layer-wise), global and random masks at each sparsity, iterative with
+   the same fine-tuning budget, plus gradual (polynomial) pruning; each against the dense
+   baseline fine-tuned alike.
+3. quantization: fixed point at several bit widths and int8 affine per channel, PTQ and QAT;
+   int8 against the float model clamped to the same ranges.
+4. combined: pruning and int8 together.
+5. regularization: L2 and decoupled weight decay over a log grid; best strength on validation.
+6. workers: the baseline's training with 1 and 2 synchronous data-parallel workers.
+
+Every variant reports its mean test loss over the seeds with a 95 % interval, its control's,
+the effect (their ratio) and a verdict from the paired interval
+(:mod:`minscale.study.seeds`, :mod:`minscale.study.stats`).
 
 Units. Every loss is the held-out MSE (:func:`minscale.losses.mse`, mean over rows, summed
 over outputs). Regression targets are standardized with the training split's mean and
@@ -28,6 +33,8 @@ set, sizes, summary), :mod:`minscale.study.config` the :class:`StudyConfig`, and
 """
 from __future__ import annotations
 
+# each registers its part of `minscale study` (runs.register_part) when imported
+from . import han2015, recovery, width_depth  # noqa: F401
 from .config import SCHEMA_VERSION, StudyConfig
 from .metrics import (
                       first_reached,

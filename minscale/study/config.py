@@ -10,7 +10,11 @@ from ..prune import METHODS
 __all__ = ["StudyConfig", "SCHEMA_VERSION"]
 
 #: version of the result layout (``docs/study.md``); bumped on incompatible changes
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: the study's parts, in the order they run and print; ``--part`` takes these names (and those
+#: of parts registered with :func:`minscale.study.runs.register_part`)
+PARTS = ("learning_rate", "pruning", "quantization", "combined", "regularization", "workers")
 
 #: bits per stored value of a float model in every byte count of the study (float32)
 FLOAT_BITS = 32
@@ -36,7 +40,26 @@ class StudyConfig:
         Epochs of each run of the workers part.
     batch_size : int, >= 1, default 32
     seed : int, >= 0, default 0
-        Seeds the split (through the caller), the initial weights, shuffling and random masks.
+        The first seed: seed i of ``seeds`` is ``seed + i`` (:func:`minscale.study.seeds.
+        study_seeds`); it seeds the initial weights, shuffling and random masks. The data
+        split is the caller's (``load_task`` uses ``--seed`` for it) and stays fixed.
+    seeds : int, >= 1, default 3
+        Repeats of every measurement from different seeds (``--seeds``; ``--quick``: 1).
+    jobs : int, >= 1, default 1
+        Worker processes running the seeds (``--jobs``); the numbers do not depend on it.
+    validation_size : float in (0, 1), default 0.2
+        Fraction of the training split the caller carved off as the validation split (recorded
+        here; :func:`minscale.commands._common.load_task` does the carving).
+    parts : tuple of str, default: every part of :data:`PARTS`
+        The parts to run (``--part``); the learning-rate part also runs when one of them
+        needs its baseline (:func:`minscale.study.runs.needs_baseline`).
+    l2_strengths : tuple of float, default (1e-5, 1e-4, 1e-3, 1e-2)
+        Keras L2 strengths of the regularization part (``regularizers.L2``, kernels only).
+    decay_strengths : tuple of float, default (1e-3, 1e-2, 1e-1, 1.0)
+        Decoupled weight decays of the regularization part (``optim.AdamW``).
+    depths : tuple of int or None, default None
+        Depths (hidden layers) of the width/depth part (``--depth N``: 1 .. N); None keeps
+        that part's preset (1 and 2).
     learning_rates : tuple of float, default (0.1, 0.01, 0.001)
         Initial rates eta0 of Adam.
     decay_rates : tuple of float, default (0.0, 0.1, 1.0)
@@ -75,6 +98,13 @@ class StudyConfig:
     worker_epochs: int = 5
     batch_size: int = 32
     seed: int = 0
+    seeds: int = 3
+    jobs: int = 1
+    validation_size: float = 0.2
+    parts: tuple = PARTS
+    l2_strengths: tuple = (1e-5, 1e-4, 1e-3, 1e-2)
+    decay_strengths: tuple = (1e-3, 1e-2, 1e-1, 1.0)
+    depths: tuple | None = None
     learning_rates: tuple = (0.1, 0.01, 0.001)
     decay_rates: tuple = (0.0, 0.1, 1.0)
     target_factor: float = 1.1
@@ -95,11 +125,32 @@ class StudyConfig:
                      "timing_repeats"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        object.__setattr__(self, "seeds", check_int("seeds", self.seeds, 1))
+        object.__setattr__(self, "jobs", check_int("jobs", self.jobs, 1))
+        object.__setattr__(self, "validation_size",
+                           check_real("validation_size", self.validation_size, 0.0, 1.0,
+                                      lo_open=True, hi_open=True))
+        parts = tuple(self.parts)
+        if not parts or any(not isinstance(p, str) for p in parts):
+            raise ValueError(f"parts must be a non-empty sequence of part names, got "
+                             f"{plain(self.parts)!r}")
+        object.__setattr__(self, "parts", parts)
+        for name in ("l2_strengths", "decay_strengths"):
+            grid = tuple(check_real(f"{name}[i]", v, lo=0.0, lo_open=True)
+                         for v in getattr(self, name))
+            if not grid:
+                raise ValueError(f"{name} must hold at least one strength")
+            object.__setattr__(self, name, grid)
         lrs = tuple(check_real("learning_rates[i]", v, lo=0.0, lo_open=True)
                     for v in self.learning_rates)
         decays = tuple(check_real("decay_rates[i]", v, lo=0.0) for v in self.decay_rates)
         if not lrs or not decays:
             raise ValueError("learning_rates and decay_rates must each hold at least one value")
+        if self.depths is not None:
+            depths = tuple(check_int("depths[i]", d, 1) for d in self.depths)
+            if not depths:
+                raise ValueError("depths must hold at least one depth, or be None")
+            object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "learning_rates", lrs)
         object.__setattr__(self, "decay_rates", decays)
         object.__setattr__(self, "finetune_factor",
@@ -135,15 +186,15 @@ class StudyConfig:
     def preset(cls, quick=False, **overrides):
         """The full (default) or ``--quick`` budgets, with `overrides` on top.
 
-        Quick: 10 epochs per learning-rate run, 2 fine-tuning epochs, 2 epochs per workers
-        run, 3 timing repeats; every part and grid point is still measured.
+        Quick: 10 epochs per learning-rate run, 2 fine-tuning epochs, 3 epochs per workers
+        run, 3 timing repeats, 1 seed; every part and grid point is still measured.
 
         Returns
         -------
         StudyConfig
         """
         base = dict(epochs=10, finetune_epochs=2, worker_epochs=3, timing_repeats=3,
-                    quick=True) if quick else {}
+                    seeds=1, quick=True) if quick else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 

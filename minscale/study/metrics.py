@@ -362,46 +362,68 @@ def sparse_codes_nbytes(codes, bits=8, index_bytes=4):
 
 
 def summarize(result, tolerance=0.05):
-    """Every measured variant as (bytes, loss), its Pareto set and the smallest good one.
+    """Every measured variant as (bytes, effect against its control), its Pareto set and the
+    smallest one whose effect is within tolerance.
 
     Parameters
     ----------
     result : dict
-        A study result with ``baseline``, ``pruning``, ``quantization`` and ``combined``.
+        A study result with ``baseline`` and any of ``pruning``, ``quantization`` and
+        ``combined`` (version-2 records: ``loss_mean``, ``loss_ci95``, ``control``,
+        ``effect``, ``verdict``).
     tolerance : float, default 0.05
-        Relative loss budget against the baseline for ``smallest_within_tolerance``.
+        Relative budget on the effect for ``smallest_within_tolerance``.
 
     Returns
     -------
     dict
-        ``{"variants": [{"name", "part", "nbytes", "loss", "accuracy"}], "pareto": [names by
-        increasing bytes], "tolerance", "loss_budget", "smallest_within_tolerance": name or
-        None}``. Variants: the float32 baseline, every pruned variant with sparsity > 0
-        (bytes: the smallest of dense, CSR and bitmask), the gradual one, every quantized
-        variant and the combined one; variants whose loss is None (diverged) are listed but
-        never chosen.
+        ``{"measure", "variants": [{"name", "part", "nbytes", "loss", "loss_ci95",
+        "control", "control_loss", "effect", "verdict", "accuracy"}], "pareto": [names by
+        increasing bytes], "tolerance", "effect_budget", "smallest_within_tolerance": name or
+        None}``. Variants: the float32 baseline (its own control, effect 1), every pruned
+        variant with sparsity > 0 (bytes: the smallest of dense, CSR and bitmask), the
+        gradual one, every quantized variant and the combined one; variants whose effect is
+        None (diverged) are listed but never chosen.
+
+    Notes
+    -----
+    effect = mean test loss of the variant / mean test loss of its control (the dense float
+    model with the same extra updates from the same baseline, clamped to the int8 output
+    range for int8 variants). The Pareto set is over (bytes, effect); the smallest within
+    tolerance is the fewest bytes with ``effect <= 1 + tolerance``
+    (:func:`smallest_within` with reference 1). Effects, not raw losses: the extra
+    fine-tuning and the output clamp of a variant are credited to its control, not to
+    pruning or quantization.
     """
     base = result["baseline"]
     variants = [{"name": "baseline float32", "part": "baseline", "nbytes": base["nbytes"],
-                 "loss": base["loss"], "accuracy": base["accuracy"]}]
-    pr = result["pruning"]
-    for row in pr["rows"] + [pr["gradual"]]:
-        if row["sparsity"] > 0:
-            variants.append({"name": f"prune {row['method']} {row['sparsity']:g}",
-                             "part": "pruning", "nbytes": row["nbytes"], "loss": row["loss"],
-                             "accuracy": row["accuracy"]})
-    for row in result["quantization"]["rows"]:
-        variants.append({"name": row["name"], "part": "quantization", "nbytes": row["nbytes"],
-                         "loss": row["loss"], "accuracy": row["accuracy"]})
-    comb = result["combined"]
-    variants.append({"name": comb["name"], "part": "combined", "nbytes": comb["nbytes"],
-                     "loss": comb["loss"], "accuracy": comb["accuracy"]})
+                 "loss": base["loss_mean"], "loss_ci95": base["loss_ci95"],
+                 "control": "baseline float32", "control_loss": base["loss_mean"],
+                 "effect": 1.0, "verdict": "no significant difference",
+                 "accuracy": base["accuracy"]}]
+
+    def add(rec, part):
+        variants.append({"name": rec["name"], "part": part, "nbytes": rec["nbytes"],
+                         "loss": rec["loss_mean"], "loss_ci95": rec["loss_ci95"],
+                         "control": rec["control"]["name"],
+                         "control_loss": rec["control"]["loss_mean"],
+                         "effect": rec["effect"], "verdict": rec["verdict"],
+                         "accuracy": rec["accuracy"]})
+
+    if "pruning" in result:
+        pr = result["pruning"]
+        for row in pr["rows"] + [pr["gradual"]]:
+            if row["sparsity"] > 0:
+                add(row, "pruning")
+    for row in result.get("quantization", {}).get("rows", []):
+        add(row, "quantization")
+    if "combined" in result:
+        add(result["combined"], "combined")
     nbytes = [v["nbytes"] for v in variants]
-    losses = [math.nan if v["loss"] is None else v["loss"] for v in variants]
-    front = pareto_front(nbytes, losses)
-    best = smallest_within(nbytes, losses, base["loss"], tolerance)
-    return {"variants": variants, "pareto": [variants[i]["name"] for i in front],
-            "tolerance": float(tolerance), "loss_budget": (1.0 + tolerance) * base["loss"],
+    effects = [math.nan if v["effect"] is None else v["effect"] for v in variants]
+    front = pareto_front(nbytes, effects)
+    best = smallest_within(nbytes, effects, 1.0, tolerance)
+    return {"measure": "effect = mean test loss / mean test loss of the variant's control",
+            "variants": variants, "pareto": [variants[i]["name"] for i in front],
+            "tolerance": float(tolerance), "effect_budget": 1.0 + tolerance,
             "smallest_within_tolerance": None if best is None else variants[best]["name"]}
-
-

@@ -5,6 +5,8 @@ puts the five parts together (see :mod:`minscale.study`).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import statistics
 import sys
@@ -20,12 +22,13 @@ from ..kernels import get_backend
 from ..layers import Dense
 from ..losses import mse
 from ..model import Sequential
-from ..optim import Adam
+from ..optim import Adam, AdamW
 from ..prune import model_nbytes, prune, to_sparse
-from ..quant import QATConfig, WeightSpec, convert, quantize_model
+from ..quant import QATConfig, WeightSpec, convert, integer_range, quantize_model
+from ..regularizers import L2
 from ..schedules import InverseTimeDecay
 from ..train import DivergenceError
-from .config import FLOAT_BITS, SCHEMA_VERSION, StudyConfig
+from .config import FLOAT_BITS, PARTS, SCHEMA_VERSION, StudyConfig
 from .metrics import (
     finite_or_none,
     first_reached,
@@ -34,6 +37,8 @@ from .metrics import (
     sparse_codes_nbytes,
     summarize,
 )
+from .seeds import map_seeds, seed_pool, study_seeds, variant_record
+from .stats import mean_ci95
 
 __all__ = [
     "build_model",
@@ -47,6 +52,14 @@ __all__ = [
     "combined_part",
     "EpochClock",
     "workers_part",
+    "clamp_ranges",
+    "clamped_predict",
+    "regularization_runs",
+    "register_part",
+    "part_names",
+    "default_parts",
+    "needs_baseline",
+    "EXTRA_PARTS",
     "run_study",
 ]
 
@@ -126,29 +139,40 @@ def median_seconds(fn, repeats=5, warmup=1):
 # measuring
 
 
-def measure(predict, task):
-    """Held-out loss (and accuracy on classification) of a predictor.
+def measure(predict, task, split="test"):
+    """Loss (and accuracy on classification) of a predictor on one split of a task.
 
     Parameters
     ----------
     predict : callable
-        ``predict(X_test) -> y_hat`` of shape (n_test, d_out).
+        ``predict(X) -> y_hat`` of shape (n, d_out).
     task : dict
         As :func:`minscale.commands._common.load_task` returns: ``X_test``, ``y_test``,
-        ``info["task"]`` and ``labels_test``.
+        ``labels_test`` (and ``X_val``, ``y_val``, ``labels_val`` for ``split="val"``),
+        ``info["task"]``.
+    split : {"test", "val"}, default "test"
+        The test split (reported) or the validation split (used for choices).
 
     Returns
     -------
     dict
         ``{"loss": float MSE (mean over rows, summed over outputs), "accuracy": float in
         [0, 1] or None}``; a non-finite loss becomes None.
+
+    Raises
+    ------
+    ValueError
+        `split` is neither "test" nor "val".
     """
-    y_hat = np.asarray(predict(task["X_test"]), dtype=task["y_test"].dtype)
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    y = task[f"y_{split}"]
+    y_hat = np.asarray(predict(task[f"X_{split}"]), dtype=y.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
-        loss = mse(task["y_test"], y_hat)
+        loss = mse(y, y_hat)
     acc = None
     if task["info"]["task"] == "classification" and np.isfinite(y_hat).all():
-        acc = float(accuracy(task["labels_test"], y_hat))
+        acc = float(accuracy(task[f"labels_{split}"], y_hat))
     return {"loss": finite_or_none(loss), "accuracy": acc}
 
 
@@ -371,6 +395,7 @@ def pruning_part(baseline, task, config, finetune_lr, progress=None):
         ``{"protocol", "finetune_epochs", "finetune_learning_rate", "rows": [...],
         "gradual": {...}}``; one row per (method, sparsity) with loss, accuracy, nnz
         (non-zero weights), n_weights, achieved_sparsity, finetune_epochs (cumulative),
+        updates (optimizer updates applied since the baseline, counted by the optimizer),
         nbytes_dense, nbytes_csr and nbytes_bitmask (float32 values; see
         :func:`minscale.prune.model_nbytes`), nbytes (the smallest of the three),
         predict_seconds_dense and predict_seconds_csr (medians).
@@ -396,17 +421,19 @@ def pruning_part(baseline, task, config, finetune_lr, progress=None):
     levels = [s for s in config.sparsities if s > 0]
     for method in config.prune_methods:
         model = baseline.copy()
-        diverged, done = False, 0
+        diverged, done, updates = False, 0, 0
         for s in config.sparsities:
             if s > 0 and not diverged:
                 prune(model, s, method=method, seed=config.seed)
                 _compile(model, finetune_lr, task)
                 diverged = _fit(model, task, config, config.finetune_epochs) is None
                 done += config.finetune_epochs
+                updates += model.optimizer.iterations
             elif s > 0:  # a diverged model stays diverged; prune it for the byte counts
                 prune(model, s, method=method, seed=config.seed)
             row = _pruning_row(model, method, s, task, config, diverged)
             row["finetune_epochs"] = done
+            row["updates"] = int(updates)
             rows.append(row)
             models[(method, s)] = model.copy()
             if progress is not None:
@@ -419,6 +446,7 @@ def pruning_part(baseline, task, config, finetune_lr, progress=None):
                     pruning_method="magnitude") is None
     gradual = _pruning_row(model, "gradual", top, task, config, diverged)
     gradual["finetune_epochs"] = epochs
+    gradual["updates"] = int(model.optimizer.iterations)
     gradual["schedule"] = schedule.get_config()
     models[("gradual", top)] = model
     if progress is not None:
@@ -465,6 +493,68 @@ def int8_model(model, calibration_data):
     return qmodel, f"{len(qmodel.layers)} layers of int8 codes"
 
 
+def clamp_ranges(qmodel):
+    """The intervals an int8 model clamps its input and every layer's output to, or None.
+
+    Parameters
+    ----------
+    qmodel : QuantizedModel
+
+    Returns
+    -------
+    list of [low, high], or None
+        First the input's, then one per layer: ``scale * (qmin - zero_point)`` and
+        ``scale * (qmax - zero_point)`` of that tensor's 8-bit quantization (qmin, qmax =
+        -128, 127 signed, 0, 255 uint8); None when activations are not quantized (fixed
+        point: weights only, nothing is clamped).
+
+    Notes
+    -----
+    Quantizing an activation saturates it at the ends of its calibrated range (Jacob et al.
+    2018, eq. 1 with saturation). The study's clamped float control clamps the float model
+    at the same places to the same ranges (:func:`clamped_predict`), so that what the clamps
+    do to the loss is not credited to quantization: on digits the float model's held-out
+    outputs reach -4.3 .. 5.3 on one-hot targets, and clamping alone cuts its MSE by more
+    than half.
+    """
+    if qmodel.input_qparams is None:
+        return None
+    qmin, qmax = integer_range(8, qmodel.activations != "uint8")
+
+    def bounds(qparams):
+        scale, zero_point = float(qparams[0]), int(qparams[1])
+        return [scale * (qmin - zero_point), scale * (qmax - zero_point)]
+
+    return [bounds(qmodel.input_qparams)] + [bounds(layer.output_qparams)
+                                             for layer in qmodel.layers]
+
+
+def clamped_predict(model, ranges):
+    """The float model's predictions with the input and every layer's output clamped.
+
+    Parameters
+    ----------
+    model : Sequential
+    ranges : list of [low, high] or None
+        As :func:`clamp_ranges` returns (None: ``model.predict`` unchanged).
+
+    Returns
+    -------
+    callable
+        ``predict(X) -> ndarray (n, d_out)``.
+    """
+    if ranges is None:
+        return model.predict
+
+    def predict(X):
+        a = np.clip(np.asarray(X, dtype=model.dtype), *ranges[0])
+        for layer, (lo, hi) in zip(model.layers, ranges[1:]):
+            a = np.clip(layer.forward(a, False), lo, hi)
+        return a
+
+    return predict
+
+
 def quantization_part(baseline, task, config, finetune_lr, progress=None):
     """Fixed-point and int8 quantization of the baseline, post-training and QAT.
 
@@ -485,7 +575,9 @@ def quantization_part(baseline, task, config, finetune_lr, progress=None):
         ``{"finetune_epochs", "bytes_note", "rows": [...]}``, one row per (scheme, bits, mode):
         name, scheme ("fixed" or "int8"), scheme_label, bits, mode ("ptq" or "qat"),
         frac_bits (per layer, fixed point only), inference ("integer" or "simulated"),
-        diverged, loss, accuracy, nbytes, compression_ratio.
+        diverged, loss, accuracy, nbytes, compression_ratio, updates (QAT: optimizer updates
+        of the fine-tuning; PTQ: 0), clamp_ranges (:func:`clamp_ranges`: the intervals int8
+        clamps the input and each layer's output to; None for fixed point).
 
     Notes
     -----
@@ -507,7 +599,7 @@ def quantization_part(baseline, task, config, finetune_lr, progress=None):
     rows = []
     for mode in ("ptq", "qat"):
         for scheme, bits, spec, activations in variants:
-            diverged = False
+            diverged, updates = False, 0
             if mode == "ptq":
                 qmodel = quantize_model(baseline, weights=spec, activations=activations,
                                         calibration_data=X_cal if activations else None)
@@ -516,6 +608,7 @@ def quantization_part(baseline, task, config, finetune_lr, progress=None):
                 diverged = _fit(model, task, config, config.finetune_epochs,
                                 quantization=QATConfig(weights=spec,
                                                        activations=activations)) is None
+                updates = int(model.optimizer.iterations)
                 qmodel = convert(model, calibration_data=X_cal if activations else None)
             m = ({"loss": None, "accuracy": None,
                   "inference": "integer" if qmodel.integer_supported else "simulated"}
@@ -530,7 +623,8 @@ def quantization_part(baseline, task, config, finetune_lr, progress=None):
                               if scheme == "fixed" else None),
                 "inference": m["inference"], "diverged": diverged, "loss": m["loss"],
                 "accuracy": m["accuracy"], "nbytes": nbytes,
-                "compression_ratio": reference / nbytes})
+                "compression_ratio": reference / nbytes, "updates": updates,
+                "clamp_ranges": clamp_ranges(qmodel)})
             if progress is not None:
                 progress(rows[-1]["name"])
     return {"finetune_epochs": config.finetune_epochs,
@@ -562,7 +656,8 @@ def combined_part(baseline, pruned, task, config, finetune_lr, progress=None):
     dict
         name, description, method, sparsity, bits (8), loss, accuracy, loss_ratio (loss over
         the baseline's), nnz (non-zero weight codes), nbytes, compression_ratio (float32
-        baseline bytes over nbytes), bytes_note.
+        baseline bytes over nbytes), finetunings (fine-tunings of the pruned model: its level
+        in the pruning walk), clamp_ranges (:func:`clamp_ranges`), bytes_note.
 
     Notes
     -----
@@ -572,7 +667,10 @@ def combined_part(baseline, pruned, task, config, finetune_lr, progress=None):
     A weight kept by the mask can still round to code 0; it is then not stored either.
     """
     s = config.combined_sparsity
+    levels = [x for x in config.sparsities if x > 0]
+    finetunings = levels.index(s) + 1 if s in levels else 1
     if pruned is None:
+        finetunings = 1
         pruned = baseline.copy()
         prune(pruned, s, method="magnitude", seed=config.seed)
         _compile(pruned, finetune_lr, task)
@@ -595,6 +693,7 @@ def combined_part(baseline, pruned, task, config, finetune_lr, progress=None):
             "loss_ratio": (None if m["loss"] is None or not base_loss else m["loss"] / base_loss),
             "nnz": int(sum(np.count_nonzero(layer.codes) for layer in qmodel.layers)),
             "nbytes": nbytes, "compression_ratio": reference / nbytes,
+            "finetunings": finetunings, "clamp_ranges": clamp_ranges(qmodel),
             "bytes_note": ("bytes = non-zero int8 weight codes behind a bitmask (1 bit per "
                            "weight) or in CSR, whichever is smaller, + the dense int8 model's "
                            "scales, int32 biases and activation parameters")}
@@ -707,11 +806,411 @@ def workers_part(task, config, learning_rate, progress=None):
                     "from float summation order only"}
 
 
+# ----------------------------------------------------------------------------------------
+# the regularization part
+
+
+def regularization_runs(task, config, learning_rate, progress=None):
+    """Train the baseline's configuration with L2 and with decoupled weight decay, one seed.
+
+    Parameters
+    ----------
+    task : dict
+        With the validation split (``X_val``, ``y_val``).
+    config : StudyConfig
+        ``l2_strengths``, ``decay_strengths``, ``epochs``, ``batch_size``, ``seed``.
+    learning_rate : schedule or float
+        The baseline's rate (Adam, or AdamW for the decoupled decay).
+    progress : callable, optional
+
+    Returns
+    -------
+    list of dict
+        Per (kind, strength): ``kind`` ("l2" or "decoupled"), ``strength``, ``val_loss``,
+        ``loss`` and ``accuracy`` (test), ``updates``, ``diverged``.
+
+    Notes
+    -----
+    Every run starts from the baseline's initial weights (``config.seed``) and shuffles as
+    the baseline did, for the baseline's epochs at its rate: the only difference from the
+    baseline is the regularization, so the baseline is the control. L2 (Keras): every
+    kernel gets ``regularizers.L2(strength)``, the training loss gains
+    ``strength * sum(W**2)``. Decoupled decay (Loshchilov & Hutter 2019): ``optim.AdamW``,
+    ``theta <- theta * (1 - lr * strength)`` at every update, biases included.
+    """
+    rows = []
+    for kind, grid in (("l2", config.l2_strengths), ("decoupled", config.decay_strengths)):
+        for strength in grid:
+            model = new_model(task, config)
+            if kind == "l2":
+                for layer in model.layers:
+                    layer.kernel_regularizer = L2(strength)
+                optimizer = Adam(learning_rate)
+            else:
+                optimizer = AdamW(learning_rate, weight_decay=strength)
+            model.compile(optimizer=optimizer,
+                          metrics=["accuracy"] if _is_classification(task) else None)
+            diverged = _fit(model, task, config, config.epochs) is None
+            test = measure(model.predict, task)
+            rows.append({"kind": kind, "strength": float(strength), "diverged": diverged,
+                         "val_loss": measure(model.predict, task, "val")["loss"],
+                         "loss": test["loss"], "accuracy": test["accuracy"],
+                         "updates": int(model.optimizer.iterations)})
+            if progress is not None:
+                progress(f"{kind} {strength:g}")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# one seed: the learning-rate sweep, then every variant and its control
+
+
+def _seed_config(config, seed):
+    return dataclasses.replace(config, seed=seed)
+
+
+def _schedule(run, n_batches):
+    return InverseTimeDecay(run["initial_learning_rate"], decay_rate=run["decay_rate"],
+                            decay_steps=n_batches)
+
+
+def _metrics(task):
+    return ["accuracy"] if _is_classification(task) else []
+
+
+def _lr_seed(task, config, progress, seed):
+    """Part 1 from one seed: the runs (validation curves, test loss) and their weights."""
+    cfg = _seed_config(config, seed)
+
+    def make():
+        model = new_model(task, cfg)
+        model.metrics = _metrics(task)
+        return model
+
+    runs, _, models = learning_rate_sweep(
+        make, task["X_train"], task["y_train"], (task["X_val"], task["y_val"]),
+        cfg.learning_rates, cfg.decay_rates, cfg.epochs, cfg.batch_size, seed=seed,
+        target=math.inf, progress=progress)
+    for run, model in zip(runs, models):
+        m = measure(model.predict, task) if model is not None else {"loss": None,
+                                                                     "accuracy": None}
+        run["test_loss"], run["test_accuracy"] = m["loss"], m["accuracy"]
+        run["updates"] = None if model is None else int(model.optimizer.iterations)
+        del run["target_epoch"], run["target_update"]
+    return runs, [None if m is None else m.get_weights() for m in models]
+
+
+def _control(model, task, ranges, updates):
+    m = measure(clamped_predict(model, ranges), task)
+    return {"loss": m["loss"], "accuracy": m["accuracy"], "updates": int(updates),
+            "clamped": ranges is not None}
+
+
+def _variants_seed(task, config, base_run, weights, progress, seed):
+    """Parts 2 to 4 and regularization from one seed's baseline, with their controls."""
+    cfg = _seed_config(config, seed)
+    n_batches = _n_batches(task, cfg)
+    baseline = new_model(task, cfg)
+    baseline.set_weights(weights[seed])
+    baseline.compile(optimizer=Adam(_schedule(base_run, n_batches)), metrics=_metrics(task))
+    finetune_lr = cfg.finetune_factor * base_run["initial_learning_rate"]
+    parts = cfg.parts
+    out = {"baseline": {"test": measure(baseline.predict, task),
+                        "val": measure(baseline.predict, task, "val")}}
+    levels = [s for s in cfg.sparsities if s > 0]
+    # the dense control chain: the fine-tunings of the pruning walk without pruning, from
+    # the baseline, each with a fresh optimizer at the same rate and the same shuffling
+    chain = [(baseline, 0)]
+    # as long as the deepest control asked for: QAT needs 1 fine-tuning, the pruning walk one
+    # per level, the combined variant that of its level
+    depth = max(1 if "quantization" in parts else 0,
+                len(levels) if "pruning" in parts else 0,
+                max(1, len(levels)) if "combined" in parts else 0)
+    if depth:
+        model, updates = baseline, 0
+        for _ in range(depth):
+            model = _compile(model.copy(), finetune_lr, task)
+            _fit(model, task, cfg, cfg.finetune_epochs)
+            updates += model.optimizer.iterations
+            chain.append((model, updates))
+    pruned = {}
+    if "pruning" in parts:
+        pr, pruned = pruning_part(baseline, task, cfg, finetune_lr, progress)
+        for row in pr["rows"]:
+            k = levels.index(row["sparsity"]) + 1 if row["sparsity"] > 0 else 0
+            row["control"] = _control(chain[k][0], task, None, chain[k][1])
+            row["control"]["finetunings"] = k
+        # the gradual variant's control: one dense fit of the same length, one optimizer
+        g = pr["gradual"]
+        model = _compile(baseline.copy(), finetune_lr, task)
+        _fit(model, task, cfg, g["finetune_epochs"])
+        g["control"] = _control(model, task, None, model.optimizer.iterations)
+        out["pruning"] = pr
+    if "quantization" in parts:
+        q = quantization_part(baseline, task, cfg, finetune_lr, progress)
+        for row in q["rows"]:
+            k = 0 if row["mode"] == "ptq" else 1
+            row["control"] = _control(chain[k][0], task, row["clamp_ranges"], chain[k][1])
+        out["quantization"] = q
+    if "combined" in parts:
+        c = combined_part(baseline, pruned.get(("magnitude", cfg.combined_sparsity)), task,
+                          cfg, finetune_lr, progress)
+        k = c["finetunings"]
+        c["control"] = _control(chain[k][0], task, c["clamp_ranges"], chain[k][1])
+        out["combined"] = c
+    if "regularization" in parts:
+        out["regularization"] = regularization_runs(task, cfg, _schedule(base_run, n_batches),
+                                                    progress)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# aggregation over seeds
+
+
+def _mean(values):
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def _interval(values):
+    if not values or any(v is None for v in values):
+        return None, [None, None]
+    m, lo, hi = mean_ci95(values)
+    return m, [finite_or_none(lo), finite_or_none(hi)]
+
+
+def _mean_curve(curves):
+    """Mean and 95 % interval per epoch of per-seed curves (None where any seed has None)."""
+    if any(not c for c in curves):
+        return [], []
+    means, bands = [], []
+    for values in zip(*curves):
+        m, ci = _interval(list(values))
+        means.append(m)
+        bands.append(ci)
+    return means, bands
+
+
+def _aggregate_learning_rate(per_seed, config, n_batches):
+    runs = []
+    for i in range(len(per_seed[0][0])):
+        rs = [runs_of_seed[i] for runs_of_seed, _ in per_seed]
+        r0 = rs[0]
+        val_loss, val_band = _mean_curve([r["val_loss"] for r in rs])
+        test_mean, test_ci = _interval([r["test_loss"] for r in rs])
+        runs.append({
+            "initial_learning_rate": r0["initial_learning_rate"],
+            "decay_rate": r0["decay_rate"],
+            "diverged": any(r["diverged"] for r in rs),
+            "final_learning_rate": r0["final_learning_rate"],
+            "final_loss": _mean([r["final_loss"] for r in rs]),
+            "final_accuracy": _mean([r["final_accuracy"] for r in rs]),
+            "val_loss": val_loss, "val_loss_ci95": val_band,
+            "loss": _mean_curve([r["loss"] for r in rs])[0],
+            "test_losses": [r["test_loss"] for r in rs],
+            "test_loss_mean": test_mean, "test_loss_ci95": test_ci,
+            "test_accuracy": _mean([r["test_accuracy"] for r in rs]),
+            "updates": r0["updates"]})
+    finals = [math.inf if r["final_loss"] is None else r["final_loss"] for r in runs]
+    if not any(math.isfinite(f) for f in finals):
+        raise ValueError("every learning-rate run diverged in at least one seed; try smaller "
+                         "learning rates or standardized data")
+    best = int(np.argmin(finals))
+    target = loss_target([r["final_loss"] for r in runs], config.target_factor)
+    for run in runs:
+        curve = [math.nan if v is None else v for v in run["val_loss"]]
+        e = first_reached(curve, target) if curve else None
+        run["target_epoch"] = None if e is None else e + 1
+        run["target_update"] = None if e is None else (e + 1) * n_batches
+    return runs, best, target
+
+
+def _per_seed_fields(rows_by_seed, keys):
+    return {k: [r[k] for r in rows_by_seed] for k in keys}
+
+
+def _record(rows_by_seed, seeds, name, control_name, **extra):
+    """One variant's record: seed 0's row, its loss fields replaced by the seed statistics."""
+    row = dict(rows_by_seed[0])
+    control0 = row.pop("control")
+    losses = [r["loss"] for r in rows_by_seed]
+    c_losses = [r["control"]["loss"] for r in rows_by_seed]
+    rec = variant_record(name, losses, control_name, c_losses, seeds)
+    rec["control"].update(updates=control0["updates"], clamped=control0["clamped"],
+                          accuracy=_mean([r["control"]["accuracy"] for r in rows_by_seed]))
+    for key in ("loss", "accuracy", "name"):
+        row.pop(key, None)
+    rec.update(row)
+    if "diverged" in row:
+        rec["diverged"] = any(r["diverged"] for r in rows_by_seed)
+    rec["loss"] = rec["loss_mean"]
+    rec["accuracy"] = _mean([r["accuracy"] for r in rows_by_seed])
+    rec.update(extra)
+    return rec
+
+
+def _chain_name(k, config):
+    if k == 0:
+        return "baseline float32"
+    return f"dense, {k} x {config.finetune_epochs} epochs fine-tuned"
+
+
+def _aggregate_pruning(outs, seeds, config):
+    prs = [o["pruning"] for o in outs]
+    rows = []
+    for i, row0 in enumerate(prs[0]["rows"]):
+        by_seed = [pr["rows"][i] for pr in prs]
+        k = row0["control"]["finetunings"]
+        rec = _record(by_seed, seeds, f"prune {row0['method']} {row0['sparsity']:g}",
+                      _chain_name(k, config))
+        rec["control"]["finetunings"] = k
+        rows.append(rec)
+    g0 = prs[0]["gradual"]
+    gradual = _record([pr["gradual"] for pr in prs], seeds,
+                      f"prune gradual {g0['sparsity']:g}",
+                      f"dense, {g0['finetune_epochs']} epochs fine-tuned in one run")
+    result = dict(prs[0])
+    result.update(rows=rows, gradual=gradual)
+    return result
+
+
+def _aggregate_quantization(outs, seeds, config):
+    qs = [o["quantization"] for o in outs]
+    rows = []
+    for i, row0 in enumerate(qs[0]["rows"]):
+        k = 0 if row0["mode"] == "ptq" else 1
+        name = _chain_name(k, config)
+        if row0["clamp_ranges"] is not None:
+            name += ", clamped to the int8 ranges"
+        rows.append(_record([q["rows"][i] for q in qs], seeds, row0["name"], name))
+    result = dict(qs[0])
+    result["rows"] = rows
+    return result
+
+
+def _aggregate_combined(outs, seeds, config):
+    cs = [o["combined"] for o in outs]
+    c0 = cs[0]
+    rec = _record(cs, seeds, c0["name"], _chain_name(c0["finetunings"], config)
+                  + ", clamped to the int8 ranges")
+    rec.pop("loss_ratio", None)
+    return rec
+
+
+def _aggregate_regularization(outs, seeds, base_val, base_test, config):
+    rows = []
+    n = len(outs[0]["regularization"])
+    for i in range(n):
+        by_seed = [o["regularization"][i] for o in outs]
+        r0 = by_seed[0]
+        rec = variant_record(f"{r0['kind']} {r0['strength']:g}",
+                             [r["loss"] for r in by_seed], "baseline float32 (no "
+                             "regularization)", base_test, seeds)
+        rec.update(kind=r0["kind"], strength=r0["strength"],
+                   diverged=any(r["diverged"] for r in by_seed),
+                   val_loss_mean=_mean([r["val_loss"] for r in by_seed]),
+                   accuracy=_mean([r["accuracy"] for r in by_seed]),
+                   updates=r0["updates"], best=False)
+        rec["loss"] = rec["loss_mean"]
+        rows.append(rec)
+    best = {}
+    for kind in ("l2", "decoupled"):
+        cands = [r for r in rows if r["kind"] == kind and r["val_loss_mean"] is not None]
+        if cands:
+            b = min(cands, key=lambda r: r["val_loss_mean"])
+            b["best"] = True
+            best[kind] = b["name"]
+    return {"epochs": config.epochs,
+            "selection": "per kind, the strength with the lowest mean validation loss",
+            "control": "the baseline: same initial weights, rate, epochs and shuffling, "
+                       "no regularization",
+            "baseline_val_loss_mean": _mean(base_val),
+            "rows": rows, "best": best}
+
+
+# ----------------------------------------------------------------------------------------
+# the whole study
+
+#: parts registered by other modules: name -> (run, default, needs_baseline); see
+#: :func:`register_part`
+EXTRA_PARTS = {}
+
+
+def register_part(name, run, default=False, needs_baseline=True):
+    """Add a part to the study under `name` (``--part NAME``).
+
+    Parameters
+    ----------
+    name : str
+        Also the key of its section in the result.
+    run : callable
+        ``run(task, config, context) -> dict`` (JSON-ready). `context` holds ``seeds``
+        (list of int), ``baseline`` (the result's baseline section, with the chosen
+        ``initial_learning_rate`` and ``decay_rate``), ``finetune_learning_rate`` and
+        ``jobs``; the part runs its seeds itself (:func:`minscale.study.seeds.map_seeds`),
+        chooses on ``task["X_val"]`` and reports on ``task["X_test"]``. An optional
+        ``"text"`` entry (list of str) holds its lines of the text report
+        (:func:`minscale.report.render_text` prints them after the built-in parts).
+    default : bool, default False
+        Run it when ``--part`` is not given (:func:`default_parts`).
+    needs_baseline : bool, default True
+        It reads ``context["baseline"]``: the learning-rate part runs before it. When every
+        part asked needs no baseline, the study skips the learning-rate sweep (and the
+        result has no ``baseline``, ``learning_rate`` or ``summary``).
+
+    Raises
+    ------
+    ValueError
+        `name` is already taken.
+    """
+    if name in PARTS or name in EXTRA_PARTS:
+        raise ValueError(f"a study part named {name!r} exists already")
+    EXTRA_PARTS[name] = (run, bool(default), bool(needs_baseline))
+
+
+def part_names():
+    """Every ``--part`` name: the built-in :data:`PARTS`, then the registered ones.
+
+    Returns
+    -------
+    tuple of str
+    """
+    return PARTS + tuple(EXTRA_PARTS)
+
+
+def default_parts():
+    """The parts run without ``--part``: every built-in one and the registered defaults.
+
+    Returns
+    -------
+    tuple of str
+    """
+    return PARTS + tuple(n for n, (_, default, _) in EXTRA_PARTS.items() if default)
+
+
+def needs_baseline(parts):
+    """Whether the learning-rate part must run for `parts`: asked, or needed by one of them.
+
+    Parameters
+    ----------
+    parts : sequence of str
+
+    Returns
+    -------
+    bool
+        Every built-in part needs the baseline; a registered one unless it was registered
+        with ``needs_baseline=False``.
+    """
+    return any(p in PARTS or EXTRA_PARTS.get(p, (None, False, True))[2] for p in parts)
+
+
 def _task_info(task):
     info = task["info"]
     classification = _is_classification(task)
+    n_train, n_val, n_test = (int(task[k].shape[0]) for k in ("X_train", "X_val", "X_test"))
     return {"name": info["name"], "task": info["task"], "n_classes": info.get("n_classes"),
-            "n_train": int(task["X_train"].shape[0]), "n_test": int(task["X_test"].shape[0]),
+            "n_train": n_train, "n_test": n_test,
+            "splits": {"train": n_train, "validation": n_val, "test": n_test},
             "n_features": int(task["X_train"].shape[1]),
             "n_outputs": int(task["y_train"].shape[1]), "y_scale": task["y_scale"],
             "loss_unit": ("MSE against one-hot targets" if classification else
@@ -721,119 +1220,167 @@ def _task_info(task):
 
 def _n_tasks(config):
     n_lr = len(config.learning_rates) * len(config.decay_rates)
-    n_prune = len(config.prune_methods) * len(config.sparsities) + 1
-    n_quant = 2 * (len(config.fixed_point_bits) + 1)
-    return n_lr + n_prune + n_quant + 1 + len(config.workers)
+    n = n_lr
+    if "pruning" in config.parts:
+        n += len(config.prune_methods) * len(config.sparsities) + 1
+    if "quantization" in config.parts:
+        n += 2 * (len(config.fixed_point_bits) + 1)
+    if "combined" in config.parts:
+        n += 1
+    if "regularization" in config.parts:
+        n += len(config.l2_strengths) + len(config.decay_strengths)
+    return n * config.seeds + (len(config.workers) if "workers" in config.parts else 0)
 
 
 def run_study(task, config=None, progress=None):
-    """Run the whole study on one split of one data set.
+    """Run the study on one split of one data set, from ``config.seeds`` seeds.
 
     Parameters
     ----------
     task : dict
-        As :func:`minscale.commands._common.load_task` returns: X_train, X_test, y_train,
-        y_test (2-D, the model's dtype; one-hot targets for classification; standardized
-        targets for regression), info, labels_test, y_scale.
+        As :func:`minscale.commands._common.load_task` with ``validation_size`` returns:
+        X_train, X_val, X_test, y_train, y_val, y_test (2-D, the model's dtype; one-hot
+        targets for classification; standardized targets for regression), info,
+        labels_val, labels_test, y_scale.
     config : StudyConfig, optional
-        Defaults to ``StudyConfig()`` (the full budgets).
+        Defaults to ``StudyConfig()`` (the full budgets, 3 seeds).
     progress : bool, optional
-        Show a tqdm bar on stderr; default: only when stderr is a terminal.
+        Show a tqdm bar on stderr; default: only when stderr is a terminal (and only with
+        ``config.jobs == 1``: workers cannot report to it).
 
     Returns
     -------
     dict
         JSON-ready (finite floats or None, ints, strings, lists, dicts), laid out as
         ``docs/study.md`` documents: schema_version, minscale_version, backend, data, config,
-        baseline, learning_rate, pruning, quantization, combined, workers, summary,
-        seconds_total.
+        seeds, baseline, learning_rate, the sections of the parts run (pruning, quantization,
+        combined, regularization, workers, registered parts), summary, seconds_total.
 
     Raises
     ------
     ValueError
-        If every learning-rate run diverges, or `task` lacks a key.
+        If every learning-rate run diverges in some seed, `task` lacks a key, or
+        ``config.parts`` names an unknown part.
     TypeError
         If `config` is not a StudyConfig.
 
     Notes
     -----
-    One baseline, every variant from copies of it: the learning-rate run with the lowest
-    final held-out loss is the baseline (the split has no separate validation part, so the
-    choice is made on the held-out split the study reports; say so when quoting its loss).
-    Pruned and QAT variants are fine-tuned with the same budget, at a constant rate equal to
-    ``config.finetune_factor`` times the baseline's initial rate. Same seed, same numbers,
-    timings aside.
+    Selection apart from reporting: the baseline is the learning-rate run with the lowest
+    mean final *validation* loss over the seeds, the loss target comes from the validation
+    curves, the regularization strength is chosen on validation loss and PTQ calibrates on
+    the training split; the test split is only reported. Every variant trained after the
+    baseline has a dense float control with the same extra updates from the same baseline
+    (same optimizer, rate and shuffling); every variant whose outputs the int8 output layer
+    clamps has the float control clamped to the same range. Each seed i (``config.seed +
+    i``) sets the initial weights, shuffling, random masks; the split is the caller's.
+    Same seeds, same numbers, timings aside, whatever ``config.jobs``.
     """
     config = StudyConfig() if config is None else config
     if not isinstance(config, StudyConfig):
         raise TypeError(f"config must be a StudyConfig, got {type(config).__name__}")
-    for key in ("X_train", "X_test", "y_train", "y_test", "info", "labels_test", "y_scale"):
+    for key in ("X_train", "X_val", "X_test", "y_train", "y_val", "y_test", "info",
+                "labels_val", "labels_test", "y_scale"):
         if key not in task:
-            raise ValueError(f"task must have the key {key!r} (see load_task)")
+            raise ValueError(f"task must have the key {key!r} (see load_task with "
+                             "validation_size)")
+    unknown = [p for p in config.parts if p not in part_names()]
+    if unknown:
+        raise ValueError(f"parts must be among {', '.join(part_names())}; got "
+                         f"{unknown[0]!r}")
     t_start = time.perf_counter()
-    bar = _Progress(_n_tasks(config), progress)
+    seeds = study_seeds(config.seed, config.seeds)
+    jobs = min(config.jobs, len(seeds))
+    bar = _Progress(_n_tasks(config), progress if jobs == 1 else False)
+    step = bar.step if jobs == 1 else None
     limits = None
     if config.blas_threads is not None:
         from threadpoolctl import threadpool_limits  # noqa: PLC0415 (heavy, optional)
         limits = threadpool_limits(limits=config.blas_threads, user_api="blas")
     try:
-        def make():
-            model = new_model(task, config)
-            model.metrics = ["accuracy"] if _is_classification(task) else []
-            return model
+        with seed_pool(jobs) as pool:
+            return _run_study(task, config, bar, step, seeds, jobs, pool, t_start)
+    finally:
+        bar.close()
+        if limits is not None:
+            limits.restore_original_limits()
 
-        bar.part("1/5 learning rate")
-        runs, target, models = learning_rate_sweep(
-            make, task["X_train"], task["y_train"], (task["X_test"], task["y_test"]),
-            config.learning_rates, config.decay_rates, config.epochs, config.batch_size,
-            seed=config.seed, target_factor=config.target_factor, progress=bar.step)
-        finals = [math.inf if r["final_loss"] is None else r["final_loss"] for r in runs]
-        best = int(np.argmin(finals))
-        baseline = models[best]
+
+def _run_study(task, config, bar, step, seeds, jobs, pool, t_start):
+    """The body of :func:`run_study`, its resources (BLAS limits, bar, pool) held."""
+    n_batches = _n_batches(task, config)
+    result = {"schema_version": SCHEMA_VERSION, "minscale_version": __version__,
+              "backend": get_backend(), "data": _task_info(task), "config": config.to_dict(),
+              "seeds": seeds}
+    finetune_lr = None
+    if "learning_rate" in config.parts or needs_baseline(config.parts):
+        bar.part("learning rate")
+        per_seed = map_seeds(functools.partial(_lr_seed, task, config, step), seeds, jobs,
+                             config.blas_threads, pool)
+        runs, best, target = _aggregate_learning_rate(per_seed, config, n_batches)
         base_run = runs[best]
+        weights = {s: w[best] for s, (_, w) in zip(seeds, per_seed)}
+        del per_seed
         finetune_lr = config.finetune_factor * base_run["initial_learning_rate"]
-        base_measure = measure(baseline.predict, task)
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "minscale_version": __version__,
-            "backend": get_backend(),
-            "data": _task_info(task),
-            "config": config.to_dict(),
+        probe = new_model(task, config)
+        result.update({
             "baseline": {
                 "run": best,
                 "initial_learning_rate": base_run["initial_learning_rate"],
                 "decay_rate": base_run["decay_rate"],
                 "epochs": config.epochs,
-                "n_params": baseline.count_params(),
-                "n_weights": int(baseline.prunable.sum()),
-                "nbytes": model_nbytes(baseline, "dense", bits=FLOAT_BITS),
-                "loss": base_measure["loss"],
-                "accuracy": base_measure["accuracy"],
-                "selection": "lowest final held-out loss of the learning-rate sweep",
+                "updates": base_run["updates"],
+                "n_params": probe.count_params(),
+                "n_weights": int(probe.prunable.sum()),
+                "nbytes": model_nbytes(probe, "dense", bits=FLOAT_BITS),
+                "seeds": seeds,
+                "losses": base_run["test_losses"],
+                "loss_mean": base_run["test_loss_mean"],
+                "loss_ci95": base_run["test_loss_ci95"],
+                "loss": base_run["test_loss_mean"],
+                "accuracy": base_run["test_accuracy"],
+                "val_loss_mean": base_run["final_loss"],
+                "selection": "lowest mean final validation loss of the learning-rate sweep "
+                             "over the seeds",
             },
-            "learning_rate": {"decay_steps": _n_batches(task, config),
+            "learning_rate": {"decay_steps": n_batches,
                               "target_factor": config.target_factor, "target": target,
-                              "target_measured": "held-out loss at the end of each epoch",
+                              "target_measured": "mean validation loss over the seeds at "
+                                                 "the end of each epoch",
                               "runs": runs},
-        }
-        del models
-        bar.part("2/5 pruning")
-        result["pruning"], pruned = pruning_part(baseline, task, config, finetune_lr, bar.step)
-        bar.part("3/5 quantization")
-        result["quantization"] = quantization_part(baseline, task, config, finetune_lr,
-                                                   bar.step)
-        bar.part("4/5 combined")
-        combined_source = pruned.get(("magnitude", config.combined_sparsity))
-        result["combined"] = combined_part(baseline, combined_source, task, config, finetune_lr,
-                                           bar.step)
-        del pruned
-        schedule = baseline.optimizer.learning_rate
-        bar.part("5/5 workers")
-        result["workers"] = workers_part(task, config, schedule, bar.step)
+        })
+        variant_parts = [p for p in ("pruning", "quantization", "combined", "regularization")
+                         if p in config.parts]
+        if variant_parts:
+            bar.part(", ".join(variant_parts))
+            outs = map_seeds(functools.partial(_variants_seed, task, config, base_run,
+                                               weights, step),
+                             seeds, jobs, config.blas_threads, pool)
+            base_test = [o["baseline"]["test"]["loss"] for o in outs]
+            base_val = [o["baseline"]["val"]["loss"] for o in outs]
+            if "pruning" in config.parts:
+                result["pruning"] = _aggregate_pruning(outs, seeds, config)
+            if "quantization" in config.parts:
+                result["quantization"] = _aggregate_quantization(outs, seeds, config)
+            if "combined" in config.parts:
+                result["combined"] = _aggregate_combined(outs, seeds, config)
+            if "regularization" in config.parts:
+                result["regularization"] = _aggregate_regularization(outs, seeds, base_val,
+                                                                     base_test, config)
+            del outs
+        if "workers" in config.parts:
+            bar.part("workers")
+            result["workers"] = workers_part(task, _seed_config(config, seeds[0]),
+                                             _schedule(base_run, n_batches), step)
+    context = {"seeds": seeds, "baseline": result.get("baseline"),
+               "finetune_learning_rate": finetune_lr, "jobs": jobs, "pool": pool}
+    result["extra_parts"] = []
+    for name, (run, _, _) in EXTRA_PARTS.items():
+        if name in config.parts:
+            bar.part(name)
+            result[name] = run(task, config, context)
+            result["extra_parts"].append(name)
+    if "baseline" in result:
         result["summary"] = summarize(result, config.tolerance)
-        result["seconds_total"] = time.perf_counter() - t_start
-        return result
-    finally:
-        bar.close()
-        if limits is not None:
-            limits.restore_original_limits()
+    result["seconds_total"] = time.perf_counter() - t_start
+    return result

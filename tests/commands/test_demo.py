@@ -52,7 +52,7 @@ def test_demo_runs_end_to_end_and_prints_w_b_beside_least_squares():
     assert abs(learned[0] - ls[0]) < 0.02 and abs(learned[1] - ls[1]) < 0.02
     for heading in ("2. Learning rate", "3. Pruning", "4. 8-bit quantization",
                     "5. A quick study on real data", "minscale study: diabetes",
-                    "Smallest model within 5%", "demo finished in"):
+                    "Smallest model whose loss is within 5%", "demo finished in"):
         assert heading in text
     assert out.stderr == ""  # no progress bar off a terminal
 

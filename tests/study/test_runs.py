@@ -37,12 +37,19 @@ def _run_cli(argv):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module", params=["diabetes", "digits"])
+#: diabetes: every part, one seed; digits: two seeds (the issue's check of the int8 control),
+#: every part but the workers (their process start-up is the slowest step of a quick study)
+QUICK = {"diabetes": [],
+         "digits": ["--seeds", "2", "--part",
+                    "learning_rate,pruning,quantization,combined,regularization"]}
+
+
+@pytest.fixture(scope="module", params=sorted(QUICK))
 def quick(request, tmp_path_factory):
     """(data name, result dict, stdout, stderr, csv rows) of `minscale study --quick`."""
     d = tmp_path_factory.mktemp(f"study_{request.param}")
     argv = ["study", "--quick", "--data", request.param, "--json", str(d / "s.json"),
-            "--csv", str(d / "s.csv")]
+            "--csv", str(d / "s.csv"), *QUICK[request.param]]
     code, out, err = _run_cli(argv)
     assert code == 0, err
     result = json.loads((d / "s.json").read_text())
@@ -66,12 +73,16 @@ def test_quick_study_loss_at_sparsity_zero_equals_the_baseline(quick):
     zero = [r for r in result["pruning"]["rows"] if r["sparsity"] == 0]
     assert len(zero) == len(result["config"]["prune_methods"])
     for r in zero:
-        assert r["loss"] == base["loss"] and r["accuracy"] == base["accuracy"]
+        assert r["losses"] == base["losses"] and r["accuracy"] == base["accuracy"]
         assert r["nnz"] == base["n_weights"] and r["finetune_epochs"] == 0
-    # the baseline is the sweep's run with the lowest final held-out loss
-    finals = [r["final_loss"] for r in result["learning_rate"]["runs"]]
-    assert base["loss"] == min(f for f in finals if f is not None)
-    assert finals[base["run"]] == base["loss"]
+        assert r["control"]["losses"] == base["losses"] and r["effect"] == 1.0
+    # the baseline is the sweep's run with the lowest mean final VALIDATION loss; its
+    # reported loss is the test loss of that run
+    runs = result["learning_rate"]["runs"]
+    finals = [r["final_loss"] for r in runs]
+    assert finals[base["run"]] == min(f for f in finals if f is not None)
+    assert base["losses"] == runs[base["run"]]["test_losses"]
+    assert base["loss_mean"] == pytest.approx(np.mean(base["losses"]), rel=1e-12)
 
 
 def test_quick_study_bytes_fall_with_sparsity_and_with_bits(quick):
@@ -107,6 +118,9 @@ def test_quick_study_magnitude_beats_random_at_90_percent(quick):
 
 def test_quick_study_worker_losses_agree(quick):
     _, result, *_ = quick
+    if "workers" not in result["config"]["parts"]:
+        assert "workers" not in result
+        return
     w = result["workers"]
     assert w["available"] and [r["workers"] for r in w["rows"]] == [1, 2]
     # sync data-parallel = one process up to float summation order
@@ -142,15 +156,20 @@ def test_quick_study_summary_is_consistent(quick):
     s = result["summary"]
     v = {x["name"]: x for x in s["variants"]}
     assert len(v) == len(s["variants"])  # names are unique
+    # the summary judges effects against controls, not raw losses
+    for x in s["variants"]:
+        if x["effect"] is not None and x["part"] != "baseline":
+            assert x["effect"] == pytest.approx(x["loss"] / x["control_loss"], rel=1e-12)
     b = [x["nbytes"] for x in s["variants"]]
-    loss = [math.nan if x["loss"] is None else x["loss"] for x in s["variants"]]
-    assert s["pareto"] == [s["variants"][i]["name"] for i in study.pareto_front(b, loss)]
-    assert s["loss_budget"] == pytest.approx(1.05 * result["baseline"]["loss"])
+    eff = [math.nan if x["effect"] is None else x["effect"] for x in s["variants"]]
+    assert s["pareto"] == [s["variants"][i]["name"] for i in study.pareto_front(b, eff)]
+    assert s["effect_budget"] == pytest.approx(1.05)
     best = s["smallest_within_tolerance"]
     if best is not None:
-        assert v[best]["loss"] <= s["loss_budget"] and best in s["pareto"]
+        assert v[best]["effect"] <= s["effect_budget"] and best in s["pareto"]
         assert v[best]["nbytes"] == min(x["nbytes"] for x in s["variants"]
-                                        if x["loss"] is not None and x["loss"] <= s["loss_budget"])
+                                        if x["effect"] is not None
+                                        and x["effect"] <= s["effect_budget"])
 
 
 def test_quick_study_learning_rate_target(quick):
@@ -178,8 +197,10 @@ def test_quick_study_learning_rate_target(quick):
 def test_quick_study_prints_every_part_and_no_bar_off_a_terminal(quick):
     name, result, out, err, _ = quick
     for heading in ("1. Learning rate", "2. Pruning", "3. Quantization", "4. Combined",
-                    "5. Workers", "Pareto set", "Smallest model within 5%"):
+                    "5. Regularization", "Pareto set of (bytes, effect)", "control", "effect",
+                    "validation"):
         assert heading in out
+    assert ("6. Workers" in out) == ("workers" in result)
     assert err == ""
     if name == "digits":
         assert "accuracy" in out
@@ -190,12 +211,22 @@ def test_quick_study_prints_every_part_and_no_bar_off_a_terminal(quick):
 def test_quick_study_csv_has_one_row_per_measurement(quick):
     _, result, _, _, rows = quick
     parts = [r["part"] for r in rows]
-    assert parts.count("learning_rate") == 9
+    assert parts.count("learning_rate") == 9 and parts.count("baseline") == 1
     assert parts.count("pruning") == len(result["pruning"]["rows"]) + 1
     assert parts.count("quantization") == len(result["quantization"]["rows"])
-    assert parts.count("combined") == 1 and parts.count("workers") == 2
-    first = rows[parts.index("pruning")]
-    assert float(first["loss"]) == result["pruning"]["rows"][0]["loss"]  # repr round-trips
+    assert parts.count("regularization") == len(result["regularization"]["rows"])
+    assert parts.count("combined") == 1
+    assert parts.count("workers") == (2 if "workers" in result else 0)
+    first = rows[parts.index("pruning") + 1]
+    rec = result["pruning"]["rows"][1]
+    assert float(first["loss_mean"]) == rec["loss_mean"]  # repr round-trips
+    assert float(first["effect"]) == rec["effect"] and first["verdict"] == rec["verdict"]
+    assert first["control"] == rec["control"]["name"]
+    assert int(first["seeds"]) == len(result["seeds"])
+    if len(result["seeds"]) > 1:
+        assert float(first["loss_ci95_low"]) == rec["loss_ci95"][0]
+    else:
+        assert first["loss_ci95_low"] == ""
 
 
 def test_text_report_renders_a_result_without_workers(quick):
@@ -204,6 +235,9 @@ def test_text_report_renders_a_result_without_workers(quick):
     r["workers"] = {"available": False, "epochs": 1, "rows": [], "max_loss_difference": None,
                     "max_param_difference": None, "note": "not here"}
     assert "not measured: not here" in report.render_text(r)
+    del r["workers"], r["regularization"]
+    text = report.render_text(r)
+    assert "Workers" not in text and "Regularization" not in text
 
 
 def test_plot_writes_a_png(quick, tmp_path):
@@ -229,16 +263,48 @@ def _strip_times(obj):
     return obj
 
 
+def _tiny(**kw):
+    return study.StudyConfig(hidden=(8,), epochs=2, finetune_epochs=1, worker_epochs=1,
+                             learning_rates=(0.01,), decay_rates=(0.0, 1.0),
+                             sparsities=(0.0, 0.9), fixed_point_bits=(8,), workers=(1,),
+                             l2_strengths=(1e-3,), decay_strengths=(0.1,), timing_repeats=1,
+                             **kw)
+
+
+def _diabetes(seed):
+    return load_task(argparse.Namespace(data="diabetes", target=None, test_size=0.2,
+                                        seed=seed), validation_size=0.2)
+
+
 def test_same_seed_same_numbers():
-    task = load_task(argparse.Namespace(data="diabetes", target=None, test_size=0.2, seed=3))
-    config = study.StudyConfig(hidden=(8,), epochs=2, finetune_epochs=1, worker_epochs=1,
-                               learning_rates=(0.01,), decay_rates=(0.0, 1.0),
-                               sparsities=(0.0, 0.9), fixed_point_bits=(8,), workers=(1,),
-                               timing_repeats=1, seed=3)
+    task = _diabetes(3)
+    config = _tiny(seed=3, seeds=2)
     a = study.run_study(task, config, progress=False)
     b = study.run_study(task, config, progress=False)
     assert _strip_times(a) == _strip_times(b)
-    assert a["config"]["seed"] == 3
+    assert a["config"]["seed"] == 3 and a["seeds"] == [3, 4]
+    # the seeds differ in initial weights, not in the split
+    assert a["baseline"]["losses"][0] != a["baseline"]["losses"][1]
+
+
+@pytest.mark.slow  # spawned workers start in seconds each on a busy machine
+def test_jobs_2_gives_the_numbers_of_jobs_1():
+    task = _diabetes(0)
+    parts = ("learning_rate", "pruning", "quantization", "combined")
+    one = study.run_study(task, _tiny(seeds=2, jobs=1, parts=parts), progress=False)
+    two = study.run_study(task, _tiny(seeds=2, jobs=2, parts=parts), progress=False)
+    one["config"].pop("jobs")
+    two["config"].pop("jobs")
+    assert _strip_times(one) == _strip_times(two)
+
+
+def test_unknown_part_in_the_config_is_refused():
+    with pytest.raises(ValueError, match="parts must be among"):
+        study.run_study(_diabetes(0), _tiny(parts=("learning_rate", "nope")))
+    with pytest.raises(ValueError, match="X_val"):
+        task = _diabetes(0)
+        del task["X_val"]
+        study.run_study(task, _tiny())
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +334,16 @@ BAD = [
     (["study", "--batch-size", "0"], "--batch-size"),
     (["study", "--hidden", "3,x"], "--hidden"),
     (["study", "--seed", "-1"], "seed"),
+    (["study", "--seeds", "0"], "--seeds"),
+    (["study", "--seeds", "x"], "--seeds"),
+    (["study", "--jobs", "0"], "--jobs"),
+    (["study", "--depth", "0"], "--depth"),
+    (["study", "--hidden", "0"], "--hidden"),
+    (["study", "--hidden", "-4"], "--hidden"),
+    (["study", "--hidden", "1.5"], "--hidden"),
+    (["study", "--hidden", "8,,8"], "--hidden"),
+    (["study", "--part", "nope"], "--part 'nope'"),
+    (["study", "--part", "pruning,"], "--part ''"),
     (["study", "--bogus"], "unrecognized"),
 ]
 
@@ -276,10 +352,13 @@ BAD = [
 def test_bad_input_is_one_line_and_exit_2(argv, word, tmp_path, monkeypatch):
     _bad_files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run_cli(argv)
+    outputs = [] if "--json" in argv else ["--json", "r.json", "--csv", "r.csv"]
+    code, out, err = _run_cli(argv + outputs)
     assert code == 2
     assert err.count("\n") == 1 and word in err, err
     assert "Traceback" not in err and out == ""
+    # no partial output file
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.csv").exists()
 
 
 def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
@@ -346,3 +425,126 @@ def test_the_study_imports_nothing_of_the_command_layer():
                             and any(a.name == "commands" for a in node.names)):
                     found.append(f"{path.name}:{node.lineno}")
     assert found == []
+
+
+# --------------------------------------------------------------------------------------------
+# issue 15: controls, splits, seeds, regularization
+
+
+def test_quick_study_splits_are_train_validation_test(quick):
+    name, result, *_ = quick
+    sp = result["data"]["splits"]
+    total = {"diabetes": 442, "digits": 1797}[name]
+    assert sp["train"] + sp["validation"] + sp["test"] == total
+    assert sp["test"] == result["data"]["n_test"] and sp["train"] == result["data"]["n_train"]
+    # validation = 20 % of the training part, rounded (minscale.data.train_test_split)
+    assert abs(sp["validation"] - 0.2 * (sp["train"] + sp["validation"])) <= 1
+    # every update of the baseline came from the training rows only
+    n_batches = -(-sp["train"] // result["config"]["batch_size"])
+    assert result["baseline"]["updates"] == result["config"]["epochs"] * n_batches
+
+
+def test_quick_study_every_control_got_exactly_the_same_updates(quick):
+    _, result, *_ = quick
+    cfg = result["config"]
+    n_batches = -(-result["data"]["splits"]["train"] // cfg["batch_size"])
+    per_finetuning = cfg["finetune_epochs"] * n_batches
+    levels = [s for s in cfg["sparsities"] if s > 0]
+    pr = result["pruning"]
+    for r in pr["rows"]:
+        k = levels.index(r["sparsity"]) + 1 if r["sparsity"] > 0 else 0
+        assert r["updates"] == r["control"]["updates"] == k * per_finetuning, r["name"]
+        assert r["control"]["finetunings"] == k
+    g = pr["gradual"]
+    assert g["updates"] == g["control"]["updates"] == len(levels) * per_finetuning
+    for r in result["quantization"]["rows"]:
+        expect = 0 if r["mode"] == "ptq" else per_finetuning
+        assert r["updates"] == r["control"]["updates"] == expect, r["name"]
+        assert r["control"]["clamped"] == (r["scheme"] == "int8")
+    c = result["combined"]
+    assert c["control"]["updates"] == c["finetunings"] * per_finetuning
+    assert c["finetunings"] == levels.index(cfg["combined_sparsity"]) + 1
+    for r in result["regularization"]["rows"]:
+        assert r["updates"] == result["baseline"]["updates"]
+
+
+def test_quick_study_int8_ptq_effect_against_its_clamped_control(quick):
+    name, result, out, *_ = quick
+    (row,) = [r for r in result["quantization"]["rows"] if r["name"] == "int8 PTQ"]
+    assert row["control"]["clamped"] and len(row["seeds"]) == len(result["seeds"])
+    assert row["effect"] == pytest.approx(row["loss_mean"] / row["control"]["loss_mean"])
+    if name == "digits":
+        # issue 15: without the clamped control int8 PTQ "beat" the float baseline 3x
+        assert len(row["seeds"]) == 2
+        assert 0.8 <= row["effect"] <= 1.25, row["effect"]
+        assert row["loss_ci95"][0] < row["loss_mean"] < row["loss_ci95"][1]
+        # the unclamped float baseline is much worse than either: the clamp did that
+        assert result["baseline"]["loss_mean"] > 1.25 * row["control"]["loss_mean"]
+    (line,) = [x for x in out.splitlines() if "int8 affine" in x and "PTQ" in x]
+    assert f"{row['effect']:.3g}" in line and "(clamped)" in line
+
+
+def test_quick_study_regularization_best_strength_has_its_interval(quick):
+    _, result, out, *_ = quick
+    rg = result["regularization"]
+    cfg = result["config"]
+    assert [r["strength"] for r in rg["rows"]] == cfg["l2_strengths"] + cfg["decay_strengths"]
+    for kind in ("l2", "decoupled"):
+        rows = [r for r in rg["rows"] if r["kind"] == kind]
+        best = [r for r in rows if r["best"]]
+        assert len(best) == 1 and rg["best"][kind] == best[0]["name"]
+        # chosen on validation, not on test
+        assert best[0]["val_loss_mean"] == min(r["val_loss_mean"] for r in rows)
+        b = best[0]
+        assert b["control"]["losses"] == result["baseline"]["losses"]
+        if len(result["seeds"]) > 1:
+            lo, hi = b["loss_ci95"]
+            assert lo < b["loss_mean"] < hi
+            assert f"best {kind}: strength {b['strength']:g}" in out
+            assert f"[{report.format_number(lo)}, {report.format_number(hi)}]" in out
+
+
+def test_quick_study_records_carry_the_issue_fields(quick):
+    _, result, *_ = quick
+    seeds = result["seeds"]
+    recs = (result["pruning"]["rows"] + [result["pruning"]["gradual"]]
+            + result["quantization"]["rows"] + [result["combined"]]
+            + result["regularization"]["rows"])
+    for r in recs:
+        assert r["seeds"] == seeds and len(r["losses"]) == len(seeds)
+        assert r["loss_mean"] == pytest.approx(np.mean(r["losses"]), rel=1e-12)
+        assert set(r["control"]) >= {"name", "loss_mean"}
+        assert r["effect"] == pytest.approx(r["loss_mean"] / r["control"]["loss_mean"])
+        assert r["verdict"] == study.stats.verdict(r["losses"], r["control"]["losses"])
+        if len(seeds) == 1:
+            assert r["loss_ci95"] == [None, None]
+
+
+def test_parts_that_need_no_baseline_skip_the_learning_rate_sweep(monkeypatch):
+    jsonschema = pytest.importorskip("jsonschema")
+    from minscale.commands.study import parse_parts
+    from minscale.study import runs
+    monkeypatch.setattr(runs, "EXTRA_PARTS", dict(runs.EXTRA_PARTS))
+    calls = []
+
+    def own_models(task, config, context):
+        calls.append(context)
+        return {"n_train": int(task["X_train"].shape[0]), "text": ["Own part", "  done"]}
+
+    runs.register_part("own_models", own_models, needs_baseline=False)
+    with pytest.raises(ValueError, match="exists already"):
+        runs.register_part("own_models", own_models)
+    assert parse_parts("own_models") == ("own_models",)
+    assert parse_parts("own_models,pruning") == ("learning_rate", "pruning", "own_models")
+    assert "own_models" not in runs.default_parts()
+    result = study.run_study(_diabetes(0), _tiny(parts=("own_models",), seeds=2),
+                             progress=False)
+    assert "baseline" not in result and "learning_rate" not in result
+    assert "summary" not in result and result["extra_parts"] == ["own_models"]
+    assert calls[0]["baseline"] is None and calls[0]["seeds"] == [0, 1]
+    assert result["own_models"]["n_train"] == result["data"]["splits"]["train"]
+    jsonschema.validate(json.loads(json.dumps(result)), report.load_schema(),
+                        cls=jsonschema.Draft202012Validator)
+    text = report.render_text(result)
+    assert "Own part\n  done" in text and "Learning rate" not in text
+    assert report.csv_rows(result) == []
