@@ -19,6 +19,7 @@ Imports only NumPy, Numba and :mod:`minscale.kernels`.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -276,8 +277,8 @@ def _all_finite(x):
     return True
 
 
-@njit(cache=True)
-def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_limit):
+def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_limit,
+                 blowup_factor=math.inf):
     """Train `n_epochs` epochs, as :func:`minscale.train.loop.run` does one batch at a time.
 
     Per batch: gather the rows, forward (:func:`small_matmul`, then ``bias_act_rows``),
@@ -299,16 +300,27 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     reduction : int
         :data:`REDUCTION_CODES` of the model's loss reduction.
     loss_limit : float
-        float64; :func:`minscale.train.history.divergence_limit` of the run's first batch loss.
+        float64; :func:`minscale.train.history.divergence_limit` of the run's first batch loss,
+        or NaN to derive it here from the first batch loss of this call (regularizer penalty
+        included, as the general loop does): ``blowup_factor * loss`` when that loss is
+        positive and finite, else inf.
+    blowup_factor : float
+        :data:`minscale.train.history.BLOWUP_FACTOR`, used only when `loss_limit` is NaN.
 
     Returns
     -------
-    int
-        Updates applied (index into the per-update arrays of `update` for the next call).
+    (int, float)
+        Updates applied (index into the per-update arrays of `update` for the next call), and
+        the loss limit (the one given, or the one derived from the first batch; NaN if the call
+        ran no batch).
 
     Notes
     -----
-    The loop body (``_epochs``) takes the tuples' fields as separate arguments and runs as one
+    A plain Python function: it unpacks the named tuples and calls the compiled body
+    (``_epochs``) with their fields. A compiled wrapper doing the same unpacking cost about
+    5 s of compilation on a cold cache (Numba links the callee into the caller and LLVM
+    optimizes the whole loop a second time) and saves nothing at run time: one call per
+    chunk of epochs. The body takes the fields as separate arguments and runs as one
     function on purpose: reading the arrays out of the tuples in the loop's own function, or
     splitting the steps into compiled helpers, measured about 1.3x slower on the classic
     1000-update fit (W1) on a 2-core machine.
@@ -319,11 +331,13 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon, momentum, nesterov, \
         slot_1, slot_2, weight_decay, decay_all, decay, decoupled, factor = update
     acts, aoff, grad_a, grad_b, loss, epoch_loss, status = scratch
-    return _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads,
-                   mask, has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2,
-                   c2, epsilon, momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b,
-                   loss, epoch_loss, status, n_epochs, reduction, loss_limit, reg, l2, l2_coef,
-                   weight_decay, decay_all, decay, decoupled, factor)
+    steps, limit = _epochs(
+        X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads, mask,
+        has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
+        momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b, loss, epoch_loss, status,
+        n_epochs, reduction, float(loss_limit), reg, l2, l2_coef, weight_decay, decay_all, decay,
+        decoupled, factor, float(blowup_factor))
+    return int(steps), float(limit)
 
 
 @njit(cache=True)
@@ -331,8 +345,9 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
             momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b, loss, epoch_loss,
             status, n_epochs, reduction, loss_limit, reg, l2, l2_coef, weight_decay, decay_all,
-            decay, decoupled, factor):
-    """The body of :func:`train_epochs`, on the fields of its named tuples (in their order)."""
+            decay, decoupled, factor, blowup_factor):
+    """The body of :func:`train_epochs`, on the fields of its named tuples (in their order);
+    returns ``(updates applied, loss limit)``."""
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
     step = 0
@@ -405,9 +420,13 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             if has_reg:
                 loss[0] = loss[0] + penalty
                 batch_loss = np.float64(loss[0])
+            if loss_limit != loss_limit:
+                # the first batch of the run: divergence_limit of its loss
+                ok = batch_loss > 0 and batch_loss < np.inf
+                loss_limit = blowup_factor * batch_loss if ok else np.inf
             if not np.isfinite(batch_loss) or batch_loss > loss_limit:
                 status[0], status[1], status[2] = 1, e, step
-                return step
+                return step, loss_limit
             backup[:] = params
             if decoupled:
                 f = factor[step]
@@ -431,5 +450,5 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
         epoch_loss[e] = loss_total / n if reduction == 0 else loss_total
         if not _all_finite(params):
             status[0], status[1], status[2] = 2, e, step
-            return step
-    return step
+            return step, loss_limit
+    return step, loss_limit

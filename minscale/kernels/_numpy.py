@@ -198,10 +198,14 @@ def bias_corrections(beta, t0, count):
     element in Python. A vectorized or compiled power could be another implementation of
     ``pow`` and differ in the last bit on some machines, so the Numba backend uses this same
     function rather than a twin; a run's corrections then equal the per-step ones of the
-    general loop everywhere. Costs about 0.1 us an update, once per run of the compiled loop.
+    general loop everywhere. Costs about 0.05 us an update, once per run of the compiled loop.
     """
     beta = float(beta)
-    return np.array([1 - beta ** t for t in range(t0, t0 + count)], dtype=np.float64)
+    # float.__pow__ with an int exponent is the expression `beta ** t`; the subtraction from 1
+    # is correctly rounded, so doing it on the array gives the same bits
+    powers = np.fromiter(map(beta.__pow__, range(t0, t0 + count)), dtype=np.float64,
+                         count=count)
+    return 1.0 - powers
 
 
 # --- quantization, integer arithmetic, pruning ---------------------------------------------
