@@ -427,7 +427,10 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             if not np.isfinite(batch_loss) or batch_loss > loss_limit:
                 status[0], status[1], status[2] = 1, e, step
                 return step, loss_limit
-            backup[:] = params
+            # a loop, not backup[:] = params: slice assignment compiles a shape-mismatch message
+            # (string formatting, about 2 s of a cold start) for a case that cannot happen here
+            for i in range(P):
+                backup[i] = params[i]
             if decoupled:
                 f = factor[step]
                 for i in range(P):
