@@ -299,3 +299,45 @@ def test_fast_fit_in_chunks_of_epochs_is_bit_identical(monkeypatch):
     assert m_chunks.params.tobytes() == m_one.params.tobytes()
     assert h_chunks.history == h_one.history and h_chunks.epoch == h_one.epoch
     assert m_chunks.optimizer.iterations == m_one.optimizer.iterations == 7 * 7
+
+
+@pytest.mark.parametrize("n, count", [(1, 3), (2, 5), (7, 4), (100, 100), (1000, 2)])
+def test_orders_equal_successive_permutations(n, count):
+    # the compiled path draws a chunk's orders in one Generator.permuted call; the general loop
+    # calls rng.permutation(n) once per epoch: same rows, and the generator ends in the same state
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    got = compiled._orders(rng_a, n, count)
+    want = np.stack([rng_b.permutation(n) for _ in range(count)])
+    assert got.dtype == np.int64 and got.shape == (count, n)
+    assert (got == want).all()
+    assert rng_a.bit_generator.state == rng_b.bit_generator.state
+
+
+def test_loss_limit_comes_from_the_first_batch_with_its_penalty(monkeypatch):
+    # the compiled loop sets the divergence limit from the run's first batch loss, regularizer
+    # penalty included (as the general loop does): BLOWUP_FACTOR * (mse + l2 * sum(W**2))
+    import minscale as ms
+    from minscale import kernels, optim
+    from minscale.train.history import BLOWUP_FACTOR
+
+    X, y = _classic_data(30)
+    limits = []
+    original = _fastfit.train_epochs
+
+    def recording(*args):
+        steps, limit = original(*args)
+        limits.append(limit)
+        return steps, limit
+    previous = kernels._forced
+    try:
+        ms.set_backend("numba")
+        monkeypatch.setattr(_fastfit, "train_epochs", recording)
+        m = ms.Sequential([ms.Dense(1, kernel_regularizer=ms.regularizers.L2(0.5))],
+                          input_dim=1, seed=0)
+        m.compile(optimizer=optim.SGD(0.01))
+        W, b = m.layers[0].W.copy(), m.layers[0].b.copy()
+        m.fit(X, y, epochs=2, batch_size=10, shuffle=False)
+    finally:
+        kernels.set_backend(previous)
+    first = np.mean((X[:10] @ W + b - y[:10]) ** 2) + 0.5 * np.sum(W ** 2)
+    assert limits and limits[0] == pytest.approx(BLOWUP_FACTOR * first, rel=1e-12)
