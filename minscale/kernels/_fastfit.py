@@ -4,12 +4,14 @@ On a model like the classic one-unit regression (100 x 1 data, batch 10), each o
 costs a few microseconds of arithmetic and tens of microseconds of Python: calls, small
 temporaries, dispatch. :func:`train_epochs` runs the entire loop -- batch gathering, forward
 pass, MSE, backward pass, masked optimizer update, divergence checks, loss bookkeeping -- for a
-chunk of epochs in one ``@njit`` call. The Python side (shuffling, the learning-rate schedule,
+chunk of epochs in one call of the compiled body ``_epochs``. The Python side (shuffling, the learning-rate schedule,
 validation, printing, the history, which models qualify) is :mod:`minscale.train.compiled`.
 
 Everything arrives in five named tuples of arrays and scalars (:class:`Batches`,
 :class:`Network`, :class:`Buffers`, :class:`Update`, :class:`Scratch`), defined here at module
-level because Numba's cache records argument types by their qualified name. The activations and
+level because Numba's cache records argument types by their qualified name;
+:func:`train_epochs` unpacks them in Python. Compiled functions are compiled on first use only
+(``cache=True``: later processes load them from Numba's cache). The activations and
 optimizer updates are the Numba backend's own per-element rules (:mod:`minscale.kernels._rules`),
 the loss is :func:`mse_forward_backward`; the arithmetic is the general loop's, operation for
 operation, except that matrix products with few terms are summed in index order here and by BLAS

@@ -2,10 +2,11 @@
 
 On a small model each optimizer update is a few microseconds of arithmetic and tens of
 microseconds of Python. :func:`run` therefore hands whole epochs to one compiled function
-(``minscale.kernels._fastfit.train_epochs``, reached through
+(through ``minscale.kernels._fastfit.train_epochs``, reached through
 :func:`minscale.kernels.compiled_epochs` so that the NumPy path never imports Numba) and keeps
-in Python only what must be there: the shuffling (``numpy.random.Generator.permutation``, so
-the batches are those of the general loop), the learning-rate schedule (evaluated once for every
+in Python only what must be there: the shuffling (the rows of successive
+``numpy.random.Generator.permutation`` calls, drawn in one ``permuted`` call, so the batches are
+those of the general loop), the learning-rate schedule (evaluated once for every
 step, vectorized: :func:`learning_rates`), validation, printing and the history.
 
 :func:`supports` says when it applies: the numba backend; Dense layers without quantization
