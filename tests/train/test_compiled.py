@@ -341,3 +341,24 @@ def test_loss_limit_comes_from_the_first_batch_with_its_penalty(monkeypatch):
         kernels.set_backend(previous)
     first = np.mean((X[:10] @ W + b - y[:10]) ** 2) + 0.5 * np.sum(W ** 2)
     assert limits and limits[0] == pytest.approx(BLOWUP_FACTOR * first, rel=1e-12)
+
+
+@pytest.mark.parametrize("m, k, n", [(3, 4, 5), (1, 1, 1), (40, 30, 20)])  # last: BLAS
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True)])
+def test_flat_matmul_equals_small_matmul(m, k, n, ta, tb):
+    # the loop's products on flat buffers: the same index-order sums as small_matmul on 2-D
+    # views (bit for bit), BLAS above SMALL_MATMUL multiply-adds (to rounding)
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    A = rng.standard_normal((m, k))
+    B = rng.standard_normal((k, n))
+    a = np.concatenate([[9.0], (A.T if ta else A).ravel()])  # one element before, offset 1
+    b = np.concatenate([[9.0, 9.0], (B.T if tb else B).ravel()])
+    c = np.full(m * n + 3, 7.0)
+    _fastfit._matmul_flat(a, 1, ta, b, 2, tb, c, 3, m, k, n, 1.0)
+    want = np.empty((m, n))
+    _fastfit.small_matmul(A, B, want, 1.0)
+    assert (c[:3] == 7.0).all()
+    if m * n * k <= _fastfit.SMALL_MATMUL:
+        assert c[3:].tobytes() == want.ravel().tobytes()
+    else:
+        np.testing.assert_allclose(c[3:].reshape(m, n), A @ B, rtol=1e-12, atol=1e-12)
