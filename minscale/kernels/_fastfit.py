@@ -316,8 +316,9 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     Per batch: gather the rows, forward (``_matmul_flat``, the flat-buffer form of
     :func:`small_matmul`, then ``bias_act_rows``), :func:`mse_forward_backward`, backward
     (``act_backward_range``, ``_matmul_flat``, the bias sums); then stop (status code 1) if
-    the batch loss is not finite or ``batch_loss > loss_limit``, before the update; else copy the parameters to
-    ``buf.backup`` and apply the update (``sgd_range``, ``momentum_range`` or ``adam_range``).
+    the batch loss is not finite or ``batch_loss > loss_limit``, before the update; else copy
+    the parameters to ``buf.backup`` and apply the update (``sgd_range``, ``momentum_range``
+    or ``adam_range``).
     Per epoch: record the loss; stop (status code 2) if a parameter is not finite.
 
     Parameters
