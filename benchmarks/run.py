@@ -3,9 +3,10 @@
 Usage: ``python -m benchmarks.run [--rounds N] [--only W1,W3,...] [--out PATH]``
 
 Order: machine limits (float32 GEMM, memcpy, core-to-core probe), JIT compile times, W1..W5,
-import time; each workload interleaves its candidates at 1 and then 2 threads. Prints a table
-of ratios and the issue's targets, met or missed. The machine is shared: figures are noisy, so
-ratios measured within one run are what to compare, never figures across runs.
+import time, start-up (the demo and the first fit with an empty Numba cache); each workload
+interleaves its candidates at 1 and then 2 threads. Prints a table of ratios and the issue's
+targets, met or missed. The machine is shared: figures are noisy, so ratios measured within one
+run are what to compare, never figures across runs.
 """
 from __future__ import annotations
 
@@ -23,7 +24,17 @@ import types
 
 import numpy as np
 
-from . import common, import_time, w1_classic, w2_mlp, w3_prune, w3_sparse, w4_quant, w5_parallel
+from . import (
+    common,
+    import_time,
+    startup,
+    w1_classic,
+    w2_mlp,
+    w3_prune,
+    w3_sparse,
+    w4_quant,
+    w5_parallel,
+)
 
 # W5allreduce lives in w5_parallel beside W5; this gives it the NAME / run / targets of a module
 _w5_allreduce = types.SimpleNamespace(NAME=w5_parallel.NAME_ALLREDUCE,
@@ -31,7 +42,7 @@ _w5_allreduce = types.SimpleNamespace(NAME=w5_parallel.NAME_ALLREDUCE,
                                       targets=w5_parallel.targets_allreduce)
 WORKLOADS = {"W1": w1_classic, "W2": w2_mlp, "W3": w3_prune, "W3sparse": w3_sparse,
              "W4": w4_quant, "W5": w5_parallel, "W5allreduce": _w5_allreduce,
-             "import": import_time}
+             "import": import_time, "startup": startup}
 THREADS = (1, 2)
 
 
@@ -96,7 +107,9 @@ def table(results, target_rows):
     for nt, e in r.get("threads", {}).items():
         for k, s in e["ratios"].items():
             add("W1", nt, k, s)
-        add("W1", nt, "minscale-numba s", e["times"]["minscale-numba"])
+        for k in ("minscale-numba", "hand-numba", "hand-numba loop only"):
+            if k in e["times"]:
+                add("W1", nt, f"{k} s", e["times"][k])
     r = results.get("W2", {})
     for label, shape in r.get("shapes", {}).items():
         for nt, e in shape["threads"].items():
@@ -156,6 +169,12 @@ def table(results, target_rows):
     r = results.get("import", {})
     if r:
         add("import", "-", "minscale / numpy", r["ratio minscale/numpy"])
+    r = results.get("startup", {})
+    for case in ("demo", "first fit"):
+        for label in ("empty cache", "reused cache"):
+            if case in r:
+                add("startup", "-", f"{case}, {label}, wall s", r[case][f"{label} wall s"])
+                add("startup", "-", f"{case}, {label}, CPU s", r[case][f"{label} cpu s"])
     lines += ["", "target | value | goal | met", "-" * 78]
     for t in target_rows:
         lines.append(f"{t['target']} | {_fmt(t['value'])} | {_fmt(t['goal'])} | "

@@ -4,12 +4,14 @@ On a model like the classic one-unit regression (100 x 1 data, batch 10), each o
 costs a few microseconds of arithmetic and tens of microseconds of Python: calls, small
 temporaries, dispatch. :func:`train_epochs` runs the entire loop -- batch gathering, forward
 pass, MSE, backward pass, masked optimizer update, divergence checks, loss bookkeeping -- for a
-chunk of epochs in one ``@njit`` call. The Python side (shuffling, the learning-rate schedule,
+chunk of epochs in one call of the compiled body ``_epochs``. The Python side (shuffling, the learning-rate schedule,
 validation, printing, the history, which models qualify) is :mod:`minscale.train.compiled`.
 
 Everything arrives in five named tuples of arrays and scalars (:class:`Batches`,
 :class:`Network`, :class:`Buffers`, :class:`Update`, :class:`Scratch`), defined here at module
-level because Numba's cache records argument types by their qualified name. The activations and
+level because Numba's cache records argument types by their qualified name;
+:func:`train_epochs` unpacks them in Python. Compiled functions are compiled on first use only
+(``cache=True``: later processes load them from Numba's cache). The activations and
 optimizer updates are the Numba backend's own per-element rules (:mod:`minscale.kernels._rules`),
 the loss is :func:`mse_forward_backward`; the arithmetic is the general loop's, operation for
 operation, except that matrix products with few terms are summed in index order here and by BLAS
@@ -19,6 +21,7 @@ Imports only NumPy, Numba and :mod:`minscale.kernels`.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -221,6 +224,36 @@ def small_matmul(A, B, out, one):
 
 
 @njit(cache=True)
+def _matmul_flat(a, a0, ta, b, b0, tb, c, c0, m, k, n, one):
+    """``C = op(A) @ op(B)`` on flat buffers, as :func:`small_matmul` computes it.
+
+    ``A`` is stored row-major at ``a[a0:]`` as (m, k), or as (k, m) when `ta` (then op(A) is
+    its transpose); ``B`` at ``b[b0:]`` as (k, n), or (n, k) when `tb`; ``C`` (m, n) goes to
+    ``c[c0:]``. Tiny products run the same index-order loops as :func:`small_matmul` without
+    building 2-D views: a ``reshape`` costs about 30 ns in compiled code, several times one
+    update of the classic one-unit model. Larger ones reshape and call BLAS.
+    """
+    if m * n * k <= SMALL_MATMUL:
+        zero = one - one
+        for i in range(m):
+            for j in range(n):
+                s = zero
+                for p in range(k):
+                    av = a[a0 + p * m + i] if ta else a[a0 + i * k + p]
+                    bv = b[b0 + j * k + p] if tb else b[b0 + p * n + j]
+                    s += av * bv
+                c[c0 + i * n + j] = s
+    else:
+        out = c[c0:c0 + m * n].reshape((m, n))
+        if ta:
+            np.dot(a[a0:a0 + m * k].reshape((k, m)).T, b[b0:b0 + k * n].reshape((k, n)), out)
+        elif tb:
+            np.dot(a[a0:a0 + m * k].reshape((m, k)), b[b0:b0 + k * n].reshape((n, k)).T, out)
+        else:
+            np.dot(a[a0:a0 + m * k].reshape((m, k)), b[b0:b0 + k * n].reshape((k, n)), out)
+
+
+@njit(cache=True)
 def mse_forward_backward(y_pred, y_true, d_pred, reduction, loss, one):
     """The batch's MSE and its gradient: the Numba twin of :func:`minscale.losses.mse` and
     :func:`minscale.losses.mse_grad`, with the same reduction codes (:data:`REDUCTION_CODES`).
@@ -276,15 +309,16 @@ def _all_finite(x):
     return True
 
 
-@njit(cache=True)
-def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_limit):
+def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_limit,
+                 blowup_factor=math.inf):
     """Train `n_epochs` epochs, as :func:`minscale.train.loop.run` does one batch at a time.
 
-    Per batch: gather the rows, forward (:func:`small_matmul`, then ``bias_act_rows``),
-    :func:`mse_forward_backward`, backward (``act_backward_range``, :func:`small_matmul`, the
-    bias sums); then stop (status code 1) if the batch loss is not finite or
-    ``batch_loss > loss_limit``, before the update; else copy the parameters to
-    ``buf.backup`` and apply the update (``sgd_range``, ``momentum_range`` or ``adam_range``).
+    Per batch: gather the rows, forward (``_matmul_flat``, the flat-buffer form of
+    :func:`small_matmul`, then ``bias_act_rows``), :func:`mse_forward_backward`, backward
+    (``act_backward_range``, ``_matmul_flat``, the bias sums); then stop (status code 1) if
+    the batch loss is not finite or ``batch_loss > loss_limit``, before the update; else copy
+    the parameters to ``buf.backup`` and apply the update (``sgd_range``, ``momentum_range``
+    or ``adam_range``).
     Per epoch: record the loss; stop (status code 2) if a parameter is not finite.
 
     Parameters
@@ -299,16 +333,27 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     reduction : int
         :data:`REDUCTION_CODES` of the model's loss reduction.
     loss_limit : float
-        float64; :func:`minscale.train.history.divergence_limit` of the run's first batch loss.
+        float64; :func:`minscale.train.history.divergence_limit` of the run's first batch loss,
+        or NaN to derive it here from the first batch loss of this call (regularizer penalty
+        included, as the general loop does): ``blowup_factor * loss`` when that loss is
+        positive and finite, else inf.
+    blowup_factor : float
+        :data:`minscale.train.history.BLOWUP_FACTOR`, used only when `loss_limit` is NaN.
 
     Returns
     -------
-    int
-        Updates applied (index into the per-update arrays of `update` for the next call).
+    (int, float)
+        Updates applied (index into the per-update arrays of `update` for the next call), and
+        the loss limit (the one given, or the one derived from the first batch; NaN if the call
+        ran no batch).
 
     Notes
     -----
-    The loop body (``_epochs``) takes the tuples' fields as separate arguments and runs as one
+    A plain Python function: it unpacks the named tuples and calls the compiled body
+    (``_epochs``) with their fields. A compiled wrapper doing the same unpacking cost about
+    5 s of compilation on a cold cache (Numba links the callee into the caller and LLVM
+    optimizes the whole loop a second time) and saves nothing at run time: one call per
+    chunk of epochs. The body takes the fields as separate arguments and runs as one
     function on purpose: reading the arrays out of the tuples in the loop's own function, or
     splitting the steps into compiled helpers, measured about 1.3x slower on the classic
     1000-update fit (W1) on a 2-core machine.
@@ -319,11 +364,13 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon, momentum, nesterov, \
         slot_1, slot_2, weight_decay, decay_all, decay, decoupled, factor = update
     acts, aoff, grad_a, grad_b, loss, epoch_loss, status = scratch
-    return _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads,
-                   mask, has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2,
-                   c2, epsilon, momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b,
-                   loss, epoch_loss, status, n_epochs, reduction, loss_limit, reg, l2, l2_coef,
-                   weight_decay, decay_all, decay, decoupled, factor)
+    steps, limit = _epochs(
+        X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads, mask,
+        has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
+        momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b, loss, epoch_loss, status,
+        n_epochs, reduction, float(loss_limit), reg, l2, l2_coef, weight_decay, decay_all, decay,
+        decoupled, factor, float(blowup_factor))
+    return int(steps), float(limit)
 
 
 @njit(cache=True)
@@ -331,8 +378,9 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
             momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b, loss, epoch_loss,
             status, n_epochs, reduction, loss_limit, reg, l2, l2_coef, weight_decay, decay_all,
-            decay, decoupled, factor):
-    """The body of :func:`train_epochs`, on the fields of its named tuples (in their order)."""
+            decay, decoupled, factor, blowup_factor):
+    """The body of :func:`train_epochs`, on the fields of its named tuples (in their order);
+    returns ``(updates applied, loss limit)``."""
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
     step = 0
@@ -344,21 +392,20 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             hi = min(n, lo + bs)
             nb = hi - lo
             # gather the batch into layer 0's activations and the targets into grad_b
-            A0 = acts[aoff[0]:aoff[0] + nb * dims[0]].reshape((nb, dims[0]))
-            Yb = grad_b[:nb * d_out].reshape((nb, d_out))
+            d0, a00 = dims[0], aoff[0]
             for r in range(nb):
                 src = orders[e, lo + r] if shuffle else lo + r
-                for j in range(dims[0]):
-                    A0[r, j] = X[src, j]
+                for j in range(d0):
+                    acts[a00 + r * d0 + j] = X[src, j]
                 for j in range(d_out):
-                    Yb[r, j] = y[src, j]
+                    grad_b[r * d_out + j] = y[src, j]
+            Yb = grad_b[:nb * d_out].reshape((nb, d_out))
             # forward
             for li in range(n_layers):
                 d_in, d_o = dims[li], dims[li + 1]
-                A_in = acts[aoff[li]:aoff[li] + nb * d_in].reshape((nb, d_in))
+                _matmul_flat(acts, aoff[li], False, params, w_off[li], False, acts, aoff[li + 1],
+                             nb, d_in, d_o, one)
                 Z = acts[aoff[li + 1]:aoff[li + 1] + nb * d_o].reshape((nb, d_o))
-                W = params[w_off[li]:w_off[li] + d_in * d_o].reshape((d_in, d_o))
-                small_matmul(A_in, W, Z, one)
                 b = params[b_off[li]:b_off[li] + d_o] if b_off[li] >= 0 else params[:0]
                 bias_act_rows(Z, b, act[li], alpha[li], one, 0, nb)
             # loss, and dL/dy_pred into grad_a
@@ -369,26 +416,26 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             cur_is_a = True
             for li in range(n_layers - 1, -1, -1):
                 d_in, d_o = dims[li], dims[li + 1]
-                A_in = acts[aoff[li]:aoff[li] + nb * d_in].reshape((nb, d_in))
                 D_flat = grad_a[:nb * d_o] if cur_is_a else grad_b[:nb * d_o]
                 if act[li] != 0:
                     A_out = acts[aoff[li + 1]:aoff[li + 1] + nb * d_o]
                     act_backward_range(A_out, D_flat, act[li], alpha[li], one, D_flat, 0,
                                        nb * d_o)
-                D = D_flat.reshape((nb, d_o))
-                dW = grads[w_off[li]:w_off[li] + d_in * d_o].reshape((d_in, d_o))
-                small_matmul(A_in.T, D, dW, one)
+                # dW = A_in.T @ D
+                _matmul_flat(acts, aoff[li], True, D_flat, 0, False, grads, w_off[li], d_in, nb,
+                             d_o, one)
                 if b_off[li] >= 0:
                     db = grads[b_off[li]:b_off[li] + d_o]
                     for j in range(d_o):
-                        db[j] = D[0, j]
+                        db[j] = D_flat[j]
                     for r in range(1, nb):
                         for j in range(d_o):
-                            db[j] = db[j] + D[r, j]
+                            db[j] = db[j] + D_flat[r * d_o + j]
                 if li > 0:
-                    W = params[w_off[li]:w_off[li] + d_in * d_o].reshape((d_in, d_o))
+                    # dL/da of the layer below = D @ W.T
                     D_next = grad_b if cur_is_a else grad_a
-                    small_matmul(D, W.T, D_next[:nb * d_in].reshape((nb, d_in)), one)
+                    _matmul_flat(D_flat, 0, False, params, w_off[li], True, D_next, 0, nb, d_o,
+                                 d_in, one)
                     cur_is_a = not cur_is_a
             # the L2 kernel penalties: gradient 2 * l2 * W, loss l2 * sum(W**2)
             penalty = 0.0
@@ -405,10 +452,17 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             if has_reg:
                 loss[0] = loss[0] + penalty
                 batch_loss = np.float64(loss[0])
+            if loss_limit != loss_limit:
+                # the first batch of the run: divergence_limit of its loss
+                ok = batch_loss > 0 and batch_loss < np.inf
+                loss_limit = blowup_factor * batch_loss if ok else np.inf
             if not np.isfinite(batch_loss) or batch_loss > loss_limit:
                 status[0], status[1], status[2] = 1, e, step
-                return step
-            backup[:] = params
+                return step, loss_limit
+            # a loop, not backup[:] = params: slice assignment compiles a shape-mismatch message
+            # (string formatting, about 2 s of a cold start) for a case that cannot happen here
+            for i in range(P):
+                backup[i] = params[i]
             if decoupled:
                 f = factor[step]
                 for i in range(P):
@@ -431,5 +485,5 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
         epoch_loss[e] = loss_total / n if reduction == 0 else loss_total
         if not _all_finite(params):
             status[0], status[1], status[2] = 2, e, step
-            return step
-    return step
+            return step, loss_limit
+    return step, loss_limit

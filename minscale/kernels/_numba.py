@@ -22,7 +22,8 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from . import _numpy as _ref
 from ._rules import act_backward_range, adam_range, bias_act_rows, momentum_range, sgd_range
@@ -39,6 +40,12 @@ ROUNDING_CODES = _ref.ROUNDING_CODES
 #: arrays with fewer elements run the serial compiled body: waking the thread pool costs tens
 #: of microseconds on this 2-core machine, about what a serial pass over 2**17 elements takes
 PARALLEL_MIN = 1 << 17
+
+#: keep_all_but_smallest on fewer scores runs the NumPy twin (same mask): below this size
+#: np.partition beats the compiled select and its parallel marking pass (measured 2x faster at
+#: 2**15 scores, 5x at 100, on a 2-core machine), and a run that prunes only small models never
+#: compiles the selection kernels (about 1.5 s of a cold start)
+SELECT_TWIN_MAX = 1 << 15
 
 _CHUNK = 1 << 14  # elements per parallel work item
 # Loops over a sub-range index with np.uint64: Numba must otherwise allow for negative indices
@@ -579,6 +586,42 @@ def _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode, b0,
     return first_nan
 
 
+def _fast32_codes(x, inv, zp, lo, hi, rounding, thr, out, b0, b1):
+    """:func:`_affine_fast_codes32` for float32 `x`; for other dtypes a stub returning True
+    that is never reached (``is32`` is False there). Chosen by type when compiled (see
+    :func:`_ol_fast32_codes`), so a float64 quantization never compiles the float32 loops: on a
+    cold cache, the float32 kernels were about a third of the affine kernels' compile time."""
+    raise NotImplementedError("compiled code only")
+
+
+def _fast32_fix(x, s, inv, zp, lo, hi, rounding, thr, out, fq, mask, b0, b1):
+    """:func:`_affine_fix32` for float32 `x`; for other dtypes an unreached stub (see
+    :func:`_fast32_codes`)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_fast32_codes, jit_options={"cache": True})
+def _ol_fast32_codes(x, inv, zp, lo, hi, rounding, thr, out, b0, b1):
+    if x.dtype == types.float32:
+        def impl(x, inv, zp, lo, hi, rounding, thr, out, b0, b1):
+            return _affine_fast_codes32(x, inv, zp, lo, hi, rounding, thr, out, b0, b1)
+    else:
+        def impl(x, inv, zp, lo, hi, rounding, thr, out, b0, b1):
+            return True
+    return impl
+
+
+@overload(_fast32_fix, jit_options={"cache": True})
+def _ol_fast32_fix(x, s, inv, zp, lo, hi, rounding, thr, out, fq, mask, b0, b1):
+    if x.dtype == types.float32:
+        def impl(x, s, inv, zp, lo, hi, rounding, thr, out, fq, mask, b0, b1):
+            return _affine_fix32(x, s, inv, zp, lo, hi, rounding, thr, out, fq, mask, b0, b1)
+    else:
+        def impl(x, s, inv, zp, lo, hi, rounding, thr, out, fq, mask, b0, b1):
+            return -1
+    return impl
+
+
 @njit(cache=True)
 def _affine_run(x, s, inv, inv32, thr32, is32, zp, lo, hi, rounding, out, fq, mask, has_mask,
                 mode, i0, i1):
@@ -597,7 +640,7 @@ def _affine_run(x, s, inv, inv32, thr32, is32, zp, lo, hi, rounding, out, fq, ma
         b1 = min(i1, b0 + _BLOCK)
         redo = True
         if fast32:
-            redo = _affine_fast_codes32(x, inv32, zp, lo, hi, rounding, thr32, out, b0, b1)
+            redo = _fast32_codes(x, inv32, zp, lo, hi, rounding, thr32, out, b0, b1)
         elif mode == 0 and fast_codes:
             redo = _affine_fast_codes(x, inv, zp, lo, hi, rounding, out, b0, b1)
         elif mode == 1 and fast:
@@ -611,8 +654,8 @@ def _affine_run(x, s, inv, inv32, thr32, is32, zp, lo, hi, rounding, out, fq, ma
             redo = flag != 0
         if redo:
             if fast32:
-                nan_at = _affine_fix32(x, s, inv32, zp, lo, hi, rounding, thr32, out, fq, mask,
-                                       b0, b1)
+                nan_at = _fast32_fix(x, s, inv32, zp, lo, hi, rounding, thr32, out, fq, mask,
+                                     b0, b1)
             else:
                 nan_at = _affine_exact(x, s, zp, lo, hi, rounding, out, fq, mask, has_mask, mode,
                                        b0, b1)
@@ -1306,9 +1349,12 @@ def keep_all_but_smallest(scores, k, keep):
 
     The threshold comes from :func:`kth_smallest` (radix select) instead of ``np.partition``;
     one parallel pass marks the scores above it and counts ties per chunk, and the ties are
-    resolved in index order only in the chunks that hold some.
+    resolved in index order only in the chunks that hold some. Fewer than
+    :data:`SELECT_TWIN_MAX` scores go to the NumPy twin, which is faster there.
     """
     n = scores.size
+    if n < SELECT_TWIN_MAX:
+        return _ref.keep_all_but_smallest(scores, k, keep)
     if k <= 0:
         keep[...] = True
         return keep

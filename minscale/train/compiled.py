@@ -2,10 +2,11 @@
 
 On a small model each optimizer update is a few microseconds of arithmetic and tens of
 microseconds of Python. :func:`run` therefore hands whole epochs to one compiled function
-(``minscale.kernels._fastfit.train_epochs``, reached through
+(through ``minscale.kernels._fastfit.train_epochs``, reached through
 :func:`minscale.kernels.compiled_epochs` so that the NumPy path never imports Numba) and keeps
-in Python only what must be there: the shuffling (``numpy.random.Generator.permutation``, so
-the batches are those of the general loop), the learning-rate schedule (evaluated once for every
+in Python only what must be there: the shuffling (the rows of successive
+``numpy.random.Generator.permutation`` calls, drawn in one ``permuted`` call, so the batches are
+those of the general loop), the learning-rate schedule (evaluated once for every
 step, vectorized: :func:`learning_rates`), validation, printing and the history.
 
 :func:`supports` says when it applies: the numba backend; Dense layers without quantization
@@ -31,7 +32,7 @@ from .. import kernels, optim, schedules
 from ..kernels import ACTIVATION_CODES
 from ..layers import Dense
 from . import loop
-from .history import History, divergence_limit
+from .history import BLOWUP_FACTOR, History
 from .progress import progress_bar, report_epoch
 
 # internal to train: fit dispatches here
@@ -176,8 +177,25 @@ def _scratch(fastfit, dims, batch_rows, dtype):
         status=np.zeros(3, dtype=np.int64))
 
 
+def _orders(rng, n, count):
+    """`count` successive ``rng.permutation(n)``, as rows of one (count, n) int64 array.
+
+    ``Generator.permuted(..., axis=1)`` shuffles each row in turn with the same Fisher-Yates
+    draws as ``permutation`` (so the batches are the general loop's:
+    ``tests/train/test_compiled.py::test_orders_equal_successive_permutations``), in one call
+    instead of one per epoch.
+    """
+    out = np.empty((count, n), dtype=np.int64)
+    out[:] = np.arange(n, dtype=np.int64)
+    return rng.permuted(out, axis=1, out=out)
+
+
 def _log_epochs(model, history, bar, first, epoch_loss, epochs, validation_data, verbose):
     """Append the epochs ``first ..`` of one compiled call to `history`; validate; print."""
+    if validation_data is None and not verbose:
+        history.epoch.extend(range(first, first + epoch_loss.size))
+        history.history.setdefault("loss", []).extend(epoch_loss.tolist())
+        return
     for j, loss in enumerate(epoch_loss.tolist()):
         logs = {"loss": loss}
         if validation_data is not None:
@@ -254,26 +272,22 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     # never more than ORDER_ENTRIES shuffled row indices per call: a long run must not
     # allocate an (epochs, n) order array up front
     per_call = min(per_call, max(1, ORDER_ENTRIES // max(n, 1)))
-    loss_limit = None  # from the first batch, before any update, as the general loop sets it
+    # NaN: the compiled loop takes the limit from the run's first batch loss, before any update,
+    # regularizer penalty included, as the general loop does
+    loss_limit = math.nan
     bar = progress_bar(verbose, total)
     done = 0  # updates applied in this run
     try:
         for e0 in range(0, epochs, per_call):
             e1 = min(epochs, e0 + per_call)
-            if shuffle:
-                orders = np.stack([rng.permutation(n) for _ in range(e0, e1)])
-            else:
-                orders = np.zeros((e1 - e0, 0), dtype=np.int64)
-            if loss_limit is None:
-                rows = orders[0, :bs] if shuffle else slice(0, bs)
-                start = model.evaluate(X[rows], y[rows], return_dict=True)["loss"]
-                loss_limit = divergence_limit(start)
+            orders = _orders(rng, n, e1 - e0) if shuffle \
+                else np.zeros((e1 - e0, 0), dtype=np.int64)
             scratch = scratch._replace(epoch_loss=np.zeros(e1 - e0, dtype=np.float64))
-            steps = int(fastfit.train_epochs(
+            steps, loss_limit = fastfit.train_epochs(
                 batches._replace(orders=orders), net, buf,
                 update._replace(lr=update.lr[done:], step_size=update.step_size[done:],
                                 sqrt_bc2=update.sqrt_bc2[done:], factor=update.factor[done:]),
-                scratch, e1 - e0, reduction, loss_limit))
+                scratch, e1 - e0, reduction, loss_limit, BLOWUP_FACTOR)
             opt.iterations += steps
             history.history["lr"].extend(lr64[done:done + steps].tolist())
             if steps:

@@ -299,3 +299,66 @@ def test_fast_fit_in_chunks_of_epochs_is_bit_identical(monkeypatch):
     assert m_chunks.params.tobytes() == m_one.params.tobytes()
     assert h_chunks.history == h_one.history and h_chunks.epoch == h_one.epoch
     assert m_chunks.optimizer.iterations == m_one.optimizer.iterations == 7 * 7
+
+
+@pytest.mark.parametrize("n, count", [(1, 3), (2, 5), (7, 4), (100, 100), (1000, 2)])
+def test_orders_equal_successive_permutations(n, count):
+    # the compiled path draws a chunk's orders in one Generator.permuted call; the general loop
+    # calls rng.permutation(n) once per epoch: same rows, and the generator ends in the same state
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    got = compiled._orders(rng_a, n, count)
+    want = np.stack([rng_b.permutation(n) for _ in range(count)])
+    assert got.dtype == np.int64 and got.shape == (count, n)
+    assert (got == want).all()
+    assert rng_a.bit_generator.state == rng_b.bit_generator.state
+
+
+def test_loss_limit_comes_from_the_first_batch_with_its_penalty(monkeypatch):
+    # the compiled loop sets the divergence limit from the run's first batch loss, regularizer
+    # penalty included (as the general loop does): BLOWUP_FACTOR * (mse + l2 * sum(W**2))
+    import minscale as ms
+    from minscale import kernels, optim
+    from minscale.train.history import BLOWUP_FACTOR
+
+    X, y = _classic_data(30)
+    limits = []
+    original = _fastfit.train_epochs
+
+    def recording(*args):
+        steps, limit = original(*args)
+        limits.append(limit)
+        return steps, limit
+    previous = kernels._forced
+    try:
+        ms.set_backend("numba")
+        monkeypatch.setattr(_fastfit, "train_epochs", recording)
+        m = ms.Sequential([ms.Dense(1, kernel_regularizer=ms.regularizers.L2(0.5))],
+                          input_dim=1, seed=0)
+        m.compile(optimizer=optim.SGD(0.01))
+        W, b = m.layers[0].W.copy(), m.layers[0].b.copy()
+        m.fit(X, y, epochs=2, batch_size=10, shuffle=False)
+    finally:
+        kernels.set_backend(previous)
+    first = np.mean((X[:10] @ W + b - y[:10]) ** 2) + 0.5 * np.sum(W ** 2)
+    assert limits and limits[0] == pytest.approx(BLOWUP_FACTOR * first, rel=1e-12)
+
+
+@pytest.mark.parametrize("m, k, n", [(3, 4, 5), (1, 1, 1), (40, 30, 20)])  # last: BLAS
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True)])
+def test_flat_matmul_equals_small_matmul(m, k, n, ta, tb):
+    # the loop's products on flat buffers: the same index-order sums as small_matmul on 2-D
+    # views (bit for bit), BLAS above SMALL_MATMUL multiply-adds (to rounding)
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    A = rng.standard_normal((m, k))
+    B = rng.standard_normal((k, n))
+    a = np.concatenate([[9.0], (A.T if ta else A).ravel()])  # one element before, offset 1
+    b = np.concatenate([[9.0, 9.0], (B.T if tb else B).ravel()])
+    c = np.full(m * n + 3, 7.0)
+    _fastfit._matmul_flat(a, 1, ta, b, 2, tb, c, 3, m, k, n, 1.0)
+    want = np.empty((m, n))
+    _fastfit.small_matmul(A, B, want, 1.0)
+    assert (c[:3] == 7.0).all()
+    if m * n * k <= _fastfit.SMALL_MATMUL:
+        assert c[3:].tobytes() == want.ravel().tobytes()
+    else:
+        np.testing.assert_allclose(c[3:].reshape(m, n), A @ B, rtol=1e-12, atol=1e-12)
