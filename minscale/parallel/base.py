@@ -2,8 +2,9 @@
 
 A communicator is the handful of collective operations data-parallel training needs:
 ``allreduce`` (sum, in place, on one contiguous float buffer), ``broadcast`` (in place),
-``barrier``, plus ``rank`` and ``size``. The three backends (`LocalComm`, `SharedMemoryComm`,
-`MPIComm`) follow the buffer-based, in-place semantics of MPI's ``MPI_Allreduce`` with
+``barrier``, plus ``rank`` and ``size``; and, for tensor parallelism,
+``allreduce_in_rank_order`` (the same reduction, added rank 0 + rank 1 + ... left to
+right). The three backends (`LocalComm`, `SharedMemoryComm`, `MPIComm`) follow the buffer-based, in-place semantics of MPI's ``MPI_Allreduce`` with
 ``MPI_IN_PLACE`` and ``MPI_Bcast``, so code written against one runs unchanged on the others.
 
 Collective rule (MPI standard, "Correctness" section of the collective-communication chapter): every rank calls the same collectives in the same
@@ -87,7 +88,7 @@ class WorkerError(RuntimeError):
 
 @runtime_checkable
 class Communicator(Protocol):
-    """What a data-parallel trainer needs from a process group.
+    """What a data-parallel (and tensor-parallel) trainer needs from a process group.
 
     Attributes
     ----------
@@ -120,6 +121,27 @@ class Communicator(Protocol):
         Returns
         -------
         buf : the same array, now holding the reduction (identical on every rank)
+        """
+
+    def allreduce_in_rank_order(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        """As `allreduce`, with the order fixed: ``buf_0 op buf_1 op ... op buf_{size-1}``.
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable, any shape
+        op : {"sum", "max", "min"}, default "sum"
+
+        Returns
+        -------
+        buf : the same array, now holding `reduce_in_rank_order` of the ranks' buffers, bit
+            for bit, identical on every rank
+
+        Notes
+        -----
+        What tensor parallelism uses, so that k processes reproduce a single-process
+        reference of the same split exactly. A backend whose `allreduce` already adds in
+        rank order (`LocalComm`, `SharedMemoryComm`) may simply call it; `MPIComm`, whose
+        `allreduce` leaves the order to the MPI library, gathers every rank's buffer first.
         """
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:

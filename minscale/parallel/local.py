@@ -51,6 +51,20 @@ class LocalComm:
         check_op(op)
         return buf
 
+    def allreduce_in_rank_order(self, buf, op="sum"):
+        """Rank-order reduction over one rank: the same as `allreduce` (validate, return `buf`).
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable
+        op : {"sum", "max", "min"}, default "sum"
+
+        Returns
+        -------
+        buf : the same array
+        """
+        return self.allreduce(buf, op)
+
     def broadcast(self, buf, root=0):
         """Broadcast from `root` (must be 0) to one rank: validate and return `buf` unchanged.
 

@@ -27,7 +27,16 @@ import threading
 import time
 import traceback
 
-from .base import check_buffer, check_op, check_root, check_timeout, default_timeout
+import numpy as np
+
+from .base import (
+    check_buffer,
+    check_op,
+    check_root,
+    check_timeout,
+    default_timeout,
+    reduce_in_rank_order,
+)
 
 __all__ = ["MPIComm", "abort_on_error", "abort_mpi_job", "install_abort_excepthook", "import_mpi"]
 
@@ -196,8 +205,12 @@ class MPIComm:
     travels with the NumPy buffer (float64 -> MPI_DOUBLE, float32 -> MPI_FLOAT). Every rank
     must use MPIComm for its collectives: MPI never matches a non-blocking collective with a
     blocking one.
-    The order in which MPI adds contributions is the library's choice, so results may differ
-    from `SharedMemoryComm` in the last bits (they are still identical on every rank).
+    The order in which MPI adds contributions in `allreduce` is the library's choice, so
+    results may differ from `SharedMemoryComm` in the last bits, and from run to run when the
+    library picks another algorithm (MPICH's give every rank the same bits; the standard
+    fixes no order);
+    `allreduce_in_rank_order` (``comm.Iallgather``, then the sum in rank order on every rank)
+    fixes the order, for tensor parallelism.
 
     References
     ----------
@@ -294,6 +307,51 @@ class MPIComm:
         check_buffer(buf)
         check_op(op)
         self._complete(self.comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._ops[op]), "allreduce")
+        return buf
+
+    def allreduce_in_rank_order(self, buf, op="sum"):
+        """Reduce `buf` over all ranks in rank order, in place: gather every buffer, then add.
+
+        ``MPI_Iallgather`` brings every rank's buffer to every rank unchanged (no arithmetic
+        in MPI), then each rank computes ``buf_0 op buf_1 op ... op buf_{size-1}`` left to
+        right (`reduce_in_rank_order`, the order `SharedMemoryComm` uses): the same float
+        operations in the same order on every rank, so the result is bit-identical on every
+        rank, run to run, and to a one-process reference that adds the same buffers in rank
+        order -- which `allreduce` does not promise (the MPI library chooses its order).
+
+        Parameters
+        ----------
+        buf : ndarray of float32 or float64, C-contiguous, writeable
+            Same size and dtype on every rank.
+        op : {"sum", "max", "min"}, default "sum"
+
+        Returns
+        -------
+        buf : the same array, holding the reduction
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad buffer or op.
+
+        Notes
+        -----
+        Costs a ``(size, buf.size)`` receive buffer and ``size - 1`` buffers received per rank
+        (an allreduce moves about 2), so it is meant for the small activation and gradient
+        buffers of tensor parallelism, not a whole model's gradient. Not completed within
+        `timeout` seconds: one line on stderr, then ``MPI_Abort``, as every collective.
+
+        References
+        ----------
+        MPI 4.0 standard, sections 6.7 (Allgather) and 6.9.1 (an implementation may combine
+        the contributions of a reduction in any order).
+        """
+        check_buffer(buf)
+        check_op(op)
+        flat = buf.reshape(-1)
+        slots = np.empty((self.size, flat.size), dtype=buf.dtype)
+        self._complete(self.comm.Iallgather(flat, slots), "allreduce_in_rank_order")
+        reduce_in_rank_order(slots, op, flat)
         return buf
 
     def broadcast(self, buf, root=0):

@@ -704,6 +704,10 @@ class SharedMemoryComm:
         reduce_in_rank_order(slots[:, :n], op, flat)
         return buf
 
+    def allreduce_in_rank_order(self, buf, op="sum"):
+        """The same as `allreduce`, which already reduces in rank order (see its Notes)."""
+        return self.allreduce(buf, op)
+
     def broadcast(self, buf, root=0):
         """Copy `buf` from rank `root` into `buf` on every rank.
 

@@ -130,8 +130,9 @@ class ColumnParallelDense(Dense):
     """Output units ``[start, stop)`` of a Dense layer (Megatron's column-parallel linear).
 
     Forward is a plain Dense on the shard (no communication: the input is replicated);
-    backward allreduces the input gradient, the sum of every rank's ``dz_r @ W_r.T``
-    (Megatron's operator f: identity forward, allreduce backward).
+    backward allreduces the input gradient, the sum of every rank's ``dz_r @ W_r.T`` added in
+    rank order (``comm.allreduce_in_rank_order``), so every rank and every backend get the
+    same bits (Megatron's operator f: identity forward, allreduce backward).
 
     Parameters
     ----------
@@ -153,15 +154,16 @@ class ColumnParallelDense(Dense):
         """Dense backward on the shard, then allreduce dx (sum over ranks, in place)."""
         dx = super().backward(da, need_dx)
         if dx is not None:
-            self.comm.allreduce(dx)
+            self.comm.allreduce_in_rank_order(dx)
         return dx
 
 
 class RowParallelDense(Dense):
     """Input rows ``[start, stop)`` of a Dense layer's W, the full bias (row-parallel linear).
 
-    Forward: ``z = allreduce(x_r @ W_r) + b``, then the activation, so the output is the same
-    on every rank and the bias is added once (Megatron's operator g: allreduce forward,
+    Forward: ``z = allreduce(x_r @ W_r) + b`` (the partials added in rank order,
+    ``comm.allreduce_in_rank_order``), then the activation, so the output is the same bit for
+    bit on every rank and the bias is added once (Megatron's operator g: allreduce forward,
     identity backward). Backward is a plain Dense backward: ``dW_r = x_r.T @ dz``, ``db`` the
     same on every rank, ``dx_r = dz @ W_r.T`` is this rank's slice of the input gradient.
 
@@ -187,7 +189,7 @@ class RowParallelDense(Dense):
         if self.kernel_quantizer is not None:
             W, self._kernel_pass = self.kernel_quantizer(W, training)
         z = dense_forward(x, W)
-        self.comm.allreduce(z)
+        self.comm.allreduce_in_rank_order(z)
         if self.use_bias:
             z += self.b
         a = kernels.bias_act(z, np.zeros(0, dtype=z.dtype),
@@ -232,7 +234,7 @@ class TensorShard(Sequential):
             if split or self.tensor_rank == 0:  # a replicated kernel counts once
                 local += penalty
         buf = np.array([local], dtype=np.float64)
-        self.comm.allreduce(buf)
+        self.comm.allreduce_in_rank_order(buf)
         return float(buf[0])
 
     def global_sparsity(self):
@@ -411,9 +413,10 @@ def scatter(full, local, shard):
 def gather(local, shard, out=None, chunk=None):
     """Assemble a whole-model flat array from every rank's shard (collective).
 
-    Each rank writes the entries it owns into a zero buffer and the buffers are summed by
-    allreduce; every entry has exactly one nonzero contributor, and ``x + 0 == x`` exactly,
-    so the result is exact in any summation order (MPI's too).
+    Each rank writes the entries it owns into a buffer of negative zeros and the buffers are
+    summed by allreduce; every entry has exactly one contributor that is not ``-0.0``, and
+    ``x + (-0.0) == x`` exactly for every x (signed zeros included; ``+0.0`` would turn an
+    owned ``-0.0`` into ``+0.0``), so the result is exact in any summation order (MPI's too).
 
     Parameters
     ----------
@@ -439,7 +442,7 @@ def gather(local, shard, out=None, chunk=None):
     for lo in range(0, P, step):
         hi = min(P, lo + step)
         a, b = np.searchsorted(index, [lo, hi])
-        buf = np.zeros(hi - lo, dtype=wire)
+        buf = np.full(hi - lo, -0.0, dtype=wire)
         sel = owned[a:b]
         buf[index[a:b][sel] - lo] = local[a:b][sel]
         shard.comm.allreduce(buf)
@@ -477,7 +480,8 @@ def grid_groups(data_parallel, tensor_parallel):
             [[i * k + t for i in range(d)] for t in range(k)])
 
 
-_IDENTITY = {"sum": 0.0, "max": -np.inf, "min": np.inf}
+# -0.0, not +0.0: x + (-0.0) == x for every x, -0.0 included
+_IDENTITY = {"sum": -0.0, "max": -np.inf, "min": np.inf}
 
 
 class SubgroupComm:
@@ -486,9 +490,10 @@ class SubgroupComm:
     All groups of the partition run their collectives at the same time, in the same order (as
     the groups of a d x k training grid do): a collective is ONE world collective of a buffer
     made of every group's segment, where each rank writes its own segment and the identity of
-    the operation (0 for sum, -inf for max, +inf for min) everywhere else. ``x + 0 == x``
-    exactly, so each segment's result is its members' reduction in world-rank order, bit for
-    bit what a group of its own would give over shared memory. The segments' lengths are
+    the operation (-0.0 for sum, -inf for max, +inf for min) everywhere else. The world
+    collective is ``world.allreduce_in_rank_order`` and ``x + (-0.0) == x`` exactly, so each
+    segment's result is its members' reduction in rank order, bit for bit what a group of its
+    own would give over shared memory -- under MPI too, whose own allreduce order is not fixed. The segments' lengths are
     exchanged first (one allreduce of ``world.size`` values), so groups may reduce buffers of
     different lengths (e.g. uneven data shards).
 
@@ -512,8 +517,9 @@ class SubgroupComm:
     Notes
     -----
     Cost: a world collective of the sum of all groups' buffers, plus the length exchange;
-    under MPI, ``MPI_Comm_split`` would avoid both (not used here, so one code path serves
-    shared memory and MPI).
+    under MPI, where the rank-order collective gathers every rank's buffer, a receive buffer of
+    ``world.size`` times that sum per rank. ``MPI_Comm_split`` would avoid both (not used here,
+    so one code path serves shared memory and MPI).
     """
 
     def __init__(self, world, groups):
@@ -551,23 +557,27 @@ class SubgroupComm:
         return offsets[self._g], offsets[-1]
 
     def allreduce(self, buf, op="sum"):
-        """Reduce `buf` over this group, in place (see the class notes); return `buf`."""
+        """Reduce `buf` over this group in rank order, in place (see the class notes); return `buf`."""
         check_buffer(buf)
         check_op(op)
         flat = buf.reshape(-1)
         start, total = self._segments(flat.size)
         wire = np.full(total, _IDENTITY[op], dtype=buf.dtype)
         wire[start:start + flat.size] = flat
-        self.world.allreduce(wire, op)
+        self.world.allreduce_in_rank_order(wire, op)
         flat[...] = wire[start:start + flat.size]
         return buf
 
+    def allreduce_in_rank_order(self, buf, op="sum"):
+        """The same as `allreduce`, which reduces in rank order on every backend."""
+        return self.allreduce(buf, op)
+
     def broadcast(self, buf, root=0):
-        """Copy `buf` of group rank `root` to every member (a sum with one nonzero term)."""
+        """Copy `buf` of group rank `root` to every member (a sum of root's buffer and -0.0)."""
         check_buffer(buf)
         root = check_root(root, self.size)
         if self.rank != root:
-            buf[...] = 0
+            buf[...] = -0.0
         return self.allreduce(buf)
 
     def barrier(self):

@@ -10,7 +10,9 @@ There is no second training loop. At the end the shards are gathered (exactly: s
 
 On one machine the k ranks are worker processes joined by a
 :class:`~minscale.parallel.SharedMemoryComm` (:func:`minscale.parallel.run_workers`); with
-``comm=MPIComm()`` under ``mpiexec -n k`` every MPI rank runs it in place.
+``comm=MPIComm()`` under ``mpiexec -n k`` every MPI rank runs it in place. The split layers
+sum their partials with ``allreduce_in_rank_order`` (over MPI an allgather, then the sum in
+rank order), so both backends give the same bits on every rank.
 """
 
 from __future__ import annotations
@@ -320,7 +322,7 @@ def fit_tensor_parallel(model, X, y, *, tensor_parallel, workers=1, comm=None, e
     comm : Communicator, optional
         Train as one rank of this group (``MPIComm()`` under ``mpiexec -n d*k``; its size must
         be a multiple of k, and d = size / k); without it, d x k worker processes on this
-        machine.
+        machine. It must provide ``allreduce_in_rank_order`` (every minscale backend does).
     epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks, pruning,
     pruning_method
         As in :func:`minscale.train.fit`; `batch_size` is the global batch, which every rank

@@ -166,6 +166,7 @@ def test_local_comm_is_the_identity():
     assert (comm.rank, comm.size) == (0, 1)
     buf = np.array([1.5, -2.0, 3.25])
     assert comm.allreduce(buf) is buf
+    assert comm.allreduce_in_rank_order(buf) is buf
     np.testing.assert_array_equal(buf, [1.5, -2.0, 3.25])
     assert comm.broadcast(buf, root=0) is buf
     comm.barrier()
@@ -262,6 +263,9 @@ def _broadcast_and_ops(comm):
     matrix = np.full((2, 3), comm.rank + 1.0)
     comm.allreduce(matrix)
     out["matrix"] = matrix
+    ordered = np.array([[1e16, 1.0], [1.0, 1.0], [1.0, 1e16]][comm.rank])
+    comm.allreduce_in_rank_order(ordered)
+    out["ordered"] = ordered
     return out
 
 
@@ -273,6 +277,8 @@ def test_broadcast_max_min_and_shapes_on_three_ranks():
         np.testing.assert_array_equal(res["max"], [2.0, 0.0, 7.0])
         np.testing.assert_array_equal(res["min"], [0.0, -2.0, 7.0])
         np.testing.assert_array_equal(res["matrix"], np.full((2, 3), 6.0))
+        # rank order: 1e16 + 1 + 1 = 1e16 (each + 1 rounds back), 1 + 1 + 1e16 = 1e16 + 2
+        assert res["ordered"].tolist() == [1e16, 1e16 + 2]
 
 
 def _blas_threads(comm):
@@ -802,6 +808,45 @@ def test_mpi_allreduce_broadcast_under_mpiexec(tmp_path):
         assert r["sum32"] == [0.0, 3.0, 6.0, 9.0] and r["dtype32"] == "float32"
         assert r["max"] == [2.0, 2.0] and r["min"] == [1.0, 1.0]
         assert r["bcast"] == [11.0, 11.0, 11.0]
+
+
+#: MPICH's ring Iallreduce: with 3 ranks it adds in another order than rank 0 + 1 + 2 (the
+#: default does not, for 3 ranks), so a rank-order result cannot come from MPI's own sum.
+RING = {"MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM": "tsp_ring"}
+
+
+@pytest.mark.mpi
+@pytest.mark.exactness
+def test_mpi_allreduce_in_rank_order_adds_left_to_right_on_every_rank(tmp_path):
+    proc = _run_mpi("mpi_ordered.py", tmp_path, n=3, env=RING)
+    assert proc.returncode == 0, proc.stderr
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
+    # ranks contribute the columns of mpi_ordered.COLUMNS64, summed left to right:
+    # 1e16 + 1 rounds back to 1e16 (a tie, to even), so the ones count only when added first;
+    # 1e16 - 1e16 + 1 = 1 but 1 + 1e16 - 1e16 = 0; -0.0 stays -0.0 (+0.0 would not)
+    sums = np.array([1e16, 1e16 + 2, 1e16, 1.0, 0.0, 0.0, -0.0] * 1000)
+    sums32 = np.array([1e8, 1e8 + 8], dtype=np.float32)  # float32: 1e8 + 4 rounds to 1e8
+    for r in reports:  # bytes: every rank the same bits, signed zeros included
+        assert r["size"] == 3
+        assert r["sum"] == sums.tobytes().hex()
+        assert r["sum32"] == sums32.tobytes().hex()
+        assert r["max"] == [[5.0, 2.0]]
+
+
+@pytest.mark.mpi
+def test_mpi_allreduce_in_rank_order_aborts_when_a_rank_never_joins():
+    before = set(SHM_DIR.glob("mpich_shm_*"))
+    start = time.monotonic()
+    try:
+        proc = _run_mpi("mpi_ordered.py", "unused", "skip", n=3, timeout=60,
+                        env={"MINSCALE_COMM_TIMEOUT": "3"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the MPI job hung instead of aborting when rank 1 skipped the collective")
+    finally:
+        _remove_orphaned_mpich_segments(before)
+    assert time.monotonic() - start < 30
+    assert proc.returncode != 0
+    assert "allreduce_in_rank_order #1 did not complete within timeout=3 s" in proc.stderr
 
 
 @pytest.mark.mpi

@@ -72,6 +72,9 @@ class ThreadComm:
         reduce_in_rank_order(slots, op, buf.reshape(-1))
         return buf
 
+    def allreduce_in_rank_order(self, buf, op="sum"):
+        return self.allreduce(buf, op)
+
     def broadcast(self, buf, root=0):
         buf.reshape(-1)[...] = self._exchange(buf)[root]
         return buf
