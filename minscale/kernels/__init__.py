@@ -16,7 +16,7 @@ import importlib
 import os
 
 __all__ = ["BACKENDS", "get_backend", "set_backend", "impl", "compiled_epochs",
-           "compiled_collectives", "ACTIVATION_CODES"]
+           "compiled_collectives", "compiled_data_parallel_epochs", "ACTIVATION_CODES"]
 
 BACKENDS = ("numpy", "numba")
 
@@ -122,6 +122,19 @@ def compiled_epochs():
     if get_backend() != "numba":
         return None
     return importlib.import_module("minscale.kernels._fastfit")
+
+
+def compiled_data_parallel_epochs():
+    """The compiled data-parallel epoch loop (:mod:`minscale.kernels._fastfit_dp`) on numba.
+
+    Returns
+    -------
+    module or None
+        ``minscale.kernels._fastfit_dp`` when :func:`get_backend` is ``"numba"``, else None.
+    """
+    if get_backend() != "numba":
+        return None
+    return importlib.import_module("minscale.kernels._fastfit_dp")
 
 
 def compiled_collectives(backend=None):

@@ -1,0 +1,241 @@
+"""Whole epochs of synchronous data-parallel training in one compiled function per worker.
+
+The data-parallel twin of :mod:`minscale.kernels._fastfit`: every worker runs
+:func:`train_epochs_dp` over the same global batches; per batch it takes its contiguous shard
+(the split of ``minscale.parallel.shard_bounds``), computes the shard's gradient and loss
+scaled by the *global* batch size (:func:`mse_shard`), allreduces gradients and loss in one
+buffer with the compiled shared-memory allreduce (:func:`minscale.kernels._collectives.allreduce`,
+rank-order sums, so every rank holds the same bits), adds the L2 penalties once, checks for
+divergence and applies the same update as every other rank -- with no Python per step. The
+arithmetic is that of the general data-parallel loop (:func:`minscale.train.loop.run` with a
+communicator), operation for operation, except that matrix products with few terms are summed
+in index order (as in the single-process compiled loop).
+
+The body repeats :func:`minscale.kernels._fastfit.train_epochs`'s on purpose (its loop is one
+function for speed, see there) with four changes: the shard rows, :func:`mse_shard`, the
+allreduce before the penalties, and an empty shard (more ranks than rows in a short last
+batch) contributing zero gradients. The per-element rules, the matrix product and the named
+tuples are imported from ``_fastfit`` and ``_rules``.
+
+Imports only NumPy, Numba and :mod:`minscale.kernels`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._collectives import ABORTED, OK, STATUS_ABORTED, allreduce, load_acquire
+from ._fastfit import ADAM, MOMENTUM, SGD, _all_finite, small_matmul
+from ._rules import act_backward_range, adam_range, bias_act_rows, momentum_range, sgd_range
+
+__all__ = ["mse_shard", "train_epochs_dp"]
+
+
+@njit(cache=True)
+def mse_shard(y_pred, y_true, d_pred, reduction, loss, one, count):
+    """A shard's MSE and its gradient, divided by the global `count` (mean reduction):
+    the Numba twin of :func:`minscale.losses.mse` and :func:`minscale.losses.mse_grad` with
+    ``n_total`` (``count = n_total * d``).
+
+    Parameters
+    ----------
+    y_pred, y_true : ndarray, shape (nb, d), one float dtype (nb may be 0)
+    d_pred : ndarray, shape (nb, d)
+        Receives dL/dy_pred: ``(2 / count)`` rounded to the dtype times ``(y_pred - y)``
+        (mean), ``2 (y_pred - y)`` (sum), ``y_pred - y`` (half_sum).
+    reduction : int
+        0 mean, 1 sum, 2 half_sum.
+    loss : ndarray, shape (2,), the dtype
+        Slot 0 receives the shard's loss rounded to the dtype; slot 1 is scratch.
+    one : scalar of the dtype
+    count : int, >= 1
+        Values of the whole batch (rows times outputs).
+    """
+    nb, d = y_pred.shape
+    total = one - one
+    for r in range(nb):
+        for j in range(d):
+            diff = y_pred[r, j] - y_true[r, j]
+            total += diff * diff
+            d_pred[r, j] = diff
+    if reduction == 0:
+        loss[0] = np.float64(total) / count
+        loss[1] = 2.0 / count  # rounded to the dtype, as mse_grad's scale
+        scale = loss[1]
+        for r in range(nb):
+            for j in range(d):
+                d_pred[r, j] = d_pred[r, j] * scale
+    elif reduction == 1:
+        loss[0] = np.float64(total)
+        for r in range(nb):
+            for j in range(d):
+                d_pred[r, j] = d_pred[r, j] * 2
+    else:
+        loss[0] = np.float64(total) / 2
+
+
+@njit(cache=True)
+def train_epochs_dp(batches, net, buf, update, scratch, n_epochs, reduction, loss_limit, slots,
+                    ctl, me, rank, size, gradbuf, status):
+    """Train `n_epochs` epochs as one rank of a synchronous data-parallel group.
+
+    Parameters
+    ----------
+    batches, net, buf, update, scratch, n_epochs, reduction, loss_limit
+        As :func:`minscale.kernels._fastfit.train_epochs`; `batches` holds the whole data
+        and the global orders (identical on every rank).
+    slots, ctl, me
+        The group (:class:`minscale.kernels._collectives.Group`), slots in the model's dtype.
+    rank, size : int
+        This rank and the group size.
+    gradbuf : ndarray, shape (P + 1,)
+        The model's gradient buffer: ``buf.grads`` is ``gradbuf[:P]``, the batch loss rides
+        in ``gradbuf[P]``.
+    status : int64 ndarray, shape (4,)
+        Receives ``(code, epoch, step, comm_status)``: codes 0-2 as ``scratch.status`` of
+        ``train_epochs``; 3 = the allreduce failed or the group was aborted before update
+        `step`, with the collectives' status code in ``comm_status``.
+
+    Returns
+    -------
+    int
+        Updates applied.
+    """
+    X, y, orders, shuffle, bs = batches
+    dims, w_off, b_off, act, alpha, one, reg, l2, l2_coef = net
+    params, grads, mask, has_mask, backup = buf
+    kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon, momentum, nesterov, \
+        slot_1, slot_2, weight_decay, decay_all, decay, decoupled, factor = update
+    acts, aoff, grad_a, grad_b, loss, epoch_loss, _ = scratch
+    return _epochs_dp(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params,
+                      grads, mask, has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1,
+                      c1, beta_2, c2, epsilon, momentum, nesterov, slot_1, slot_2, acts, aoff,
+                      grad_a, grad_b, loss, epoch_loss, status, n_epochs, reduction,
+                      loss_limit, reg, l2, l2_coef, weight_decay, decay_all, decay, decoupled,
+                      factor, slots, ctl, me, rank, size, gradbuf)
+
+
+@njit(cache=True)
+def _epochs_dp(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads,
+               mask, has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2,
+               epsilon, momentum, nesterov, slot_1, slot_2, acts, aoff, grad_a, grad_b, loss,
+               epoch_loss, status, n_epochs, reduction, loss_limit, reg, l2, l2_coef,
+               weight_decay, decay_all, decay, decoupled, factor, slots, ctl, me, rank, size,
+               gradbuf):
+    """The body of :func:`train_epochs_dp`, on the fields of its named tuples."""
+    n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
+    n_batches = (n + bs - 1) // bs
+    step = 0
+    status[0] = 0
+    for e in range(n_epochs):
+        loss_total = 0.0
+        for bi in range(n_batches):
+            lo = bi * bs
+            hi = min(n, lo + bs)
+            n_total = hi - lo
+            # this rank's contiguous shard of the batch (minscale.parallel.shard_bounds)
+            q, rem = n_total // size, n_total % size
+            s_lo = lo + rank * q + min(rank, rem)
+            nb = q + (1 if rank < rem else 0)
+            if load_acquire(ctl, ABORTED) != 0:
+                status[0], status[1], status[2], status[3] = 3, e, step, STATUS_ABORTED
+                return step
+            # gather the batch into layer 0's activations and the targets into grad_b
+            A0 = acts[aoff[0]:aoff[0] + nb * dims[0]].reshape((nb, dims[0]))
+            Yb = grad_b[:nb * d_out].reshape((nb, d_out))
+            for r in range(nb):
+                src = orders[e, s_lo + r] if shuffle else s_lo + r
+                for j in range(dims[0]):
+                    A0[r, j] = X[src, j]
+                for j in range(d_out):
+                    Yb[r, j] = y[src, j]
+            # forward
+            for li in range(n_layers):
+                d_in, d_o = dims[li], dims[li + 1]
+                A_in = acts[aoff[li]:aoff[li] + nb * d_in].reshape((nb, d_in))
+                Z = acts[aoff[li + 1]:aoff[li + 1] + nb * d_o].reshape((nb, d_o))
+                W = params[w_off[li]:w_off[li] + d_in * d_o].reshape((d_in, d_o))
+                small_matmul(A_in, W, Z, one)
+                b = params[b_off[li]:b_off[li] + d_o] if b_off[li] >= 0 else params[:0]
+                bias_act_rows(Z, b, act[li], alpha[li], one, 0, nb)
+            # loss, and dL/dy_pred into grad_a
+            Yh = acts[aoff[n_layers]:aoff[n_layers] + nb * d_out].reshape((nb, d_out))
+            D = grad_a[:nb * d_out].reshape((nb, d_out))
+            mse_shard(Yh, Yb, D, reduction, loss, one, n_total * d_out)
+            # backward: D holds dL/da of layer li; ping-pong between grad_a and grad_b
+            cur_is_a = True
+            for li in range(n_layers - 1, -1, -1):
+                d_in, d_o = dims[li], dims[li + 1]
+                A_in = acts[aoff[li]:aoff[li] + nb * d_in].reshape((nb, d_in))
+                D_flat = grad_a[:nb * d_o] if cur_is_a else grad_b[:nb * d_o]
+                if act[li] != 0:
+                    A_out = acts[aoff[li + 1]:aoff[li + 1] + nb * d_o]
+                    act_backward_range(A_out, D_flat, act[li], alpha[li], one, D_flat, 0,
+                                       nb * d_o)
+                D = D_flat.reshape((nb, d_o))
+                dW = grads[w_off[li]:w_off[li] + d_in * d_o].reshape((d_in, d_o))
+                small_matmul(A_in.T, D, dW, one)
+                if b_off[li] >= 0:
+                    db = grads[b_off[li]:b_off[li] + d_o]
+                    for j in range(d_o):
+                        db[j] = D[0, j] if nb > 0 else one - one
+                    for r in range(1, nb):
+                        for j in range(d_o):
+                            db[j] = db[j] + D[r, j]
+                if li > 0:
+                    W = params[w_off[li]:w_off[li] + d_in * d_o].reshape((d_in, d_o))
+                    D_next = grad_b if cur_is_a else grad_a
+                    small_matmul(D, W.T, D_next[:nb * d_in].reshape((nb, d_in)), one)
+                    cur_is_a = not cur_is_a
+            # the shard gradients and losses, summed over the ranks in rank order
+            gradbuf[P] = loss[0]
+            comm_status = allreduce(gradbuf, slots, ctl, me, 0)
+            if comm_status != OK:
+                status[0], status[1], status[2], status[3] = 3, e, step, comm_status
+                return step
+            loss[0] = gradbuf[P]
+            batch_loss = np.float64(loss[0])
+            # the L2 kernel penalties, once after the allreduce: gradient 2 * l2 * W, loss
+            # l2 * sum(W**2)
+            penalty = 0.0
+            has_reg = False
+            for li in range(n_layers):
+                if reg[li]:
+                    has_reg = True
+                    n_w = dims[li] * dims[li + 1]
+                    sq = one - one
+                    for i in range(w_off[li], w_off[li] + n_w):
+                        grads[i] = grads[i] + l2_coef[li] * params[i]
+                        sq += params[i] * params[i]
+                    penalty += l2[li] * np.float64(sq)
+            if has_reg:
+                loss[0] = loss[0] + penalty
+                batch_loss = np.float64(loss[0])
+            if not np.isfinite(batch_loss) or batch_loss > loss_limit:
+                status[0], status[1], status[2] = 1, e, step
+                return step
+            backup[:] = params
+            if decoupled:
+                f = factor[step]
+                for i in range(P):
+                    if decay_all or decay[i]:
+                        params[i] = params[i] * f
+            elif weight_decay != 0:
+                for i in range(P):
+                    if decay_all or decay[i]:
+                        grads[i] = grads[i] + weight_decay * params[i]
+            if kind == SGD:
+                sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
+            elif kind == MOMENTUM:
+                momentum_range(params, grads, slot_1, lrs[step], momentum, nesterov, mask,
+                               has_mask, one, 0, P)
+            else:
+                adam_range(params, grads, slot_1, slot_2, step_sizes[step], beta_1, c1, beta_2,
+                           c2, sqrt_bc2s[step], epsilon, mask, has_mask, one, 0, P)
+            step += 1
+            loss_total += batch_loss * n_total if reduction == 0 else batch_loss
+        epoch_loss[e] = loss_total / n if reduction == 0 else loss_total
+        if not _all_finite(params):
+            status[0], status[1], status[2] = 2, e, step
+            return step
+    return step
