@@ -143,7 +143,7 @@ def run_fit(blocks, probe, only=None):
             continue
         model, X, y, batch, e = make()
 
-        def fit(workers, epochs):
+        def fit(workers, epochs, model=model, X=X, y=y, batch=batch):
             def f():
                 model().fit(X, y, epochs=epochs, batch_size=batch, seed=0, workers=workers)
             return f

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from ._collectives import ABORTED, OK, STATUS_ABORTED, allreduce, load_acquire
-from ._fastfit import ADAM, MOMENTUM, SGD, _all_finite, small_matmul
+from ._fastfit import MOMENTUM, SGD, _all_finite, small_matmul
 from ._rules import act_backward_range, adam_range, bias_act_rows, momentum_range, sgd_range
 
 __all__ = ["mse_shard", "train_epochs_dp"]
