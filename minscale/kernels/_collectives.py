@@ -20,16 +20,18 @@ index of the rank's block: each argument costs dispatch time (about 0.5 us per a
 rank makes the same collectives with the same lengths, so every rank knows from its own count
 which value a peer's counter reaches at each step.
 
-Algorithm, per chunk of ``chunk`` values (so the data of a step stays in the cache):
+Algorithm:
 
-* small buffers (fewer than ``split_min`` values): copy the chunk into my row, publish (one
-  step), wait until every peer published it, then sum the chunk over rows 0, 1, ..., size-1
-  into my buffer; one barrier per chunk.
-* large buffers: reduce-scatter then all-gather. Copy the chunk in, publish, wait; sum my
-  slice of the chunk (slice r of size equal parts, cache-line aligned) over the rows in rank
-  order and write it into my row (which no peer reads for my slice in the first step) and my
-  buffer; publish (second step), wait; copy each peer's slice of the result from its row.
-  Each rank adds 1/size of the values instead of all of them.
+* small buffers (fewer than ``SPLIT_MIN_BYTES``, 2 MiB by default): copy the buffer into my
+  row, publish (one step), wait until every peer published it, then sum it over rows 0, 1,
+  ..., size-1 into my buffer: one barrier. Every wait can cost a scheduler time slice on a
+  machine with more runnable processes than cores, so the latency path has exactly one.
+* large buffers, per chunk of ``CHUNK_BYTES`` (1 MiB by default, so a chunk stays in a core's
+  2 MiB L2): reduce-scatter then all-gather. Copy the chunk in, publish, wait; sum my slice of
+  the chunk (slice r of size equal parts, cache-line aligned) over the rows in rank order and
+  write it into my row (which no peer reads for my slice in the first step) and my buffer;
+  publish (second step), wait; copy each peer's slice of the result from its row. Each rank
+  adds 1/size of the values instead of all of them.
 
 Either way every element is ``((x_0 op x_1) op x_2) ... op x_{size-1}`` (the order of
 ``minscale.parallel.base.reduce_in_rank_order``), so the result is bit-identical on every rank
@@ -93,10 +95,11 @@ SPIN = 1024
 OPS = {"sum": 0, "max": 1, "min": 2}
 #: status codes: done; aborted; a peer gave up (broken); the deadline passed; creator died
 OK, STATUS_ABORTED, STATUS_BROKEN, STATUS_TIMEOUT, STATUS_OWNER_GONE = 0, 1, 2, 3, 4
-#: bytes per pipelined chunk of an allreduce
-DEFAULT_CHUNK_BYTES = 1 << 17
-#: buffers of at least this many bytes take the reduce-scatter + all-gather path
-DEFAULT_SPLIT_MIN_BYTES = 1 << 16
+#: bytes per pipelined chunk of a reduce-scattered allreduce (two barriers per chunk)
+DEFAULT_CHUNK_BYTES = 1 << 20
+#: buffers of at least this many bytes take the reduce-scatter + all-gather path; smaller
+#: ones are summed whole by every rank after one barrier
+DEFAULT_SPLIT_MIN_BYTES = 1 << 21
 
 # nanoseconds between two looks at the group's creator while waiting
 _OWNER_POLL_NS = 100_000_000
@@ -366,7 +369,9 @@ def allreduce(buf, slots, ctl, me, op):
     mine = slots[s, rank]
     split = n * buf.itemsize >= ctl[me + SPLIT_MIN_BYTES]
     steps = 2 if split else 1
-    chunk = max(1, ctl[me + CHUNK_BYTES] // buf.itemsize)
+    # one barrier in all below the split size: every wait may cost a scheduler time slice
+    # when the machine has more runnable processes than cores
+    chunk = max(1, ctl[me + CHUNK_BYTES] // buf.itemsize) if split else max(1, n)
     nchunks = max(1, (n + chunk - 1) // chunk)
     align = max(1, 64 // buf.itemsize)
     empty = mine[:0]

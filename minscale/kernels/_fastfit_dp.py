@@ -24,11 +24,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._collectives import ABORTED, OK, STATUS_ABORTED, allreduce, load_acquire
+from ._collectives import (
+    ABORTED,
+    GENERATION,
+    OK,
+    PUBLISHED,
+    STATUS_ABORTED,
+    _reduce_rows,
+    _slice,
+    load_acquire,
+    store_release,
+    wait_all,
+)
 from ._fastfit import MOMENTUM, SGD, _all_finite, small_matmul
 from ._rules import act_backward_range, adam_range, bias_act_rows, momentum_range, sgd_range
 
-__all__ = ["mse_shard", "train_epochs_dp"]
+__all__ = ["mse_shard", "train_epochs_dp", "allgather_slices"]
 
 
 @njit(cache=True)
@@ -125,6 +136,8 @@ def _epochs_dp(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, p
     """The body of :func:`train_epochs_dp`, on the fields of its named tuples."""
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
+    align = max(1, 64 // params.itemsize)
+    empty = params[:0]
     step = 0
     status[0] = 0
     for e in range(n_epochs):
@@ -187,16 +200,31 @@ def _epochs_dp(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, p
                     D_next = grad_b if cur_is_a else grad_a
                     small_matmul(D, W.T, D_next[:nb * d_in].reshape((nb, d_in)), one)
                     cur_is_a = not cur_is_a
-            # the shard gradients and losses, summed over the ranks in rank order
-            gradbuf[P] = loss[0]
-            comm_status = allreduce(gradbuf, slots, ctl, me, 0)
+            # publish this shard's gradients and loss (slot set g % 2, as every collective)
+            g = ctl[me + GENERATION]
+            ctl[me + GENERATION] = g + 1
+            sl = g % 2
+            base = ctl[me + PUBLISHED]
+            mine = slots[sl, rank]
+            for i in range(np.uint64(0), np.uint64(P)):
+                mine[i] = grads[i]
+            mine[P] = loss[0]
+            store_release(ctl, me, base + 1)
+            comm_status = wait_all(ctl, me, base + 1)
             if comm_status != OK:
                 status[0], status[1], status[2], status[3] = 3, e, step, comm_status
                 return step
-            loss[0] = gradbuf[P]
+            # the batch loss, summed in rank order by every rank; the gradient of my slice
+            # [a, b) of the parameters only (the reduce-scatter half of an allreduce)
+            acc = slots[sl, 0, P]
+            for r in range(1, size):
+                acc = acc + slots[sl, r, P]
+            loss[0] = acc
             batch_loss = np.float64(loss[0])
-            # the L2 kernel penalties, once after the allreduce: gradient 2 * l2 * W, loss
-            # l2 * sum(W**2)
+            a, b = _slice(0, P, rank, size, align)
+            _reduce_rows(slots, sl, size, a, b, 0, grads, empty)
+            # the L2 kernel penalties, once after the sum: gradient 2 * l2 * W (my slice),
+            # loss l2 * sum(W**2) (all weights, on every rank)
             penalty = 0.0
             has_reg = False
             for li in range(n_layers):
@@ -205,33 +233,52 @@ def _epochs_dp(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, p
                     n_w = dims[li] * dims[li + 1]
                     sq = one - one
                     for i in range(w_off[li], w_off[li] + n_w):
-                        grads[i] = grads[i] + l2_coef[li] * params[i]
+                        if a <= i < b:
+                            grads[i] = grads[i] + l2_coef[li] * params[i]
                         sq += params[i] * params[i]
                     penalty += l2[li] * np.float64(sq)
             if has_reg:
                 loss[0] = loss[0] + penalty
                 batch_loss = np.float64(loss[0])
             if not np.isfinite(batch_loss) or batch_loss > loss_limit:
+                ctl[me + PUBLISHED] = base + 1
                 status[0], status[1], status[2] = 1, e, step
                 return step
             backup[:] = params
+            # the update of my slice (ZeRO stage 1: each rank updates 1/size of the values)
             if decoupled:
                 f = factor[step]
-                for i in range(P):
+                for i in range(a, b):
                     if decay_all or decay[i]:
                         params[i] = params[i] * f
             elif weight_decay != 0:
-                for i in range(P):
+                for i in range(a, b):
                     if decay_all or decay[i]:
                         grads[i] = grads[i] + weight_decay * params[i]
             if kind == SGD:
-                sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
+                sgd_range(params, grads, lrs[step], mask, has_mask, one, a, b)
             elif kind == MOMENTUM:
                 momentum_range(params, grads, slot_1, lrs[step], momentum, nesterov, mask,
-                               has_mask, one, 0, P)
+                               has_mask, one, a, b)
             else:
                 adam_range(params, grads, slot_1, slot_2, step_sizes[step], beta_1, c1, beta_2,
-                           c2, sqrt_bc2s[step], epsilon, mask, has_mask, one, 0, P)
+                           c2, sqrt_bc2s[step], epsilon, mask, has_mask, one, a, b)
+            # all-gather the parameters: my slice goes where my gradient slice was (no peer
+            # reads it: each sums only its own slice of my row)
+            for i in range(np.uint64(a), np.uint64(b)):
+                mine[i] = params[i]
+            store_release(ctl, me, base + 2)
+            comm_status = wait_all(ctl, me, base + 2)
+            if comm_status != OK:
+                status[0], status[1], status[2], status[3] = 3, e, step, comm_status
+                return step
+            ctl[me + PUBLISHED] = base + 2
+            for r in range(size):
+                if r != rank:
+                    ra, rb = _slice(0, P, r, size, align)
+                    src = slots[sl, r]
+                    for i in range(np.uint64(ra), np.uint64(rb)):
+                        params[i] = src[i]
             step += 1
             loss_total += batch_loss * n_total if reduction == 0 else batch_loss
         epoch_loss[e] = loss_total / n if reduction == 0 else loss_total
@@ -239,3 +286,40 @@ def _epochs_dp(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, p
             status[0], status[1], status[2] = 2, e, step
             return step
     return step
+
+
+@njit(cache=True)
+def allgather_slices(arr, slots, ctl, me, rank, size):
+    """Make `arr` whole on every rank from each rank's slice (:func:`train_epochs_dp` updates
+    only rank r's slice of the optimizer state): copy my slice into my row, one barrier, copy
+    every other slice from its owner's row. Returns OK or a status code.
+
+    Parameters
+    ----------
+    arr : ndarray, shape (P,), the slots' dtype
+    slots, ctl, me
+        The group (:class:`minscale.kernels._collectives.Group`).
+    rank, size : int
+    """
+    P = arr.size
+    align = max(1, 64 // arr.itemsize)
+    g = ctl[me + GENERATION]
+    ctl[me + GENERATION] = g + 1
+    sl = g % 2
+    base = ctl[me + PUBLISHED]
+    a, b = _slice(0, P, rank, size, align)
+    mine = slots[sl, rank]
+    for i in range(np.uint64(a), np.uint64(b)):
+        mine[i] = arr[i]
+    store_release(ctl, me, base + 1)
+    status = wait_all(ctl, me, base + 1)
+    if status != OK:
+        return status
+    ctl[me + PUBLISHED] = base + 1
+    for r in range(size):
+        if r != rank:
+            ra, rb = _slice(0, P, r, size, align)
+            src = slots[sl, r]
+            for i in range(np.uint64(ra), np.uint64(rb)):
+                arr[i] = src[i]
+    return OK

@@ -871,9 +871,15 @@ class SharedMemoryComm:
         return f"SharedMemoryComm(rank={self._rank}, size={self._size})"
 
 
-def _limit_blas(blas_threads):
+def _limit_blas(blas_threads, compiled=False):
     if blas_threads is None:
         return contextlib.nullcontext()
+    if compiled:
+        # Numba's np.dot (the compiled training loops' matrix products) calls SciPy's
+        # OpenBLAS, a second copy that threadpoolctl can limit only once it is loaded: left
+        # to load later, it ran 2 threads per worker and k workers slowed down ~40x
+        with contextlib.suppress(ImportError):
+            import scipy.linalg.cython_blas  # noqa: F401, PLC0415  (third-party, for Numba)
     from threadpoolctl import threadpool_limits  # noqa: PLC0415  (third-party, loaded when used)
 
     return threadpool_limits(limits=blas_threads)
@@ -989,7 +995,7 @@ def _worker_main(spec, rank, payload, conn, blas_threads):
         comm = SharedMemoryComm(spec, rank)
         # from here on a death is not a start-up failure (see _death_message)
         conn.send(("started", rank))
-        with _limit_blas(blas_threads):
+        with _limit_blas(blas_threads, spec.compiled):
             result = fn(comm, *args)
         conn.send(("ok", rank, result))
     except BaseException as exc:

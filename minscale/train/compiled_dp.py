@@ -153,6 +153,13 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
             code, epoch = int(status[0]), e0 + int(status[1])
             if code == 3:
                 comm.raise_status(int(status[3]), "allreduce")
+            # each rank updated its slice of the optimizer state: make it whole everywhere
+            for state in (update.slot_1, update.slot_2):
+                if state.size:
+                    failed = dp.allgather_slices(state, group.slots, group.ctl, group.me, rank,
+                                                 comm.size)
+                    if failed:
+                        comm.raise_status(failed, "allgather")
             model.grad_buffer[-1] = scratch.loss[0]
             if code == 1:
                 loop.diverged(model, buf.backup, epoch, opt.iterations, lr_last,

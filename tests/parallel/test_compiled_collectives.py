@@ -24,8 +24,10 @@ from minscale.parallel.shm import run_workers
 pytestmark = pytest.mark.exactness
 collectives = pytest.importorskip("minscale.kernels._collectives")
 
-# one value, a small buffer, and one above SPLIT_MIN_BYTES that spans several chunks
-SIZES = (1, 1001, 3 * collectives.DEFAULT_CHUNK_BYTES // 8 + 5)
+# one value, a small buffer, and one above SPLIT_MIN_BYTES that spans several chunks, the
+# last one short
+SIZES = (1, 1001, (collectives.DEFAULT_SPLIT_MIN_BYTES + collectives.DEFAULT_CHUNK_BYTES) // 8
+         + 5)
 
 
 def _contribution(rank, step, n, dtype):
