@@ -3,18 +3,21 @@
 The data-parallel twin of :mod:`minscale.kernels._fastfit`: every worker runs
 :func:`train_epochs_dp` over the same global batches; per batch it takes its contiguous shard
 (the split of ``minscale.parallel.shard_bounds``), computes the shard's gradient and loss
-scaled by the *global* batch size (:func:`mse_shard`), allreduces gradients and loss in one
-buffer with the compiled shared-memory allreduce (:func:`minscale.kernels._collectives.allreduce`,
-rank-order sums, so every rank holds the same bits), adds the L2 penalties once, checks for
-divergence and applies the same update as every other rank -- with no Python per step. The
+scaled by the *global* batch size (:func:`mse_shard`), publishes them in its slot of the
+shared-memory group (:mod:`minscale.kernels._collectives`), sums the loss and *its slice* of
+the gradient over the ranks in rank order (reduce-scatter), adds the L2 penalties once, checks
+for divergence, updates its slice of the parameters and optimizer state (ZeRO stage 1,
+Rajbhandari et al. 2020), and gathers the other ranks' updated slices (all-gather) -- two
+barriers and no Python per step. Every value is summed in rank order, so every rank holds the
+same bits; :func:`allgather_slices` makes the optimizer state whole after a call. The
 arithmetic is that of the general data-parallel loop (:func:`minscale.train.loop.run` with a
 communicator), operation for operation, except that matrix products with few terms are summed
 in index order (as in the single-process compiled loop).
 
 The body repeats :func:`minscale.kernels._fastfit.train_epochs`'s on purpose (its loop is one
-function for speed, see there) with four changes: the shard rows, :func:`mse_shard`, the
-allreduce before the penalties, and an empty shard (more ranks than rows in a short last
-batch) contributing zero gradients. The per-element rules, the matrix product and the named
+function for speed, see there) with these changes: the shard rows, :func:`mse_shard`, the
+reduce-scatter before the penalties, the update of one slice followed by the all-gather, and
+an empty shard (more ranks than rows in a short last batch) contributing zero gradients. The per-element rules, the matrix product and the named
 tuples are imported from ``_fastfit`` and ``_rules``.
 
 Imports only NumPy, Numba and :mod:`minscale.kernels`.

@@ -8,8 +8,10 @@ itself. When the compiled single-process loop supports the model and options
 (``SharedMemoryComm.compiled_group``), every worker instead hands whole epochs to
 ``minscale.kernels._fastfit_dp.train_epochs_dp`` (reached through
 :func:`minscale.kernels.compiled_data_parallel_epochs`), which takes its shard of every global
-batch, allreduces the shard gradients and the loss in compiled code and applies the same update
-as every other rank.
+batch, sums the shard gradients and losses over the ranks in compiled code (a reduce-scatter:
+each rank sums and updates its slice of the parameters, then an all-gather) and ends every step
+with the same parameters on every rank. The optimizer state each rank updated in slices is
+gathered after every compiled call (``_fastfit_dp.allgather_slices``).
 
 Everything around it is the single-process compiled path's (:mod:`minscale.train.compiled`:
 the per-update schedule, the model's layout, the work buffers, the history) and the general
