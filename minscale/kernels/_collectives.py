@@ -44,12 +44,13 @@ Memory order: a counter is published with a store-release and read with a load-a
 before a publish is visible to a peer that saw the counter; a plain load in a spin loop could
 be hoisted out of it by the optimizer.
 
-Waiting: spin on the counters for :data:`SPIN` rounds (no system call: a peer usually arrives
-within microseconds), then call :func:`slow_wait` between further spins, which yields the CPU
-(``sched_yield``), later sleeps 50 us per call, and checks the deadline (``timeout`` seconds
-from the first slow call), whether the group's creator is still alive, and the group's abort
-and broken flags. A rank that gives up (deadline, dead creator) sets
-the broken flag, so its peers give up at once too.
+Waiting: spin on the counters for :data:`SPIN` rounds (no system call: a running peer arrives
+within microseconds), then call :func:`slow_wait` between short spins. It yields the core
+(``sched_yield``, as MPICH's progress loop does after a number of polls, so a peer waiting for
+the same core gets it), after 50 ms of waiting sleeps 50 us per call instead, and checks the
+deadline (``timeout`` seconds from the first slow call), whether the group's creator is still
+alive, and the group's abort and broken flags. A rank that gives up (deadline, dead creator)
+sets the broken flag, so its peers give up at once too.
 
 Imports only NumPy, Numba and :mod:`minscale.kernels`.
 
@@ -89,8 +90,12 @@ RANK, SIZE, OFF, TIMEOUT_NS, OWNER_PID, CHUNK_BYTES, SPLIT_MIN_BYTES = 1, 2, 3, 
 #: a rank's own counts, at ``me + ...``: collectives so far (selects the slot set), steps
 #: published, the deadline and the next creator check of a wait (monotonic ns)
 GENERATION, PUBLISHED, DEADLINE, NEXT_CHECK = 8, 9, 10, 11
-#: rounds of spinning on the counters before the first :func:`slow_wait`
-SPIN = 1024
+#: rounds of spinning on the counters before the first :func:`slow_wait` (a few microseconds;
+#: then the rank yields between short spins, as MPICH's progress loop does, so that a peer
+#: waiting for the same core gets it)
+SPIN = 2048
+# spins between two slow calls
+_SPIN_BETWEEN = 256
 #: ``op`` codes of :func:`allreduce`
 OPS = {"sum": 0, "max": 1, "min": 2}
 #: status codes: done; aborted; a peer gave up (broken); the deadline passed; creator died
@@ -103,8 +108,10 @@ DEFAULT_SPLIT_MIN_BYTES = 1 << 21
 
 # nanoseconds between two looks at the group's creator while waiting
 _OWNER_POLL_NS = 100_000_000
-# slow calls that only yield before they start sleeping
-_YIELDS = 2000
+# nanoseconds of a wait spent yielding before the slow calls start sleeping: sleeping under
+# load wakes late (milliseconds), so only waits this long, far beyond any training step's
+# imbalance, stop burning a core
+_YIELD_NS = 50_000_000
 _SLEEP = 5e-5
 
 
@@ -240,7 +247,7 @@ def slow_wait(ctl, me, calls):
         ctl[me + NEXT_CHECK] = now + _OWNER_POLL_NS
         if _owner_gone(int(ctl[me + OWNER_PID])):
             return STATUS_OWNER_GONE
-    if calls < _YIELDS:
+    if now - (ctl[me + DEADLINE] - ctl[me + TIMEOUT_NS]) < _YIELD_NS:
         os.sched_yield()
     else:
         time.sleep(_SLEEP)
@@ -278,7 +285,7 @@ def wait_all(ctl, me, target):
         spins += 1
         if spins < SPIN:
             continue
-        spins = SPIN - 64  # a few more spins between slow calls
+        spins = SPIN - _SPIN_BETWEEN
         if load_acquire(ctl, ABORTED) != 0:
             return STATUS_ABORTED
         if load_acquire(ctl, BROKEN) != 0:
