@@ -90,10 +90,10 @@ RANK, SIZE, OFF, TIMEOUT_NS, OWNER_PID, CHUNK_BYTES, SPLIT_MIN_BYTES = 1, 2, 3, 
 #: a rank's own counts, at ``me + ...``: collectives so far (selects the slot set), steps
 #: published, the deadline and the next creator check of a wait (monotonic ns)
 GENERATION, PUBLISHED, DEADLINE, NEXT_CHECK = 8, 9, 10, 11
-#: rounds of spinning on the counters before the first :func:`slow_wait` (a few microseconds;
+#: rounds of spinning on the counters before the first :func:`slow_wait` (tens of microseconds;
 #: then the rank yields between short spins, as MPICH's progress loop does, so that a peer
 #: waiting for the same core gets it)
-SPIN = 2048
+SPIN = 16384
 # spins between two slow calls
 _SPIN_BETWEEN = 256
 #: ``op`` codes of :func:`allreduce`
