@@ -107,7 +107,7 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
                         dtype=np.float64)
     comm.broadcast(seed_buf, root=0)
     rng = np.random.default_rng(int(seed_buf[0]))
-    verbose = verbose if rank == 0 else 0
+    show = verbose if rank == 0 else 0  # only rank 0 prints
     update = compiled._update(fastfit, opt, model.params, step0, lr64, model.prunable)
     net = compiled._network(fastfit, model)
     has_mask = not model.mask.all()
@@ -122,10 +122,12 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
     group = comm.compiled_group(model.dtype)
     status = np.zeros(4, dtype=np.int64)
     history = History()
+    # from the arguments every rank has alike (not `show`): the optimizer state is gathered
+    # after every call, a collective every rank must make as often as the others
     per_call = 1 if (validation_data is not None or verbose) else max(1, epochs)
     per_call = min(per_call, max(1, compiled.ORDER_ENTRIES // max(n, 1)))
     loss_limit = None
-    bar = progress_bar(verbose, total)
+    bar = progress_bar(show, total)
     done = 0
     try:
         for e0 in range(0, epochs, per_call):
@@ -169,7 +171,7 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
             if code == 2:
                 loop.diverged(model, buf.backup, epoch, opt.iterations, lr_last, float("nan"))
             compiled._log_epochs(model, history, bar, e0, scratch.epoch_loss, epochs,
-                                 validation_data, verbose)
+                                 validation_data, show)
     finally:
         if bar is not None:
             bar.close()
