@@ -140,7 +140,10 @@ class C2CProbe:
     def __init__(self):
         self.exe = None
         self.note = None
-        src = os.path.join(ROOT, "..", "shared", "tools", "c2c_probe.c")
+        # the project's shared folder beside the checkout (main) or two levels up (worktrees)
+        candidates = [os.path.join(ROOT, *[".."] * up, "shared", "tools", "c2c_probe.c")
+                      for up in (1, 2)]
+        src = next((c for c in candidates if os.path.exists(c)), candidates[0])
         gcc = shutil.which("gcc")
         if not os.path.exists(src):
             self.note = f"no probe source at {src}"

@@ -178,7 +178,9 @@ KERNELS = [
 
 #: names deliberately added by the refactor, per module (each documented in docs/)
 ADDED = {
-    "minscale.kernels": ["compiled_epochs"],
+    "minscale.kernels": ["compiled_epochs",
+                         # issue 18: compiled shared-memory collectives and data-parallel epochs
+                         "compiled_collectives", "compiled_data_parallel_epochs"],
     # robustness fixes landed beside the split: stale temporaries, bounded waits, timeouts
     "minscale.io": ["STALE_TEMP_SECONDS", "remove_stale_temporaries"],
     "minscale.parallel.base": ["DEFAULT_TIMEOUT", "TIMEOUT_ENV", "check_timeout",

@@ -16,7 +16,7 @@ import importlib
 import os
 
 __all__ = ["BACKENDS", "get_backend", "set_backend", "impl", "compiled_epochs",
-           "ACTIVATION_CODES"]
+           "compiled_collectives", "compiled_data_parallel_epochs", "ACTIVATION_CODES"]
 
 BACKENDS = ("numpy", "numba")
 
@@ -122,6 +122,49 @@ def compiled_epochs():
     if get_backend() != "numba":
         return None
     return importlib.import_module("minscale.kernels._fastfit")
+
+
+def compiled_data_parallel_epochs():
+    """The compiled data-parallel epoch loop (:mod:`minscale.kernels._fastfit_dp`) on numba.
+
+    Returns
+    -------
+    module or None
+        ``minscale.kernels._fastfit_dp`` when :func:`get_backend` is ``"numba"``, else None.
+    """
+    if get_backend() != "numba":
+        return None
+    return importlib.import_module("minscale.kernels._fastfit_dp")
+
+
+def compiled_collectives(backend=None):
+    """The compiled shared-memory allreduce (:mod:`minscale.kernels._collectives`) on numba.
+
+    Parameters
+    ----------
+    backend : {"numpy", "numba"} or None
+        None: the backend in use (:func:`get_backend`). A shared-memory group records the
+        choice its creator made, and its workers pass it here, so that every rank runs the
+        same algorithm whatever backend the worker resolves on its own.
+
+    Returns
+    -------
+    module or None
+        ``minscale.kernels._collectives`` for numba, else None.
+
+    Raises
+    ------
+    ValueError
+        If `backend` is not a known backend.
+    ImportError
+        If `backend` is ``"numba"`` and Numba cannot be imported.
+    """
+    if backend is None:
+        backend = get_backend()
+    _check_name(backend, "backend")
+    if backend != "numba":
+        return None
+    return importlib.import_module("minscale.kernels._collectives")
 
 
 def __getattr__(name):

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from .base import (
     DEFAULT_TIMEOUT,
     CommAbortedError,
@@ -340,6 +341,9 @@ class BoundedBarrier:
     context : multiprocessing context
         Creates the lock, the two gate semaphores and the four shared int64 words
         ``[arrived, generation, broken, aborted]``.
+    extra_words : int, default 0
+        Further shared int64 words after those four (the counters of the compiled
+        collectives, which read the broken and aborted flags from the same array).
 
     Notes
     -----
@@ -358,11 +362,11 @@ class BoundedBarrier:
 
     _ARRIVED, _GENERATION, _BROKEN, _ABORTED = range(4)
 
-    def __init__(self, size, context):
+    def __init__(self, size, context, extra_words=0):
         self.size = _check_positive_int(size, "size")
         self._lock = context.Lock()
         self._gates = (context.Semaphore(0), context.Semaphore(0))
-        self._words = context.RawArray("q", 4)
+        self._words = context.RawArray("q", 4 + int(extra_words))
 
     @property
     def aborted(self):
@@ -457,6 +461,9 @@ class SharedMemoryCommSpec:
         Seconds, per collective.
     owner_pid : int
         The process that created the group; ranks stop when it dies.
+    compiled : bool, default False
+        Whether the ranks run the compiled collectives (the creator's backend was numba);
+        the barrier's words then hold their counters too.
     """
 
     workspace: SharedArraySpec
@@ -464,6 +471,7 @@ class SharedMemoryCommSpec:
     barrier: Any
     timeout: float
     owner_pid: int
+    compiled: bool = False
 
 
 class SharedMemoryGroup:
@@ -481,6 +489,10 @@ class SharedMemoryGroup:
         `default_timeout` (``$MINSCALE_COMM_TIMEOUT``, else 120).
     context : multiprocessing context or None
         Defaults to ``multiprocessing.get_context("spawn")``.
+    compiled : bool or None, default None
+        Whether the ranks allreduce in compiled code (:mod:`minscale.kernels._collectives`);
+        None: when the kernel backend is numba (``kernels.compiled_collectives``). Every rank
+        follows this choice.
 
     Attributes
     ----------
@@ -494,24 +506,30 @@ class SharedMemoryGroup:
 
     Notes
     -----
-    Memory: ``2 * size * ceil(nbytes / 64) * 64`` bytes of shared memory. Use as a context
-    manager, or call `close`, so the segment is unlinked even when workers fail.
+    Memory: ``2 * size * ceil(nbytes / 64) * 64`` bytes of shared memory, plus 128 bytes
+    per rank of counters when compiled. Use as a context manager, or call `close`, so the
+    segment is unlinked even when workers fail.
     """
 
-    def __init__(self, size, nbytes, *, timeout=None, context=None):
+    def __init__(self, size, nbytes, *, timeout=None, context=None, compiled=None):
         size = _check_positive_int(size, "size")
         nbytes = _check_positive_int(nbytes, "nbytes")
         timeout = _resolve_timeout(timeout)
         ctx = context if context is not None else multiprocessing.get_context("spawn")
+        native = kernels.compiled_collectives("numba" if compiled else None) \
+            if compiled is None or compiled else None
         slot = -(-nbytes // _SLOT_ALIGN) * _SLOT_ALIGN
         self._workspace = SharedArray.create((2, size, slot), dtype="uint8")
         try:
             self.spec = SharedMemoryCommSpec(
                 workspace=self._workspace.spec,
                 size=size,
-                barrier=BoundedBarrier(size, ctx),
+                # room for one 128-byte block per rank, aligned (the arena aligns on 8)
+                barrier=BoundedBarrier(size, ctx, 0 if native is None else
+                                       native.STRIDE * (size + 1)),
                 timeout=timeout,
                 owner_pid=os.getpid(),
+                compiled=native is not None,
             )
         except BaseException:
             self._workspace.close()
@@ -570,8 +588,11 @@ class SharedMemoryComm:
     Notes
     -----
     allreduce: ``buf <- sum over r = 0..size-1 of buf_r``, added in rank order, identical on
-    every rank; cost: one copy in, one barrier, ``size`` reads. See the module docstring for
-    the double-buffered slot scheme.
+    every rank. In a compiled group (``spec.compiled``) it runs
+    :func:`minscale.kernels._collectives.allreduce`: a spin barrier on per-rank counters and,
+    for large buffers, a reduce-scatter + all-gather in pipelined chunks; otherwise one copy
+    in, one `BoundedBarrier` wait and ``size`` reads. See the module docstring for the
+    double-buffered slot scheme, which both paths share.
 
     Examples
     --------
@@ -598,7 +619,23 @@ class SharedMemoryComm:
         self._workspace = SharedArray.attach(spec.workspace)
         self._slot_bytes = spec.workspace.shape[2]
         self._views = {}
-        self._generation = 0
+        # [collectives so far (selects the slot set), steps published by the compiled path]
+        self._state = np.zeros(2, dtype=np.int64)
+        self._native = None
+        self._groups = {}
+        if spec.compiled:
+            native = self._native = kernels.compiled_collectives("numba")
+            self._ctl = np.frombuffer(self._barrier._words, dtype=np.int64)
+            self._me = native.setup(self._ctl, native.control_offset(self._ctl.ctypes.data),
+                                    self._rank, self._size, int(self.timeout * 1e9),
+                                    int(self._owner_pid))
+            # the compiled code keeps the same two counts in this rank's block
+            self._state = self._ctl[self._me + native.GENERATION:
+                                    self._me + native.PUBLISHED + 1]
+
+    @property
+    def _generation(self):
+        return int(self._state[0])
 
     @property
     def rank(self):
@@ -627,6 +664,52 @@ class SharedMemoryComm:
             self._views[dtype] = view
         return view[self._generation % 2]
 
+    def compiled_group(self, dtype):
+        """This rank's view of the group for compiled code, or None in a Python-only group.
+
+        Parameters
+        ----------
+        dtype : numpy dtype, float32 or float64
+            The dtype of the buffers to allreduce.
+
+        Returns
+        -------
+        minscale.kernels._collectives.Group or None
+            Shares this communicator's state: compiled allreduces through it (e.g. inside a
+            compiled training loop, ``_collectives.allreduce``) and this object's collectives
+            may alternate, in the same order on every rank.
+        """
+        group = self._groups.get(dtype)
+        if group is None and self._native is not None:
+            dtype = np.dtype(dtype)
+            group = self._native.Group(self._workspace.array.view(dtype), self._ctl, self._me)
+            self._groups[dtype] = group
+        return group
+
+    def raise_status(self, status, what):
+        """Raise the error for a failed compiled collective's status code.
+
+        Parameters
+        ----------
+        status : int
+            A nonzero status of :mod:`minscale.kernels._collectives`.
+        what : str
+            The collective, e.g. "allreduce".
+
+        Raises
+        ------
+        CommAbortedError
+            Aborted, or the creator of the group died.
+        CommTimeoutError
+            The timeout passed, or a peer gave up first.
+        """
+        native = self._native
+        text = {native.STATUS_ABORTED: "aborted", native.STATUS_BROKEN: "broken",
+                native.STATUS_TIMEOUT: "timeout"}.get(status)
+        if text is None:
+            text = f"the parent process (pid {self._owner_pid}) that started the group died"
+        self._raise(text, f"{what} #{self._generation}")
+
     def _check_fits(self, buf):
         if buf.nbytes > self._slot_bytes:
             raise ValueError(
@@ -649,8 +732,10 @@ class SharedMemoryComm:
         if self._barrier.aborted:
             raise CommAbortedError(f"rank {self._rank}: group aborted before {where}")
         status = self._owner_died() or self._barrier.wait(self.timeout, self._owner_died)
-        if status is None:
-            return
+        if status is not None:
+            self._raise(status, where)
+
+    def _raise(self, status, where):
         if status == "aborted":
             raise CommAbortedError(
                 f"rank {self._rank}: group aborted during {where} "
@@ -695,9 +780,16 @@ class SharedMemoryComm:
         self._check_fits(buf)
         if self._size == 1:
             return buf
-        flat = buf.reshape(-1)
+        flat = buf if buf.ndim == 1 else buf.reshape(-1)
+        if self._native is not None:
+            # the fields one by one: a tuple argument costs the dispatcher microseconds
+            status = self._native.allreduce(flat, *self.compiled_group(buf.dtype),
+                                            self._native.OPS[op])
+            if status:
+                self.raise_status(status, "allreduce")
+            return buf
         slots = self._slots(buf.dtype)
-        self._generation += 1
+        self._state[0] += 1
         n = flat.size
         slots[self._rank, :n] = flat
         self._wait("allreduce")
@@ -732,9 +824,14 @@ class SharedMemoryComm:
         self._check_fits(buf)
         if self._size == 1:
             return buf
-        flat = buf.reshape(-1)
+        flat = buf if buf.ndim == 1 else buf.reshape(-1)
+        if self._native is not None:
+            status = self._native.broadcast(flat, *self.compiled_group(buf.dtype), root)
+            if status:
+                self.raise_status(status, "broadcast")
+            return buf
         slots = self._slots(buf.dtype)
-        self._generation += 1
+        self._state[0] += 1
         n = flat.size
         if self._rank == root:
             slots[root, :n] = flat
@@ -751,7 +848,11 @@ class SharedMemoryComm:
         CommTimeoutError, CommAbortedError
             As for `allreduce`.
         """
-        if self._size > 1:
+        if self._size > 1 and self._native is not None:
+            status = self._native.barrier(self._ctl, self._me)
+            if status:
+                self.raise_status(status, "barrier")
+        elif self._size > 1:
             self._wait("barrier")
 
     def abort(self):
@@ -761,6 +862,7 @@ class SharedMemoryComm:
     def close(self):
         """Detach from the workspace (the parent unlinks it); idempotent."""
         self._views.clear()
+        self._groups.clear()
         self._workspace.close()
 
     def __enter__(self):
@@ -773,9 +875,15 @@ class SharedMemoryComm:
         return f"SharedMemoryComm(rank={self._rank}, size={self._size})"
 
 
-def _limit_blas(blas_threads):
+def _limit_blas(blas_threads, compiled=False):
     if blas_threads is None:
         return contextlib.nullcontext()
+    if compiled:
+        # Numba's np.dot (the compiled training loops' matrix products) calls SciPy's
+        # OpenBLAS, a second copy that threadpoolctl can limit only once it is loaded: left
+        # to load later, it ran 2 threads per worker and k workers slowed down ~40x
+        with contextlib.suppress(ImportError):
+            import scipy.linalg.cython_blas  # noqa: F401, PLC0415  (third-party, for Numba)
     from threadpoolctl import threadpool_limits  # noqa: PLC0415  (third-party, loaded when used)
 
     return threadpool_limits(limits=blas_threads)
@@ -891,7 +999,7 @@ def _worker_main(spec, rank, payload, conn, blas_threads):
         comm = SharedMemoryComm(spec, rank)
         # from here on a death is not a start-up failure (see _death_message)
         conn.send(("started", rank))
-        with _limit_blas(blas_threads):
+        with _limit_blas(blas_threads, spec.compiled):
             result = fn(comm, *args)
         conn.send(("ok", rank, result))
     except BaseException as exc:

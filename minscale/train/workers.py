@@ -54,6 +54,7 @@ from ..parallel.shm import (
     run_workers,
     unpack_exception,
 )
+from . import compiled_dp
 from .callbacks import Callback
 from .history import DivergenceError
 from .loop import run
@@ -165,8 +166,12 @@ def _train_worker(comm, job):
             comm.barrier()
         error = history = None
         try:
-            # run() synchronizes QAT observers itself when comm has more than one rank
-            history = run(model, X, y, comm=run_comm, **options)
+            if run_comm is not None and compiled_dp.supports(model, options, run_comm):
+                # whole epochs per compiled call, the allreduce inside (same results)
+                history = compiled_dp.run(model, X, y, run_comm, **options)
+            else:
+                # run() synchronizes QAT observers itself when comm has more than one rank
+                history = run(model, X, y, comm=run_comm, **options)
         except DivergenceError as exc:
             # The loop restored the last finite parameters; hand them back with the error.
             error = pack_exception(exc)
