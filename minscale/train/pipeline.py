@@ -435,9 +435,12 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
                 lossbuf[:] = 0.0
                 if stage.last:
                     lossbuf[0] = data_loss
-                if regularized and replica == 0:  # the replicas' penalties are equal: once
+                if regularized:
+                    # every replica adds the penalty's gradient (after the allreduce, as
+                    # loop.run); the penalty is counted once, from replica 0
                     for k in range(stage.first, stage.stop):
-                        lossbuf[1 + k] = model.layers[k].regularize()
+                        penalty = model.layers[k].regularize()
+                        lossbuf[1 + k] = penalty if replica == 0 else 0.0
                 comm.allreduce(lossbuf)
                 if data_comm is not None:
                     data_comm.allreduce(lossbuf)

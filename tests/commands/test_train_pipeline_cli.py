@@ -85,4 +85,4 @@ def test_mpi_pipeline_prints_the_losses_of_the_micro_batch_run():
     wrong = _run(*TRAIN, "--pipeline-stages", "3", "--micro-batches", "4", "--comm", "mpi",
                  launcher=(mpiexec, "-n", "2"))
     assert wrong.returncode != 0
-    assert "--pipeline-stages 3 must equal the number of MPI ranks (mpiexec -n 2)" in wrong.stderr
+    assert "--pipeline-stages 3 must divide the number of MPI ranks (mpiexec -n 2)" in wrong.stderr
