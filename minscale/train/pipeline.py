@@ -35,6 +35,14 @@ Empty micro-batches are allowed: a batch of n < m rows (the last batch of an epo
 m - n empty micro-batches, which travel through the pipeline as 0-row arrays and add exact
 zeros, as they do in the single-process reference.
 
+Data-parallel replicas (``workers=d``). d x p processes, world rank w being stage w % p of
+replica w // p (``grid_groups(d, p)``); ``comm`` is then the replica's pipeline group and
+``data_comm`` the stage's d replicas, both :class:`~minscale.parallel.tensor.SubgroupComm`.
+Replica r takes shard ``shard_bounds(n, r, d)`` of every batch (the data-parallel rule) and
+cuts it into m micro-batches; after the last backward each stage's accumulated gradient is
+allreduced over its replicas, in replica order: the float operations of
+``accumulate_micro_batches(..., replicas=d)``, so again equal bit for bit.
+
 QAT. Activation observers are per layer, so each stage's observers see its layers'
 micro-batches in order, as in the single-process reference; with m > 1 that is m range
 updates per step where full-batch training makes one, so QAT training equals full-batch
@@ -58,7 +66,6 @@ from ..io import TrainingProgress, data_digest, restore_checkpoint, write_checkp
 from ..parallel.base import CommError, WorkerError, default_timeout, shard_bounds
 from ..parallel.p2p import MPILinks, SharedMemoryLinks, SharedMemoryMailboxes
 from ..parallel.schedule import pipeline_schedule
-from ..parallel.tensor import SubgroupComm, grid_groups
 from ..parallel.shm import (
     SharedArray,
     SharedArraySpec,
@@ -67,6 +74,7 @@ from ..parallel.shm import (
     run_workers,
     unpack_exception,
 )
+from ..parallel.tensor import SubgroupComm, grid_groups
 from ..prune import prune
 from .history import DivergenceError, History, divergence_limit
 from .loop import diverged
