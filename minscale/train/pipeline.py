@@ -708,10 +708,11 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
         nbytes = max(largest, 2 * len(model.layers) + 1) * 8
     else:
         # a sub-group collective carries every group's segment (SubgroupComm): d replicas'
-        # gathers or loss buffers, the p stages' gradients (the whole model), the lengths
-        nbytes = max(replicas * largest, model.params.size, replicas * (2 * len(model.layers)
-                                                                         + 1),
-                     replicas * stages) * 8
+        # gathers or loss buffers, the p stages' gradients (the whole model) or loss
+        # buffers, the lengths
+        n_layers = len(model.layers)
+        nbytes = max(replicas * largest, model.params.size, replicas * (2 * n_layers + 1),
+                     stages * (1 + n_layers), replicas * stages) * 8
     owned = []
     try:
         X_shared, y_shared = _shared_copy(X), _shared_copy(y)
