@@ -101,7 +101,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     quantization : optional
         Quantization-aware training config, passed to :func:`minscale.quant.prepare_qat`.
     workers : int, default 1
-        Worker processes on this machine (data-parallel; see :mod:`minscale.parallel`).
+        Worker processes on this machine (data-parallel; see :mod:`minscale.parallel`); with
+        ``pipeline_stages=p``, data-parallel replicas of the pipeline (``workers x p``
+        processes).
     mode : {"sync", "async"}
         Data-parallel mode for ``workers > 1``.
     comm : Communicator, optional
@@ -168,7 +170,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         A damaged or foreign `resume` file.
     minscale.parallel.WorkerError
         A pipeline stage process died or stopped answering (``pipeline_stages > 1``): the
-        message names the stage and its layers; a stage's exception is re-raised with its
+        message names the stage and its layers (and its replica with ``workers > 1``); a stage's exception is re-raised with its
         own type and a note naming the stage.
     DivergenceError
         The loss became NaN or inf, or a batch loss exceeded `BLOWUP_FACTOR` (1e10) times the
