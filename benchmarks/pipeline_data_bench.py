@@ -1,7 +1,7 @@
 """Pipeline x data parallelism: seconds per update of fit(workers=d, pipeline_stages=p).
 
-Run (from the project root, in a quiet window; about 3 minutes with the defaults, 8.5 for --rounds 2 at
-load average 11 - 13)::
+Run (from the project root, in a quiet window; about 3 minutes with the defaults, 8.5 for
+--rounds 2 at load average 11 - 13)::
 
     PYTHONPATH=$PWD python -m benchmarks.pipeline_data_bench [--rounds 3] [--out PATH]
 
