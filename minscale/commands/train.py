@@ -60,7 +60,8 @@ def add_arguments(parser):
                              "style; with --comm mpi, K = the ranks of mpiexec -n K; default 1)")
     parser.add_argument("--pipeline-stages", type=integer, default=1, metavar="P",
                         help="pipeline-parallel training: cut the layers into P stages, one "
-                             "process each (with --comm mpi: the mpiexec ranks, -n P); "
+                             "process each, times --workers D data-parallel replicas (with "
+                             "--comm mpi: the mpiexec ranks, -n D*P); "
                              "1 .. the number of layers (default: 1)")
     parser.add_argument("--micro-batches", type=integer, default=1, metavar="M",
                         help="split every batch into M micro-batches whose gradients add up "
@@ -138,8 +139,9 @@ def check_pipeline_options(args):
     ------
     ValueError
         --pipeline-stages or --micro-batches below 1; more stages than the model's layers
-        (``len(--hidden) + 1``); a pipeline or micro-batches with --mode async,
-        --workers > 1 or --tensor-parallel > 1.
+        (``len(--hidden) + 1``); a pipeline or micro-batches with --mode async or
+        --tensor-parallel > 1; micro-batches with --workers > 1 but no pipeline;
+        --workers x --pipeline-stages above 8 x the CPU count.
     """
     check_at_least(args.pipeline_stages, "--pipeline-stages", 1)
     check_at_least(args.micro_batches, "--micro-batches", 1)
@@ -151,9 +153,14 @@ def check_pipeline_options(args):
     if args.pipeline_stages > 1 or args.micro_batches > 1:
         if args.mode == "async":
             raise ValueError("--pipeline-stages and --micro-batches need --mode sync")
-        if args.workers > 1:
-            raise ValueError("--pipeline-stages and --micro-batches do not combine with "
-                             f"--workers {args.workers}")
+        if args.workers > 1 and args.pipeline_stages == 1:
+            raise ValueError("--micro-batches combines with --workers "
+                             f"{args.workers} only with --pipeline-stages > 1")
+        limit = 8 * (os.cpu_count() or 1)
+        if args.workers * args.pipeline_stages > limit:
+            raise ValueError(f"--workers {args.workers} x --pipeline-stages "
+                             f"{args.pipeline_stages} = {args.workers * args.pipeline_stages} "
+                             f"processes, more than 8 x the {os.cpu_count()} CPUs = {limit}")
         if args.tensor_parallel > 1:
             raise ValueError("--pipeline-stages and --micro-batches do not combine with "
                              f"--tensor-parallel {args.tensor_parallel}")
@@ -199,9 +206,9 @@ def run(args):
     if args.comm == "mpi":
         comm = MPIComm()
     rank = 0 if comm is None else comm.rank
-    if comm is not None and args.pipeline_stages > 1 and args.pipeline_stages != comm.size:
-        raise ValueError(f"--pipeline-stages {args.pipeline_stages} must equal the number of "
-                         f"MPI ranks (mpiexec -n {comm.size}): one rank per stage")
+    if comm is not None and args.pipeline_stages > 1 and comm.size % args.pipeline_stages:
+        raise ValueError(f"--pipeline-stages {args.pipeline_stages} must divide the number of "
+                         f"MPI ranks (mpiexec -n {comm.size}): D replicas x one rank per stage")
     task = load_task(args, args.dtype)
     n_rows = task["X_train"].shape[0]
     if args.workers > n_rows:

@@ -120,6 +120,9 @@ class SharedMemoryLinks:
         The stage's communicator: its abort flag, rank and timeout bound every wait.
     parent_pid : int
         The launching process; a receive gives up when it has died.
+    rank : int, optional
+        This process's stage in `specs` (default ``comm.rank``; a data-parallel replica of the
+        pipeline passes its stage, its `comm` being the whole grid's).
 
     Raises
     ------
@@ -127,13 +130,14 @@ class SharedMemoryLinks:
         From `recv` (see the module docstring).
     """
 
-    def __init__(self, specs, comm, parent_pid):
+    def __init__(self, specs, comm, parent_pid, rank=None):
         self.comm = comm
+        self.rank = comm.rank if rank is None else int(rank)
         self.parent_pid = parent_pid
         self._boxes = {}
         self._attached = []
         for (src, dst), (data_spec, header_spec) in specs.items():
-            if comm.rank not in (src, dst):
+            if self.rank not in (src, dst):
                 continue
             data, header = SharedArray.attach(data_spec), SharedArray.attach(header_spec)
             self._attached += [data, header]
@@ -163,7 +167,7 @@ class SharedMemoryLinks:
         ValueError
             `buf` larger than the mailbox's capacity.
         """
-        data, header = self._box(self.comm.rank, peer)
+        data, header = self._box(self.rank, peer)
         raw = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
         if raw.size > data.shape[1]:
             raise ValueError(f"a message of {raw.size} bytes does not fit the mailbox to stage "
@@ -195,9 +199,9 @@ class SharedMemoryLinks:
         ValueError
             The message's size is not ``out.nbytes`` (the stages disagree on the schedule).
         """
-        data, header = self._box(peer, self.comm.rank)
+        data, header = self._box(peer, self.rank)
         word = header[slot]
-        rank = self.comm.rank
+        rank = self.rank
         what = f"the message from stage {peer} (slot {slot}, tag {tag})"
         start = time.monotonic()
         deadline = start + self.comm.timeout
@@ -233,7 +237,7 @@ class SharedMemoryLinks:
         whose tags start again at 1. Every stage must call it between two barriers (no message
         of either run in flight)."""
         for (_src, dst), (_data, header) in self._boxes.items():
-            if dst == self.comm.rank:
+            if dst == self.rank:
                 header[...] = 0
 
     def close(self):
@@ -250,6 +254,10 @@ class MPILinks:
     Parameters
     ----------
     comm : MPIComm
+    ranks : list of int, optional
+        The MPI ranks of the pipeline's stages, in stage order (default: stage s is rank s);
+        a data-parallel replica of the pipeline passes its own (``grid_groups``). `peer`
+        arguments are stages.
 
     Notes
     -----
@@ -260,20 +268,23 @@ class MPILinks:
     messages in order), the slot unused.
     """
 
-    def __init__(self, comm):
+    def __init__(self, comm, ranks=None):
         self.comm = comm
+        self.ranks = list(range(comm.size)) if ranks is None else [int(r) for r in ranks]
+        self.rank = self.ranks.index(comm.rank)
         self._pending = []
 
     def send(self, buf, peer, slot, tag):
-        """Start ``MPI_Isend`` of `buf` to rank `peer`; keep `buf` unchanged until `flush`."""
+        """Start ``MPI_Isend`` of `buf` to stage `peer`; keep `buf` unchanged until `flush`."""
         check_buffer(buf)
-        kind = 1 if peer > self.comm.rank else 2  # forward: to the next stage
-        self._pending.append((self.comm.isend(buf, peer, tag=kind), buf, peer))
+        kind = 1 if peer > self.rank else 2  # forward: to the next stage
+        target = self.ranks[peer]
+        self._pending.append((self.comm.isend(buf, target, tag=kind), buf, target))
 
     def recv(self, out, peer, slot, tag):
-        """Receive the next message from rank `peer` into `out` (``MPI_Irecv``, deadline)."""
-        kind = 1 if peer < self.comm.rank else 2
-        self.comm.recv(out, peer, tag=kind)
+        """Receive the next message from stage `peer` into `out` (``MPI_Irecv``, deadline)."""
+        kind = 1 if peer < self.rank else 2
+        self.comm.recv(out, self.ranks[peer], tag=kind)
         return out
 
     def flush(self):

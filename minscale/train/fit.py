@@ -101,7 +101,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     quantization : optional
         Quantization-aware training config, passed to :func:`minscale.quant.prepare_qat`.
     workers : int, default 1
-        Worker processes on this machine (data-parallel; see :mod:`minscale.parallel`).
+        Worker processes on this machine (data-parallel; see :mod:`minscale.parallel`); with
+        ``pipeline_stages=p``, data-parallel replicas of the pipeline (``workers x p``
+        processes).
     mode : {"sync", "async"}
         Data-parallel mode for ``workers > 1``.
     comm : Communicator, optional
@@ -128,7 +130,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         Pipeline-parallel training (:mod:`minscale.train.pipeline`, docs/parallel.md
         "Pipeline training"): the layers are cut into this many contiguous stages, one
         process each (on this machine, or the ranks of `comm` under ``mpiexec``, whose size
-        must equal it). Not with ``workers > 1``, ``mode="async"`` or `callbacks`.
+        must be a multiple of it). With ``workers=d`` (or a `comm` of d x p ranks): d
+        data-parallel replicas of the pipeline, each stage's gradients allreduced over its
+        replicas (docs/parallel.md "Combined with data parallelism"; not with `checkpoint`,
+        `resume` or `quantization`). Not with ``mode="async"`` or `callbacks`.
     micro_batches : int, >= 1, default 1
         Split every batch into this many micro-batches and accumulate their gradients (in
         micro-batch order, each scaled by the batch's row count); an update per batch. With
@@ -165,7 +170,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         A damaged or foreign `resume` file.
     minscale.parallel.WorkerError
         A pipeline stage process died or stopped answering (``pipeline_stages > 1``): the
-        message names the stage and its layers; a stage's exception is re-raised with its
+        message names the stage and its layers (and its replica with ``workers > 1``); a stage's exception is re-raised with its
         own type and a note naming the stage.
     DivergenceError
         The loss became NaN or inf, or a batch loss exceeded `BLOWUP_FACTOR` (1e10) times the
@@ -204,9 +209,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         if mode == "async":
             raise ValueError("pipeline_stages and micro_batches need mode='sync': the pipeline "
                              "makes one synchronous update per global batch")
-        if workers > 1:
-            raise ValueError(f"pipeline_stages={pipeline_stages}, micro_batches={micro_batches} "
-                             f"do not combine with workers={workers}")
+        if workers > 1 and pipeline_stages == 1:
+            raise ValueError(f"micro_batches={micro_batches} combines with workers={workers} "
+                             "only in pipeline training (pipeline_stages > 1)")
     if pipeline_stages > 1:
         if pipeline_stages > len(model.layers):
             raise ValueError(f"pipeline_stages={pipeline_stages} is more than the model's "
@@ -214,9 +219,18 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         if callbacks:
             raise ValueError("callbacks do not run in pipeline training (pipeline_stages > 1): "
                              "each stage holds a part of the model")
-        if comm is not None and comm.size != pipeline_stages:
-            raise ValueError(f"pipeline_stages={pipeline_stages} must equal the communicator's "
-                             f"size {comm.size} (one rank per stage)")
+        if comm is not None and comm.size % pipeline_stages:
+            raise ValueError(f"pipeline_stages={pipeline_stages} must divide the communicator's "
+                             f"size {comm.size} (d replicas x one rank per stage)")
+        replicas = workers if comm is None else comm.size // pipeline_stages
+        if replicas > 1 and (checkpoint is not None or resume is not None
+                             or quantization is not None
+                             or any(getattr(getattr(layer, "output_quantizer", None),
+                                            "observer", None) is not None
+                                    for layer in model.layers)):
+            # per-replica QAT ranges would drift apart; checkpoints are untested with replicas
+            raise ValueError("checkpoint, resume and quantization are not supported with data-"
+                             f"parallel replicas of a pipeline ({replicas} replicas)")
     elif stage_bounds is not None:
         raise ValueError("stage_bounds needs pipeline_stages > 1")
     if pruning is not None and not (hasattr(pruning, "should_prune")
@@ -255,6 +269,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     elif pipeline_stages > 1:
         history = fit_pipeline(model, X, y, stages=pipeline_stages, micro_batches=micro_batches,
                                schedule=schedule, bounds=bounds, comm=comm,
+                               replicas=workers if comm is None else 1,
                                checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                resume=resume, **{k: v for k, v in options.items()
                                                  if k != "callbacks"})

@@ -26,7 +26,7 @@ __all__ = []
 
 def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks,
         pruning, pruning_method, comm=None, checkpoint=None, checkpoint_every=None,
-        resume=None, micro_batches=1):
+        resume=None, micro_batches=1, replicas=1):
     """The training loop proper, on validated arrays (see :func:`fit`).
 
     Parameters
@@ -42,11 +42,17 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
         Split each batch (each rank's shard) into this many micro-batches and accumulate
         their gradients (:func:`accumulate_micro_batches`): the single-process reference of
         pipeline training.
+    replicas : int, default 1
+        With `micro_batches`, split each batch first into this many replica shards
+        (:func:`accumulate_micro_batches`): the single-process reference of
+        ``fit(..., workers=replicas, pipeline_stages=p, micro_batches=m)``. One process only.
 
     Returns
     -------
     History
     """
+    if replicas > 1 and comm is not None:
+        raise ValueError("replicas is the single-process reference; give it without comm")
     rank = 0 if comm is None else comm.rank
     size = 1 if comm is None else comm.size
     run_seed = seed  # the caller's seed, recorded in checkpoints (ranks derive their own)
@@ -120,12 +126,12 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 for cb in callbacks:
                     cb.on_step_begin(model, step)
                 # grads (P values) and the batch loss share one buffer: one allreduce sums both
-                if micro_batches == 1:
+                if micro_batches == 1 and replicas == 1:
                     model.grad_buffer[P] = model.compute_gradients(Xb, yb, n_total=hi - lo,
                                                                    regularize=False)
                 else:
                     model.grad_buffer[P] = accumulate_micro_batches(model, Xb, yb, hi - lo,
-                                                                    micro_batches)
+                                                                    micro_batches, replicas)
                 if size > 1:
                     comm.allreduce(model.grad_buffer)
                 if regularized:
@@ -173,7 +179,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     return history
 
 
-def accumulate_micro_batches(model, X, y, n_total, micro_batches):
+def accumulate_micro_batches(model, X, y, n_total, micro_batches, replicas=1):
     """Gradient of a batch as the sum of its micro-batches' gradients, in micro-batch order.
 
     The single-process reference of pipeline training: micro-batch i is rows
@@ -181,6 +187,13 @@ def accumulate_micro_batches(model, X, y, n_total, micro_batches):
     longer, empty ones when ``n < micro_batches``); each gets a forward and a backward pass of
     the whole model, and ``grads = ((g_0 + g_1) + g_2) + ...``. A pipeline stage runs the same
     float operations on its layers in the same order, so it ends with the same bits.
+
+    With ``replicas = d > 1`` it is the reference of d data-parallel replicas of the pipeline
+    (``fit(..., workers=d, pipeline_stages=p, micro_batches=m)``): replica r's shard is rows
+    ``shard_bounds(n, r, d)`` of the batch (the data-parallel rule), micro-batch i of replica r
+    is rows ``shard_bounds(n_r, i, m)`` of that shard, ``G_r = ((g_r0 + g_r1) + ...)`` as
+    above, and ``grads = ((G_0 + G_1) + G_2) + ...`` in replica (rank) order, which is how the
+    allreduce over the replicas of each stage adds them. The losses add up likewise.
 
     Parameters
     ----------
@@ -194,33 +207,46 @@ def accumulate_micro_batches(model, X, y, n_total, micro_batches):
         each by its own row count and averaging would weight the rows of a short micro-batch
         more.
     micro_batches : int, >= 1
+    replicas : int, >= 1, default 1
 
     Returns
     -------
     float
         The batch's data loss, the micro-batch losses added in order (no regularization;
-        the loop adds it once).
+        the loop adds it once); with replicas, the replicas' losses added in replica order.
 
     Notes
     -----
-    Writes ``model.grads``. Memory: one more gradient buffer (P values).
+    Writes ``model.grads``. Memory: one more gradient buffer (P values), two with replicas.
 
     References
     ----------
-    Gradient accumulation over micro-batches as in GPipe (Huang et al. 2019, section 2.2).
+    Gradient accumulation over micro-batches as in GPipe (Huang et al. 2019, section 2.2);
+    data-parallel shards scaled by the global batch as in Goyal et al. 2017.
     """
     P = model.params.size
-    acc = None
-    loss = 0.0
-    for i in range(micro_batches):
-        lo, hi = shard_bounds(X.shape[0], i, micro_batches)
-        loss += model.compute_gradients(X[lo:hi], y[lo:hi], n_total=n_total, regularize=False)
-        if acc is None:
-            acc = model.grads.copy()
+    total = None
+    total_loss = 0.0
+    for r in range(replicas):
+        r_lo, r_hi = shard_bounds(X.shape[0], r, replicas)
+        Xr, yr = X[r_lo:r_hi], y[r_lo:r_hi]
+        acc = None
+        loss = 0.0
+        for i in range(micro_batches):
+            lo, hi = shard_bounds(Xr.shape[0], i, micro_batches)
+            loss += model.compute_gradients(Xr[lo:hi], yr[lo:hi], n_total=n_total,
+                                            regularize=False)
+            if acc is None:
+                acc = model.grads.copy()
+            else:
+                acc += model.grad_buffer[:P]
+        if total is None:
+            total, total_loss = acc, loss
         else:
-            acc += model.grad_buffer[:P]
-    np.copyto(model.grads, acc)
-    return loss
+            total += acc
+            total_loss += loss
+    np.copyto(model.grads, total)
+    return total_loss
 
 
 def diverged(model, backup, epoch, step, lr, loss, loss_limit=math.inf):

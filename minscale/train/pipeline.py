@@ -35,6 +35,14 @@ Empty micro-batches are allowed: a batch of n < m rows (the last batch of an epo
 m - n empty micro-batches, which travel through the pipeline as 0-row arrays and add exact
 zeros, as they do in the single-process reference.
 
+Data-parallel replicas (``workers=d``). d x p processes, world rank w being stage w % p of
+replica w // p (``grid_groups(d, p)``); ``comm`` is then the replica's pipeline group and
+``data_comm`` the stage's d replicas, both :class:`~minscale.parallel.tensor.SubgroupComm`.
+Replica r takes shard ``shard_bounds(n, r, d)`` of every batch (the data-parallel rule) and
+cuts it into m micro-batches; after the last backward each stage's accumulated gradient is
+allreduced over its replicas, in replica order: the float operations of
+``accumulate_micro_batches(..., replicas=d)``, so again equal bit for bit.
+
 QAT. Activation observers are per layer, so each stage's observers see its layers'
 micro-batches in order, as in the single-process reference; with m > 1 that is m range
 updates per step where full-batch training makes one, so QAT training equals full-batch
@@ -66,6 +74,7 @@ from ..parallel.shm import (
     run_workers,
     unpack_exception,
 )
+from ..parallel.tensor import SubgroupComm, grid_groups
 from ..prune import prune
 from .history import DivergenceError, History, divergence_limit
 from .loop import diverged
@@ -238,8 +247,9 @@ def _stash_bytes(saved):
     return sum(arrays.values())
 
 
-def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None):
-    """One global batch through this stage: returns the data loss (last stage; 0.0 elsewhere).
+def _run_batch(stage, schedule, Xb, yb, n_rows, n_total, micro_batches, tag, stats=None):
+    """One batch (this replica's shard of it: `n_rows` of the global batch's `n_total` rows)
+    through this stage: returns the data loss (last stage; 0.0 elsewhere).
 
     Writes the stage's accumulated gradient into its slice of ``model.grads``; with `stats`,
     raises ``stats["peak_stash_bytes"]`` to the most bytes of saved activations held at once.
@@ -247,7 +257,7 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None)
     model, links, rank = stage.model, stage.links, stage.rank
     dtype = model.dtype
     grads = model.grads[stage.lo:stage.hi]
-    rows = [shard_bounds(n_total, i, micro_batches) for i in range(micro_batches)]
+    rows = [shard_bounds(n_rows, i, micro_batches) for i in range(micro_batches)]
     saved, outputs = {}, {}
     acc = None
     loss = 0.0
@@ -292,7 +302,8 @@ def _run_batch(stage, schedule, Xb, yb, n_total, micro_batches, tag, stats=None)
 
 def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epochs, batch_size,
               shuffle, seed, verbose, pruning, pruning_method, validation_data=None,
-              checkpoint=None, checkpoint_every=None, resume=None, stats=None, run_seed=None):
+              checkpoint=None, checkpoint_every=None, resume=None, stats=None, run_seed=None,
+              data_comm=None):
     """Train pipeline stage ``comm.rank`` of ``comm.size``; the pipeline's training loop.
 
     Parameters
@@ -303,7 +314,7 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     X, y : ndarray, shape (n, d_in) and (n, d_out), the model's dtype, the same on every stage
         Stage 0 reads X, the last stage y.
     comm : Communicator
-        One rank per stage, rank = stage.
+        One rank per stage, rank = stage (a replica's group of the grid: ``SubgroupComm``).
     links : SharedMemoryLinks or MPILinks
         The point-to-point messages between neighbouring stages.
     bounds : list of (int, int)
@@ -316,6 +327,10 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     run_seed : int or None
         The caller's `seed`, recorded in and checked against checkpoints when `seed` is one
         derived from it (every stage must shuffle alike, so a None seed is drawn once).
+    data_comm : Communicator, optional
+        The d data-parallel replicas of this stage (``SubgroupComm`` of the grid; rank =
+        replica): this replica trains on shard ``shard_bounds(n, replica, d)`` of every batch
+        and the stage's accumulated gradient is allreduced over them before the update.
     stats : dict, optional
         Filled for benchmarks: ``step_seconds`` (list, wall time of each update on this
         stage, its messages and the loss allreduce included) and ``peak_stash_bytes``.
@@ -338,6 +353,9 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
                            "of micro-batch order; the gradients would not add up as the "
                            "single-process reference adds them")
     rank = comm.rank
+    replica = 0 if data_comm is None else data_comm.rank
+    replicas = 1 if data_comm is None else data_comm.size
+    leader = rank == 0 and replica == 0  # prints and writes checkpoints
     rng = np.random.default_rng(seed)
     if run_seed is None:
         run_seed = seed
@@ -365,7 +383,7 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
     backup = params.copy()
     lossbuf = np.zeros(1 + n_layers)
     scalar = np.zeros(1, dtype=model.dtype)
-    bar = progress_bar(verbose and rank == 0, epochs * n_batches)
+    bar = progress_bar(verbose and leader, epochs * n_batches)
     lr = optimizer.current_learning_rate()
     loss_limit = None
     tag = 0
@@ -379,7 +397,7 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
             return
         gather_all()
         full = stage.full_optimizer_state()
-        if rank == 0:
+        if leader:
             stage.set_full_optimizer(full)
             write_checkpoint(checkpoint, model, TrainingProgress(
                 epoch=epoch, batch=batch, loss_total=loss_total, order=order,
@@ -403,7 +421,9 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
                 loss_total = 0.0
             for b in range(first, n_batches):
                 lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-                rows = slice(lo, hi)
+                # this replica's shard of the batch, as in data-parallel training (loop.run)
+                s_lo, s_hi = shard_bounds(hi - lo, replica, replicas)
+                rows = slice(lo + s_lo, lo + s_hi)
                 if order is None:
                     Xb, yb = X[rows], y[rows]
                 else:
@@ -415,15 +435,23 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
                     _prune_stage(stage, pruning, pruning_method, step)
                 tag += 1
                 started = time.perf_counter()
-                data_loss = _run_batch(stage, actions, Xb, yb, hi - lo, micro_batches, tag,
-                                       stats)
+                data_loss = _run_batch(stage, actions, Xb, yb, s_hi - s_lo, hi - lo,
+                                       micro_batches, tag, stats)
+                if data_comm is not None:
+                    # G = ((G_0 + G_1) + ...) in replica order (accumulate_micro_batches)
+                    data_comm.allreduce(grads)
                 lossbuf[:] = 0.0
                 if stage.last:
                     lossbuf[0] = data_loss
                 if regularized:
+                    # every replica adds the penalty's gradient (after the allreduce, as
+                    # loop.run); the penalty is counted once, from replica 0
                     for k in range(stage.first, stage.stop):
-                        lossbuf[1 + k] = model.layers[k].regularize()
+                        penalty = model.layers[k].regularize()
+                        lossbuf[1 + k] = penalty if replica == 0 else 0.0
                 comm.allreduce(lossbuf)
+                if data_comm is not None:
+                    data_comm.allreduce(lossbuf)
                 scalar[0] = lossbuf[0]
                 if regularized:
                     # as Sequential.regularize: the layers' penalties added in layer order
@@ -458,7 +486,7 @@ def run_stage(model, X, y, *, comm, links, bounds, micro_batches, schedule, epoc
             history.epoch.append(epoch)
             for key, value in logs.items():
                 history.history.setdefault(key, []).append(value)
-            if verbose and rank == 0:
+            if verbose and leader:
                 report_epoch(bar, epoch, epochs, logs, verbose)
             if checkpoint_every is None:
                 save_checkpoint(epoch + 1, 0, None, 0.0)
@@ -505,20 +533,25 @@ class _Job:
     parent_pid: int
     bounds: list
     options: dict
+    replicas: int = 1
 
 
 def _stage_worker(comm, job):
     """Worker body: attach data and mailboxes, train the stage, report (rank 0: everything)."""
     kernels.set_backend(job.backend)
     attached = [SharedArray.attach(job.X), SharedArray.attach(job.y)]
-    links = SharedMemoryLinks(job.mailboxes, comm, job.parent_pid)
+    stages = len(job.bounds)
+    # the whole grid's comm bounds the mailbox waits (its abort flag, timeout)
+    links = SharedMemoryLinks(job.mailboxes[comm.rank // stages], comm, job.parent_pid,
+                              rank=comm.rank % stages)
     model = job.model
     try:
         model.relink()
+        pipe, data = _replica_groups(comm, stages)
         error = history = None
         try:
-            history = run_stage(model, attached[0].array, attached[1].array, comm=comm,
-                                links=links, bounds=job.bounds, **job.options)
+            history = run_stage(model, attached[0].array, attached[1].array, comm=pipe,
+                                links=links, bounds=job.bounds, data_comm=data, **job.options)
         except DivergenceError as exc:
             error = pack_exception(exc)
         report = {"rank": comm.rank, "history": history, "error": error}
@@ -535,6 +568,41 @@ def _stage_worker(comm, job):
             shared.close()
 
 
+def _replica_groups(world, stages):
+    """The pipeline and data-parallel groups of a grid of d replicas x p stages.
+
+    World rank ``w`` is stage ``w % p`` of replica ``w // p`` (:func:`grid_groups` with k = p:
+    a replica's stages are neighbouring ranks).
+
+    Parameters
+    ----------
+    world : Communicator
+        Of size d * p.
+    stages : int, >= 1
+        p.
+
+    Returns
+    -------
+    pipe : Communicator
+        This process's replica: rank = stage (`world` itself when d = 1).
+    data : SubgroupComm or None
+        The d processes running this stage: rank = replica (None when d = 1).
+
+    Raises
+    ------
+    ValueError
+        The world's size not a multiple of `stages`.
+    """
+    if world.size % stages:
+        raise ValueError(f"a pipeline of {stages} stages needs a multiple of {stages} ranks "
+                         f"(d replicas x {stages} stages), got {world.size}")
+    replicas = world.size // stages
+    if replicas == 1:
+        return world, None
+    pipe_groups, data_groups = grid_groups(replicas, stages)
+    return SubgroupComm(world, pipe_groups), SubgroupComm(world, data_groups)
+
+
 def _shared_copy(arr):
     shared = SharedArray.create(arr.shape, dtype=arr.dtype)
     shared.array[...] = arr
@@ -542,7 +610,7 @@ def _shared_copy(arr):
 
 
 def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds=None,
-                 epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
+                 replicas=1, epochs=1, batch_size=32, shuffle=True, seed=None, validation_data=None,
                  verbose=0, pruning=None, pruning_method="magnitude", checkpoint=None,
                  checkpoint_every=None, resume=None, comm=None, timeout=None, blas_threads=1):
     """Pipeline-parallel training; the core of ``fit(..., pipeline_stages=p)``.
@@ -554,7 +622,12 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
         ``model.state`` and QAT ranges of the whole model.
     X, y : ndarray, validated (as :func:`minscale.train.fit` passes them)
     stages : int, in [2, len(model.layers)]
-        Processes, one per stage. With `comm`, must equal ``comm.size``.
+        Processes per replica, one per stage.
+    replicas : int, >= 1, default 1
+        d, data-parallel replicas of the pipeline (``fit(..., workers=d)``): d x p processes
+        on this machine; replica r takes shard ``shard_bounds(n, r, d)`` of every global batch
+        and each stage's gradients are allreduced over its d replicas (`grid_groups`).
+        With `comm`, d = ``comm.size / stages`` instead (give 1).
     micro_batches : int, >= 1
     schedule : {"gpipe", "1f1b"}
     bounds : sequence of int, optional
@@ -563,8 +636,9 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
     checkpoint, checkpoint_every, resume
         As in :func:`minscale.train.fit`.
     comm : MPIComm, optional
-        Run as rank ``comm.rank`` of an ``mpiexec`` job, one rank per stage (every rank calls
-        fit alike); without it, `stages` processes are started on this machine.
+        Run as rank ``comm.rank`` of an ``mpiexec`` job of d x p ranks, rank w being stage
+        ``w % p`` of replica ``w // p`` (every rank calls fit alike); without it, `replicas`
+        x `stages` processes are started on this machine.
     timeout : float, optional
         Seconds a stage waits for a message or collective (default
         :func:`minscale.parallel.base.default_timeout`).
@@ -577,22 +651,29 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
 
     Raises
     ------
+    ValueError
+        A `comm` whose size is not a multiple of `stages`, or `replicas` > 1 with `comm`.
     WorkerError
         A stage process raised or died: every stage is stopped (within the group's grace
         period, about 5 s; a stage that stopped responding after `timeout`), the shared
-        memory is unlinked, and the message names the stage and its layers.
+        memory is unlinked, and the message names the stage, its layers and (d > 1) the
+        replica.
     DivergenceError
         As in fit; the model keeps the last finite parameters.
     """
+    replicas = check_int("replicas", replicas, 1)
     if comm is not None:
-        links = MPILinks(comm)
+        if replicas != 1:
+            raise ValueError("with comm= the replicas are comm.size / stages; give replicas=1")
+        pipe, data = _replica_groups(comm, stages)
+        links = MPILinks(comm, [comm.rank - comm.rank % stages + s for s in range(stages)])
         # one start on every rank: rank 0's parameters and shuffling seed (as loop.run)
         seed_buf = np.array([np.random.SeedSequence(seed).entropy % 2**52 if comm.rank == 0
                              else 0], dtype=np.float64)
         comm.broadcast(model.params, root=0)
         comm.broadcast(seed_buf, root=0)
         try:
-            return run_stage(model, X, y, comm=comm, links=links, bounds=bounds,
+            return run_stage(model, X, y, comm=pipe, links=links, bounds=bounds, data_comm=data,
                              micro_batches=micro_batches, schedule=schedule, epochs=epochs,
                              batch_size=batch_size, shuffle=shuffle,
                              seed=seed if seed is not None else int(seed_buf[0]),
@@ -601,10 +682,9 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
                              validation_data=validation_data, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every, resume=resume)
         except Exception as exc:
-            a, b = bounds[comm.rank]
             if not isinstance(exc, DivergenceError) and hasattr(exc, "add_note"):
-                exc.add_note(f"(raised in pipeline stage {comm.rank} of {comm.size}, layers "
-                             f"{a}..{b - 1}, MPI rank {comm.rank})")
+                exc.add_note(f"(raised in {_where(comm.rank, bounds, comm.size // stages)}, "
+                             f"MPI rank {comm.rank})")
             raise
     check_not_bootstrapping()
     timeout = default_timeout() if timeout is None else timeout
@@ -624,22 +704,31 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
     capacities = [rows * widths[b] * itemsize for _, b in bounds[:-1]]
     slices = model.layer_slices()
     largest = max(slices[b - 1][1] - slices[a][0] for a, b in bounds)
-    nbytes = max(largest, 2 * len(model.layers) + 1) * 8
+    if replicas == 1:
+        nbytes = max(largest, 2 * len(model.layers) + 1) * 8
+    else:
+        # a sub-group collective carries every group's segment (SubgroupComm): d replicas'
+        # gathers or loss buffers, the p stages' gradients (the whole model) or loss
+        # buffers, the lengths
+        n_layers = len(model.layers)
+        nbytes = max(replicas * largest, model.params.size, replicas * (2 * n_layers + 1),
+                     stages * (1 + n_layers), replicas * stages) * 8
     owned = []
     try:
         X_shared, y_shared = _shared_copy(X), _shared_copy(y)
         owned += [X_shared, y_shared]
-        with SharedMemoryMailboxes(capacities, micro_batches) as mailboxes:
+        with contextlib.ExitStack() as boxes:
+            mailboxes = [boxes.enter_context(SharedMemoryMailboxes(capacities, micro_batches))
+                         for _ in range(replicas)]
             job = _Job(model=model, backend=kernels.get_backend(), X=X_shared.spec,
-                       y=y_shared.spec, mailboxes=mailboxes.specs, parent_pid=os.getpid(),
-                       bounds=bounds, options=options)
+                       y=y_shared.spec, mailboxes=[m.specs for m in mailboxes],
+                       parent_pid=os.getpid(), bounds=bounds, options=options,
+                       replicas=replicas)
             try:
-                reports = run_workers(_stage_worker, stages, args=(job,), nbytes=nbytes,
-                                      timeout=timeout, blas_threads=blas_threads)
+                reports = run_workers(_stage_worker, replicas * stages, args=(job,),
+                                      nbytes=nbytes, timeout=timeout, blas_threads=blas_threads)
             except WorkerError as err:
-                a, b = bounds[err.rank]
-                stage_text = (f"pipeline stage {err.rank} of {stages} (layers {a}..{b - 1}) "
-                              "failed")
+                stage_text = f"{_where(err.rank, bounds, replicas)} failed"
                 original = err.exception
                 if original is not None and not isinstance(original, CommError):
                     if hasattr(original, "add_note"):
@@ -660,6 +749,17 @@ def fit_pipeline(model, X, y, *, stages, micro_batches, schedule="gpipe", bounds
         raise error if error is not None else DivergenceError(
             "training diverged in a pipeline stage", None, None, None)
     return report["history"]
+
+
+def _where(rank, bounds, replicas):
+    """'pipeline stage s of p (layers a..b)', and the replica when there are several."""
+    stages = len(bounds)
+    stage = rank % stages
+    a, b = bounds[stage]
+    text = f"pipeline stage {stage} of {stages} (layers {a}..{b - 1})"
+    if replicas > 1:
+        text += f" of replica {rank // stages} of {replicas}"
+    return text
 
 
 def _install(model, report):

@@ -85,4 +85,16 @@ def test_mpi_pipeline_prints_the_losses_of_the_micro_batch_run():
     wrong = _run(*TRAIN, "--pipeline-stages", "3", "--micro-batches", "4", "--comm", "mpi",
                  launcher=(mpiexec, "-n", "2"))
     assert wrong.returncode != 0
-    assert "--pipeline-stages 3 must equal the number of MPI ranks (mpiexec -n 2)" in wrong.stderr
+    assert "--pipeline-stages 3 must divide the number of MPI ranks (mpiexec -n 2)" in wrong.stderr
+
+
+def test_workers_times_pipeline_stages_prints_the_full_batch_losses():
+    # 2 data-parallel replicas of a 2-stage pipeline: 4 processes; equal to plain training up
+    # to the rounding of the re-associated gradient sums (bit equality is tested against the
+    # replica reference in tests/train/test_pipeline_data.py)
+    plain = _run(*TRAIN)
+    grid = _run(*TRAIN, "--workers", "2", "--pipeline-stages", "2", "--micro-batches", "2")
+    assert plain.returncode == 0, plain.stderr
+    assert grid.returncode == 0, grid.stderr
+    for a, b in zip(_losses(grid.stdout), _losses(plain.stdout)):
+        assert float(a) == pytest.approx(float(b), rel=1e-5)  # printed to 6 digits

@@ -6,7 +6,9 @@ is the body of one stage process that runs many cases on one set of mailboxes: o
 start per pipeline size instead of one per case.
 
 Usage under MPI: ``mpiexec -n P python tests/train/pipeline_cases.py OUT_DIR CASE:M:SCHEDULE:BACKEND ...``;
-rank 0 saves each case's parameters as ``OUT_DIR/<case>_<m>_<schedule>_<backend>.npy``.
+rank 0 saves each case's parameters as ``OUT_DIR/<case>_<m>_<schedule>_<backend>.npy``. A fifth
+field ``:STAGES`` trains ``-n / STAGES`` data-parallel replicas of a STAGES-stage pipeline
+(saved as ``..._<backend>_<stages>.npy``).
 """
 
 import sys
@@ -105,6 +107,83 @@ def reference(name, micro_batches, backend, pipeline_stages=1, schedule="gpipe")
     return model
 
 
+def replica_reference(name, micro_batches, replicas, backend="numpy"):
+    """The case's parameters after the single-process reference of `replicas` data-parallel
+    replicas of a pipeline (``loop.run(..., replicas=d)``: each replica's micro-batches
+    accumulated in order, then the replica sums in rank order)."""
+    import minscale as ms
+    from minscale.quant import prepare_qat, qat_config
+    from minscale.train import loop
+
+    previous = ms.kernels.get_backend()
+    ms.set_backend(backend)
+    try:
+        model, X, y, kwargs = build(name)
+        quantization = kwargs.pop("quantization", None)
+        if quantization is not None:
+            prepare_qat(model, qat_config(quantization))
+        X, y = X.astype(model.dtype), y.astype(model.dtype)
+        loop.run(model, X, y, validation_data=None, verbose=0, callbacks=[],
+                 pruning=kwargs.pop("pruning", None),
+                 pruning_method=kwargs.pop("pruning_method", "magnitude"),
+                 micro_batches=micro_batches, replicas=replicas, **kwargs)
+    finally:
+        ms.set_backend(previous)
+    return model
+
+
+def grid_cases(comm, job):
+    """One process of a d x p grid (d replicas of a p-stage pipeline, ``job["stages"]`` = p):
+    run every (case, m, schedule, backend) of `job`; world rank 0 returns the parameters."""
+    import minscale as ms
+    from minscale.parallel.p2p import SharedMemoryLinks
+    from minscale.train.pipeline import _replica_groups, run_stage, stage_bounds
+
+    p = job["stages"]
+    links = SharedMemoryLinks(job["mailboxes"][comm.rank // p], comm, job["parent_pid"],
+                              rank=comm.rank % p)
+    pipe, data = _replica_groups(comm, p)
+    out = []
+    try:
+        for name, m, schedule, backend in job["runs"]:
+            ms.set_backend(backend)
+            model, X, y, kwargs = build(name)
+            X, y = X.astype(model.dtype), y.astype(model.dtype)
+            comm.barrier()
+            links.reset()
+            comm.barrier()
+            run_stage(model, X, y, comm=pipe, links=links, bounds=stage_bounds(model, p),
+                      data_comm=data, micro_batches=m, schedule=schedule, verbose=0,
+                      pruning=kwargs.pop("pruning", None),
+                      pruning_method=kwargs.pop("pruning_method", "magnitude"), **kwargs)
+            out.append(model.params.copy() if comm.rank == 0 else None)
+    finally:
+        links.close()
+    return out
+
+
+def run_grid_cases(replicas, stages, runs):
+    """Parameters of every run (list of (case, m, schedule, backend)) trained by `replicas` x
+    `stages` processes on this machine (started once)."""
+    import contextlib
+    import os
+
+    from minscale.parallel import run_workers
+    from minscale.parallel.p2p import SharedMemoryMailboxes
+
+    widths = [3, 6, 5, 4, 2]
+    slots = max(m for _, m, _, _ in runs)
+    with contextlib.ExitStack() as stack:
+        boxes = [stack.enter_context(SharedMemoryMailboxes([BATCH * max(widths) * 8]
+                                                           * (stages - 1), slots))
+                 for _ in range(replicas)]
+        job = {"mailboxes": [b.specs for b in boxes], "parent_pid": os.getpid(), "runs": runs,
+               "stages": stages}
+        results = run_workers(grid_cases, replicas * stages, args=(job,), nbytes=8192,
+                              timeout=60)
+    return results[0]
+
+
 def stage_cases(comm, job):
     """One stage process: run every (case, m, schedule, backend) of `job` on the same
     mailboxes; stage 0 returns the final parameters of each."""
@@ -159,17 +238,19 @@ def main(out_dir, specs):
 
     comm = MPIComm(timeout=60)
     for spec in specs:
-        name, m, schedule, backend = spec.split(":")
+        name, m, schedule, backend, *grid = spec.split(":")
+        stages = int(grid[0]) if grid else comm.size
         ms.set_backend(backend)
         if name == "fail":
             model, X, y, kwargs = build("plain")
             kwargs.update(epochs=1000, pruning=FailingSchedule("raise", 3))
         else:
             model, X, y, kwargs = build(name)
-        model.fit(X, y, comm=comm, pipeline_stages=comm.size, micro_batches=int(m),
+        model.fit(X, y, comm=comm, pipeline_stages=stages, micro_batches=int(m),
                   schedule=schedule, **kwargs)
         if comm.rank == 0:
-            np.save(Path(out_dir, f"{name}_{m}_{schedule}_{backend}.npy"), model.params)
+            suffix = f"_{stages}" if grid else ""
+            np.save(Path(out_dir, f"{name}_{m}_{schedule}_{backend}{suffix}.npy"), model.params)
 
 
 if __name__ == "__main__":
