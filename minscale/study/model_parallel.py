@@ -282,7 +282,11 @@ def model_parallel_part(task, hidden=(32,), batch_size=32, epochs=3, micro_batch
     for key in ("X_train", "y_train", "X_test", "y_test", "info"):
         if key not in task:
             raise ValueError(f"task must have the key {key!r} (see load_task)")
-    hidden = tuple(check_int("hidden[i]", h, 2) for h in hidden)
+    hidden = tuple(check_int("hidden[i]", h, 1) for h in hidden)
+    if any(h < PROCESSES for h in hidden):
+        raise ValueError(f"hidden widths must be >= {PROCESSES} for tensor_parallel="
+                         f"{PROCESSES} (a split layer's units are shared out over the ranks), "
+                         f"got {','.join(map(str, hidden))}")
     if not hidden:
         raise ValueError("hidden must hold at least one width: pipeline_stages=2 needs 2 "
                          "layers")
