@@ -35,8 +35,8 @@ from ..parallel.tensor import check_tensor_parallel, shard_model
 from ..train.pipeline import run_stage, stage_bounds
 from .runs import build_model, measure, register_part
 
-__all__ = ["MODEL_PARALLEL_FORMS", "model_parallel_memory", "model_parallel_part",
-           "model_parallel_text", "run_model_parallel"]
+__all__ = ["MODEL_PARALLEL_FORMS", "StepStamps", "model_parallel_memory",
+           "model_parallel_part", "model_parallel_text", "run_model_parallel"]
 
 #: the forms compared, in the order they run and print: (key, label)
 MODEL_PARALLEL_FORMS = (
