@@ -408,7 +408,8 @@ def model_parallel_part(task, hidden=(32,), batch_size=32, epochs=3, micro_batch
                        "(the gradient buffer is as large, counted in total), optimizer "
                        "state of the parameters it updates, peak stashed activations; "
                        "peak_rss_bytes is the measured VmHWM, interpreter and libraries "
-                       "included",
+                       "included (in process-id order for data and tensor parallel, whose "
+                       "callbacks do not know their rank)",
         "note": f"{PROCESSES} processes on {os.cpu_count()} shared cores, 1 BLAS thread "
                 "each: timings are indicative on a loaded machine",
     }

@@ -129,6 +129,9 @@ def test_text_and_report(result):
     assert "shared cores" in text and "relative test-loss difference" in text
     assert mp["text"][0] in report.render_text(result)
     json.dumps(result, allow_nan=False)
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads(json.dumps(result)), report.load_schema(),
+                        cls=jsonschema.Draft202012Validator)
 
 
 def test_bad_input():
