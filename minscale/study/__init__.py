@@ -34,7 +34,7 @@ set, sizes, summary), :mod:`minscale.study.config` the :class:`StudyConfig`, and
 from __future__ import annotations
 
 # each registers its part of `minscale study` (runs.register_part) when imported
-from . import han2015, recovery, width_depth  # noqa: F401
+from . import han2015, model_parallel, recovery, width_depth  # noqa: F401
 from .config import SCHEMA_VERSION, StudyConfig
 from .metrics import (
                       first_reached,
