@@ -423,11 +423,13 @@ def render_text(result):
         if not w["available"]:
             out.append(f"   not measured: {w['note']}")
         else:
-            headers = ["workers", "time / epoch", "speedup", "fit wall time",
+            headers = ["workers", "loop", "time / epoch", "speedup", "fit wall time",
                        "final loss"] + (["accuracy"] if cls else [])
             rows = []
             for r in w["rows"]:
-                row = [str(r["workers"]), format_seconds(r["seconds_per_epoch"]),
+                # results written before the loop was recorded have no "loop"
+                row = [str(r["workers"]), r.get("loop") or "-",
+                       format_seconds(r["seconds_per_epoch"]),
                        format_number(r["speedup"], 3) + "x", format_seconds(r["seconds_total"]),
                        format_number(r["final_loss"], 10)]
                 if cls:
@@ -437,7 +439,8 @@ def render_text(result):
             out.append(f"   final losses agree: max |difference| = "
                        f"{format_number(w['max_loss_difference'], 2)} (loss), "
                        f"{format_number(w['max_param_difference'], 2)} (parameters); "
-                       "time / epoch is the median epoch inside rank 0, start-up excluded; "
+                       "time / epoch is the median epoch inside rank 0, start-up and the first "
+                       "epoch excluded; loop: compiled whole epochs or the general Python loop; "
                        "fit wall time includes process start-up")
 
     # registered parts ----------------------------------------------------------------------

@@ -708,7 +708,10 @@ class EpochClock:
 
     In data-parallel training the callback runs inside every worker and rank 0's
     ``model.state`` comes back to the parent (:func:`minscale.parallel.fit_workers`), so the
-    durations it yields exclude process start-up and data sharing.
+    durations it yields exclude process start-up and data sharing. Like any callback it keeps
+    ``fit`` on the general Python loop (the compiled loops take none); ``fit(..., timing=True)``
+    records the same durations in ``History.epoch_seconds`` on whichever loop runs, and is
+    what :func:`workers_part` uses.
 
     Parameters
     ----------
@@ -750,9 +753,10 @@ def workers_part(task, config, learning_rate, progress=None):
     Returns
     -------
     dict
-        ``{"available": bool, "epochs", "rows": [{"workers", "seconds_per_epoch",
+        ``{"available": bool, "epochs", "rows": [{"workers", "loop", "seconds_per_epoch",
         "seconds_total", "speedup", "final_loss", "final_accuracy"}], "max_loss_difference",
-        "max_param_difference", "note"}``.
+        "max_param_difference", "note"}``; ``loop`` is the training loop that ran
+        (``"compiled"`` or ``"general"``, ``History.loop``; None when the run diverged).
 
     Notes
     -----
@@ -760,9 +764,11 @@ def workers_part(task, config, learning_rate, progress=None):
     same seed. Synchronous data-parallel training splits each global batch into contiguous
     shards and allreduces the shard gradients, so its parameters equal one process's up to
     float summation order; the differences are reported against the 1-worker run.
-    seconds_per_epoch is the median duration of the epochs measured inside rank 0 by
-    :class:`EpochClock`, the first epoch left out as warm-up (process start-up, imports and
-    JIT cache loads excluded); seconds_total is the wall time of the
+    seconds_per_epoch is the median duration of the epochs measured inside rank 0 by the
+    training loop itself (``fit(..., timing=True)``, ``History.epoch_seconds``: no callback, so
+    the run takes the loop a user's ``fit`` takes, compiled where it applies), the first epoch
+    left out as warm-up (process start-up, imports and JIT cache loads excluded);
+    seconds_total is the wall time of the
     whole ``fit`` call, start-up included; speedup = seconds_per_epoch(1 worker) /
     seconds_per_epoch(k workers).
     """
@@ -771,20 +777,19 @@ def workers_part(task, config, learning_rate, progress=None):
                 "max_loss_difference": None, "max_param_difference": None,
                 "note": "minscale.parallel.fit_workers is not available"}
     rows, params = [], []
-    clock = EpochClock()
     for k in config.workers:
         model = new_model(task, config)
         model.compile(optimizer=Adam(learning_rate),
                       metrics=["accuracy"] if _is_classification(task) else None)
         t0 = time.perf_counter()
-        history = _fit(model, task, config, config.worker_epochs, workers=k, callbacks=[clock])
+        history = _fit(model, task, config, config.worker_epochs, workers=k, timing=True)
         total = time.perf_counter() - t0
-        ticks = model.state.pop(clock.key, [])
-        durations = np.diff(ticks) if len(ticks) > 1 else np.array([math.nan])
+        durations = np.array(history.epoch_seconds if history is not None else [math.nan])
         if durations.size > 1:
             # the first epoch of a fresh worker pays imports, JIT cache loads and page faults
             durations = durations[1:]
-        row = {"workers": k, "seconds_per_epoch": float(np.median(durations)),
+        row = {"workers": k, "loop": history.loop if history is not None else None,
+               "seconds_per_epoch": float(np.median(durations)) if durations.size else math.nan,
                "seconds_total": float(total), "diverged": history is None}
         m = measure(model.predict, task) if history is not None else \
             {"loss": None, "accuracy": None}

@@ -25,6 +25,7 @@ The model's state is read and written through public attributes only (``params``
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -209,7 +210,7 @@ def _log_epochs(model, history, bar, first, epoch_loss, epochs, validation_data,
 
 
 def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks=(),
-        pruning=None, pruning_method="magnitude"):
+        pruning=None, pruning_method="magnitude", timing=False):
     """Train as :func:`minscale.train.loop.run` does, whole epochs per compiled call.
 
     Parameters
@@ -223,12 +224,17 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
         as many as keep its shuffled orders within :data:`ORDER_ENTRIES` indices.
     callbacks, pruning, pruning_method
         Accepted for the signature of :func:`minscale.train.loop.run`; must be empty / None.
+    timing : bool, default False
+        Record every epoch's wall-clock seconds in ``History.epoch_seconds``: a compiled call
+        then covers one epoch, as when validating (the same float operations in the same order,
+        so the same results bit for bit:
+        ``tests/train/test_compiled.py::test_timing_splits_epochs_without_changing_results``).
 
     Returns
     -------
     History
         The same keys and values as the general loop: per-epoch ``loss`` (every sample weighted
-        equally), per-step ``lr``, ``val_*`` when validating.
+        equally), per-step ``lr``, ``val_*`` when validating; ``loop`` is ``"compiled"``.
 
     Raises
     ------
@@ -254,7 +260,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     if total and (not np.all(np.isfinite(lr64)) or lr64.min() < 0):
         # a rate the optimizer would reject: let the general loop raise at the right step
         return loop.run(model, X, y, epochs, batch_size, shuffle, seed, validation_data,
-                        verbose, list(callbacks), pruning, pruning_method)
+                        verbose, list(callbacks), pruning, pruning_method, timing=timing)
     update = _update(fastfit, opt, model.params, step0, lr64, model.prunable)
     net = _network(fastfit, model)
     has_mask = not model.mask.all()
@@ -267,8 +273,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                               int(batch_size))
     reduction = fastfit.REDUCTION_CODES[model.reduction]
     history = History()
+    history.loop = "compiled"
     rng = np.random.default_rng(seed)
-    per_call = 1 if (validation_data is not None or verbose) else max(1, epochs)
+    per_call = 1 if (validation_data is not None or verbose or timing) else max(1, epochs)
     # never more than ORDER_ENTRIES shuffled row indices per call: a long run must not
     # allocate an (epochs, n) order array up front
     per_call = min(per_call, max(1, ORDER_ENTRIES // max(n, 1)))
@@ -277,6 +284,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     loss_limit = math.nan
     bar = progress_bar(verbose, total)
     done = 0  # updates applied in this run
+    tick = time.perf_counter() if timing else None
     try:
         for e0 in range(0, epochs, per_call):
             e1 = min(epochs, e0 + per_call)
@@ -304,6 +312,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
                 loop.diverged(model, buf.backup, epoch, opt.iterations, lr_last, float("nan"))
             _log_epochs(model, history, bar, e0, scratch.epoch_loss, epochs, validation_data,
                         verbose)
+            if timing:
+                tick = loop.lap(history, tick)
     finally:
         if bar is not None:
             bar.close()

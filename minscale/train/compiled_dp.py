@@ -22,6 +22,7 @@ additions in small matrix products, and every rank ends bit-identical.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def supports(model, options, comm):
 
 
 def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, verbose,
-        callbacks=(), pruning=None, pruning_method="magnitude"):
+        callbacks=(), pruning=None, pruning_method="magnitude", timing=False):
     """Train as :func:`minscale.train.loop.run` does with `comm`, whole epochs per call.
 
     Parameters
@@ -71,11 +72,15 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
         As :func:`minscale.train.fit` (`batch_size` is the global batch); only rank 0 prints.
     callbacks, pruning, pruning_method
         Must be empty / None.
+    timing : bool, default False
+        Record every epoch's wall-clock seconds in ``History.epoch_seconds`` on every rank
+        (a compiled call, and its optimizer-state gather, then covers one epoch, as when
+        validating; the results are the same bit for bit).
 
     Returns
     -------
     History
-        Equal on every rank.
+        Equal on every rank, ``epoch_seconds`` aside; ``loop`` is ``"compiled"``.
 
     Raises
     ------
@@ -100,7 +105,8 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
     if total and (not np.all(np.isfinite(lr64)) or lr64.min() < 0):
         # a rate the optimizer would reject: let the general loop raise at the right step
         return loop.run(model, X, y, epochs, batch_size, shuffle, seed, validation_data,
-                        verbose, list(callbacks), pruning, pruning_method, comm=comm)
+                        verbose, list(callbacks), pruning, pruning_method, comm=comm,
+                        timing=timing)
     # identical start on every rank: rank 0's parameters and shuffling seed (as loop.run)
     comm.broadcast(model.params, root=0)
     seed_buf = np.array([np.random.SeedSequence(seed).entropy % 2**52 if rank == 0 else 0],
@@ -122,13 +128,15 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
     group = comm.compiled_group(model.dtype)
     status = np.zeros(4, dtype=np.int64)
     history = History()
+    history.loop = "compiled"
     # from the arguments every rank has alike (not `show`): the optimizer state is gathered
     # after every call, a collective every rank must make as often as the others
-    per_call = 1 if (validation_data is not None or verbose) else max(1, epochs)
+    per_call = 1 if (validation_data is not None or verbose or timing) else max(1, epochs)
     per_call = min(per_call, max(1, compiled.ORDER_ENTRIES // max(n, 1)))
     loss_limit = None
     bar = progress_bar(show, total)
     done = 0
+    tick = time.perf_counter() if timing else None
     try:
         for e0 in range(0, epochs, per_call):
             e1 = min(epochs, e0 + per_call)
@@ -172,6 +180,8 @@ def run(model, X, y, comm, epochs, batch_size, shuffle, seed, validation_data, v
                 loop.diverged(model, buf.backup, epoch, opt.iterations, lr_last, float("nan"))
             compiled._log_epochs(model, history, bar, e0, scratch.epoch_loss, epochs,
                                  validation_data, show)
+            if timing:
+                tick = loop.lap(history, tick)
     finally:
         if bar is not None:
             bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+from .._checks import check_bool
 from ..data import COUNT_MAX, SEED_MAX, check_int, check_nbytes, check_output_path
 from ..parallel.schedule import PIPELINE_SCHEDULES
 from ..parallel.tensor import check_tensor_parallel
@@ -71,7 +72,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
         verbose=0, callbacks=None, pruning=None, pruning_method="magnitude", quantization=None,
         workers=1, mode="sync", comm=None, checkpoint=None, checkpoint_every=None, resume=None,
         tensor_parallel=1, pipeline_stages=1, micro_batches=1, schedule="gpipe",
-        stage_bounds=None):
+        stage_bounds=None, timing=False):
     """Train `model` by minibatch gradient descent on MSE.
 
     Parameters
@@ -144,6 +145,12 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     stage_bounds : sequence of int, optional
         Cut points ``0 = b_0 < ... < b_p = len(model.layers)`` instead of the split balanced
         by parameter count (:func:`minscale.train.pipeline.stage_bounds`).
+    timing : bool, default False
+        Record the wall-clock seconds of every epoch in ``History.epoch_seconds``, taken by the
+        training loop itself (in rank 0's worker with ``workers > 1``), so that a timed run
+        keeps the compiled loop a callback would leave (the compiled loops then make one call
+        per epoch, with the same results bit for bit). ``History.loop`` says which loop ran.
+        Not with ``tensor_parallel > 1`` or ``pipeline_stages > 1``.
 
     Returns
     -------
@@ -201,6 +208,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
                          "comm= is synchronous (mode='sync')")
     if comm is not None and workers > 1:
         raise ValueError("give either workers (processes on this machine) or comm, not both")
+    timing = check_bool("timing", timing)
     pipeline_stages = _check_int("pipeline_stages", pipeline_stages, 1)
     micro_batches = _check_int("micro_batches", micro_batches, 1)
     if schedule not in PIPELINE_SCHEDULES:
@@ -245,6 +253,10 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
     tensor_parallel = check_fit_arguments(tensor_parallel, mode=mode, checkpoint=checkpoint,
                                           resume=resume, pipeline_stages=pipeline_stages,
                                           micro_batches=micro_batches)
+    if timing and (pipeline_stages > 1 or tensor_parallel > 1):
+        raise ValueError("timing is recorded by the single-process and data-parallel loops, not "
+                         f"with pipeline_stages={pipeline_stages}, "
+                         f"tensor_parallel={tensor_parallel}")
     if checkpoint is not None and (comm is None or comm.rank == 0):
         # only rank 0 writes; a path that cannot be a file is refused before any training
         check_output_path(checkpoint, "checkpoint")
@@ -274,13 +286,13 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, seed=None, validatio
                                resume=resume, **{k: v for k, v in options.items()
                                                  if k != "callbacks"})
     elif workers > 1 or mode == "async":
-        history = fit_workers(model, X, y, workers=workers, mode=mode, **options)
+        history = fit_workers(model, X, y, workers=workers, mode=mode, timing=timing, **options)
     elif comm is None and checkpoint is None and resume is None and micro_batches == 1 \
             and compiled.supports(model, options):
-        history = compiled.run(model, X, y, **options)
+        history = compiled.run(model, X, y, timing=timing, **options)
     else:
         history = loop.run(model, X, y, comm=comm, checkpoint=checkpoint,
                            checkpoint_every=checkpoint_every, resume=resume,
-                           micro_batches=micro_batches, **options)
+                           micro_batches=micro_batches, timing=timing, **options)
     model.history = history
     return history

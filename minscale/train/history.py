@@ -64,11 +64,25 @@ class History:
         ``"val_accuracy"`` when validation data / the metric are given, ``"lr"`` (the rate of
         every update, in order), ``"sparsity"`` (per epoch, when pruning).
     epoch : list of int
+    epoch_seconds : list of float
+        With ``fit(..., timing=True)``: the wall-clock seconds (``time.perf_counter``) of every
+        epoch of the call, measured in the process that runs rank 0 (inside the worker in
+        data-parallel training, so process start-up is left out). The first epoch's span starts
+        after the loop's set-up and includes any first-call costs (JIT cache loads, page
+        faults). Empty without `timing`. Kept apart from :attr:`history` so that two runs'
+        histories compare equal whatever their timings.
+    loop : {"compiled", "general"} or None
+        The training loop that ran: the compiled whole-epoch loop
+        (:mod:`minscale.train.compiled`, :mod:`minscale.train.compiled_dp`) or the general
+        Python loop (:func:`minscale.train.loop.run`); None for pipeline training and a history
+        restored from a checkpoint before it resumes.
     """
 
     def __init__(self):
         self.history = {"loss": [], "lr": []}
         self.epoch = []
+        self.epoch_seconds = []
+        self.loop = None
 
     def __getitem__(self, key):
         return self.history[key]

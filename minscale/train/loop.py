@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import numpy as np
 
@@ -26,7 +27,7 @@ __all__ = []
 
 def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose, callbacks,
         pruning, pruning_method, comm=None, checkpoint=None, checkpoint_every=None,
-        resume=None, micro_batches=1, replicas=1):
+        resume=None, micro_batches=1, replicas=1, timing=False):
     """The training loop proper, on validated arrays (see :func:`fit`).
 
     Parameters
@@ -46,6 +47,9 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
         With `micro_batches`, split each batch first into this many replica shards
         (:func:`accumulate_micro_batches`): the single-process reference of
         ``fit(..., workers=replicas, pipeline_stages=p, micro_batches=m)``. One process only.
+    timing : bool, default False
+        Record every epoch's wall-clock seconds in ``History.epoch_seconds`` (see
+        :func:`fit`).
 
     Returns
     -------
@@ -79,6 +83,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
         history = progress.history
         start_epoch, start_batch = progress.epoch, progress.batch
         order, loss_total = progress.order, progress.loss_total
+    history.loop = "general"
+    history.epoch_seconds = []  # this call's epochs only, also after a resume
 
     def save_checkpoint(epoch, batch, order, loss_total):
         if checkpoint is None:
@@ -107,6 +113,7 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     if comm is not None and size > 1:
         # QAT activation observers must see the global batch's range, not the shard's
         stack.enter_context(synchronized_observers(model, comm))
+    tick = time.perf_counter() if timing else None
     try:
         for epoch in range(start_epoch, epochs):
             first = start_batch if epoch == start_epoch else 0
@@ -162,6 +169,8 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
             history.epoch.append(epoch)
             for key, value in logs.items():
                 history.history.setdefault(key, []).append(value)
+            if timing:
+                tick = lap(history, tick)
             for cb in callbacks:
                 cb.on_epoch_end(model, epoch, logs)
             if verbose and rank == 0:
@@ -177,6 +186,13 @@ def run(model, X, y, epochs, batch_size, shuffle, seed, validation_data, verbose
     for cb in callbacks:
         cb.on_train_end(model, history)
     return history
+
+
+def lap(history, tick):
+    """Append the seconds since `tick` to ``history.epoch_seconds``; return the new tick."""
+    now = time.perf_counter()
+    history.epoch_seconds.append(now - tick)
+    return now
 
 
 def accumulate_micro_batches(model, X, y, n_total, micro_batches, replicas=1):

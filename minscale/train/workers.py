@@ -273,7 +273,8 @@ def _shared_copy(arr):
 
 def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, shuffle=True,
                 seed=None, validation_data=None, verbose=0, callbacks=None, pruning=None,
-                pruning_method="magnitude", timeout=None, blas_threads=1, start_method="spawn"):
+                pruning_method="magnitude", timeout=None, blas_threads=1, start_method="spawn",
+                timing=False):
     """Train `model` data-parallel in `workers` processes on this machine; the core of
     ``fit(..., workers=k)``.
 
@@ -302,6 +303,9 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
     blas_threads : int or None, default 1
         BLAS threads per worker (threadpoolctl).
     start_method : {"spawn", "forkserver", "fork"}, default "spawn"
+    timing : bool, default False
+        Every worker records its epochs' wall-clock seconds; the history returned holds rank 0's
+        (``History.epoch_seconds``, process start-up left out).
 
     Returns
     -------
@@ -362,7 +366,7 @@ def fit_workers(model, X, y, *, workers, mode="sync", epochs=1, batch_size=32, s
     _check_picklable(model, callbacks, pruning, validation_data)
     options = dict(epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
                    validation_data=validation_data, verbose=verbose, callbacks=callbacks,
-                   pruning=pruning, pruning_method=pruning_method)
+                   pruning=pruning, pruning_method=pruning_method, timing=bool(timing))
     owned = []
     params_shared = mask_shared = None
     try:

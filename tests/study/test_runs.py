@@ -127,6 +127,33 @@ def test_quick_study_worker_losses_agree(quick):
     assert w["max_loss_difference"] <= 1e-10 * w["rows"][0]["final_loss"]
     assert w["max_param_difference"] <= 1e-10
     assert all(r["seconds_per_epoch"] > 0 for r in w["rows"])
+    assert all(r["loop"] in ("compiled", "general") for r in w["rows"])
+
+
+def test_workers_part_times_the_compiled_loop_on_numba():
+    # the part times epochs with fit(..., timing=True), not with a callback, so the models the
+    # compiled loops support are timed on them (issue 18: the callback forced the Python loop)
+    pytest.importorskip("numba")
+    from minscale import kernels
+
+    task = _diabetes(0)
+    config = study.StudyConfig(hidden=(8,), worker_epochs=3, workers=(1, 2), seed=1)
+    previous = kernels._forced
+    try:
+        kernels.set_backend("numba")
+        w = study.workers_part(task, config, 0.01)
+    finally:
+        kernels.set_backend(previous)
+    assert w["available"] and [r["workers"] for r in w["rows"]] == [1, 2]
+    assert [r["loop"] for r in w["rows"]] == ["compiled", "compiled"]
+    # one process and 2 workers: the same global batches, equal up to summation order
+    assert w["max_loss_difference"] <= 1e-10 * w["rows"][0]["final_loss"]
+    assert w["max_param_difference"] <= 1e-10
+    for r in w["rows"]:
+        assert not r["diverged"] and r["final_loss"] > 0
+        assert 0 < r["seconds_per_epoch"] < r["seconds_total"]
+        assert r["speedup"] > 0
+    assert w["rows"][0]["speedup"] == 1.0
 
 
 def test_quick_study_byte_counts_by_hand(quick):

@@ -362,3 +362,35 @@ def test_flat_matmul_equals_small_matmul(m, k, n, ta, tb):
         assert c[3:].tobytes() == want.ravel().tobytes()
     else:
         np.testing.assert_allclose(c[3:].reshape(m, n), A @ B, rtol=1e-12, atol=1e-12)
+
+
+def test_timing_splits_epochs_without_changing_results():
+    # fit(..., timing=True) runs one compiled call per epoch (as verbose does) and times it:
+    # the same float operations in the same order, so the same bits as one call for all epochs
+    import minscale as ms
+    from minscale import kernels, optim
+
+    X, y = _classic_data(50)
+
+    def train(**kw):
+        m = ms.Sequential([ms.Dense(3, "tanh"), ms.Dense(1)], input_dim=1, seed=1)
+        m.compile(optimizer=optim.Adam(ms.schedules.InverseTimeDecay(0.05, decay_rate=0.1)))
+        with _counting_calls() as calls:
+            h = m.fit(X, y, epochs=7, batch_size=8, seed=3, **kw)
+        return m, h, calls
+
+    previous = kernels._forced
+    try:
+        ms.set_backend("numba")
+        m_one, h_one, calls_one = train()
+        m_timed, h_timed, calls_timed = train(timing=True)
+    finally:
+        kernels.set_backend(previous)
+    assert calls_one == [7] and calls_timed == [1] * 7
+    assert h_one.loop == h_timed.loop == "compiled"
+    assert m_timed.params.tobytes() == m_one.params.tobytes()
+    assert h_timed.history == h_one.history and h_timed.epoch == h_one.epoch
+    for name, buf in m_one.optimizer.state_arrays().items():
+        assert m_timed.optimizer.state_arrays()[name].tobytes() == buf.tobytes()
+    assert h_one.epoch_seconds == []
+    assert len(h_timed.epoch_seconds) == 7 and all(s > 0 for s in h_timed.epoch_seconds)

@@ -86,6 +86,25 @@ def test_compiled_workers_equal_general_workers_and_one_process(workers, batch_s
     assert np.all(fast.params[~fast.mask] == 0.0)
 
 
+@pytest.mark.exactness
+def test_timed_workers_stay_compiled_with_the_same_bits():
+    # fit(..., timing=True) splits the compiled data-parallel run into one call (and one
+    # optimizer-state gather) per epoch on every rank: same operations, same bits as one call
+    kwargs = dict(epochs=3, batch_size=8, seed=9, workers=2)
+    plain, X, y = _case()
+    h_plain = plain.fit(X, y, **kwargs)
+    timed, _, _ = _case()
+    h_timed = timed.fit(X, y, timing=True, **kwargs)
+    assert h_plain.loop == h_timed.loop == "compiled"
+    assert timed.params.tobytes() == plain.params.tobytes()
+    assert h_timed.history == h_plain.history
+    for name, buf in plain.optimizer.state_arrays().items():
+        assert timed.optimizer.state_arrays()[name].tobytes() == buf.tobytes()
+    # rank 0's clock, read inside the worker: one positive span per epoch
+    assert h_plain.epoch_seconds == []
+    assert len(h_timed.epoch_seconds) == 3 and all(s > 0 for s in h_timed.epoch_seconds)
+
+
 def _run_compiled(comm, epochs):
     from minscale.train import compiled_dp
 

@@ -151,3 +151,32 @@ def test_classic_example_with_decay_is_within_0_05_for_every_shuffling_seed(back
         model.fit(X, y, epochs=100, batch_size=10, seed=seed)
         assert abs(model.layers[0].W[0, 0] - w_ls) < 0.05
         assert abs(model.layers[0].b[0] - b_ls) < 0.05
+
+
+def test_timing_records_every_epoch_on_the_general_loop(backend):
+    # a callback keeps fit on the general loop; timing is taken by the loop itself there too
+    X, y = make_linear(60, seed=1)
+
+    def train(**kw):
+        m = ms.Sequential([ms.Dense(4, "relu"), ms.Dense(1)], input_dim=1, seed=2)
+        m.compile(optimizer=Adam(0.01))
+        return m, m.fit(X, y, epochs=3, batch_size=16, seed=4,
+                        callbacks=[ms.train.Callback()], **kw)
+
+    m_plain, h_plain = train()
+    m_timed, h_timed = train(timing=True)
+    assert h_plain.loop == h_timed.loop == "general"
+    assert m_timed.params.tobytes() == m_plain.params.tobytes()
+    assert h_timed.history == h_plain.history
+    assert h_plain.epoch_seconds == []
+    assert len(h_timed.epoch_seconds) == 3 and all(s > 0 for s in h_timed.epoch_seconds)
+
+
+def test_timing_is_refused_where_no_loop_records_it():
+    X, y = make_linear(20, seed=1)
+    m = ms.Sequential([ms.Dense(4, "relu"), ms.Dense(1)], input_dim=1, seed=2)
+    with pytest.raises(ValueError, match="timing must be a bool"):
+        m.fit(X, y, timing=1)
+    with pytest.raises(ValueError, match="timing is recorded by the single-process"):
+        m.fit(X, y, timing=True, pipeline_stages=2)
+    assert m.optimizer is None  # refused before fit compiled the model
