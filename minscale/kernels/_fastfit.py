@@ -364,6 +364,14 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon, momentum, nesterov, \
         slot_1, slot_2, weight_decay, decay_all, decay, decoupled, factor = update
     acts, aoff, grad_a, grad_b, loss, epoch_loss, status = scratch
+    # None for the arrays the optimizer does not use: the body picks the update by these
+    # arguments' types, so Numba compiles only that optimizer's branch (see _epochs)
+    if kind == ADAM:
+        lrs = None
+    else:
+        step_sizes = sqrt_bc2s = slot_2 = None
+        if kind == SGD:
+            slot_1 = None
     steps, limit = _epochs(
         X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads, mask,
         has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
@@ -472,14 +480,18 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                 for i in range(P):
                     if decay_all or decay[i]:
                         grads[i] = grads[i] + weight_decay * params[i]
-            if kind == SGD:
-                sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
-            elif kind == MOMENTUM:
-                momentum_range(params, grads, slot_1, lrs[step], momentum, nesterov, mask,
-                               has_mask, one, 0, P)
-            else:
+            # chosen by which arrays are None, not by `kind`: Numba drops a branch testing
+            # `x is not None` (or `x is None`) for an argument that is None by type before it
+            # compiles, so an Adam run compiles no SGD or momentum update
+            if step_sizes is not None:
                 adam_range(params, grads, slot_1, slot_2, step_sizes[step], beta_1, c1, beta_2,
                            c2, sqrt_bc2s[step], epsilon, mask, has_mask, one, 0, P)
+            if lrs is not None:
+                if slot_1 is None:
+                    sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
+                else:
+                    momentum_range(params, grads, slot_1, lrs[step], momentum, nesterov, mask,
+                                   has_mask, one, 0, P)
             step += 1
             loss_total += batch_loss * nb if reduction == 0 else batch_loss
         epoch_loss[e] = loss_total / n if reduction == 0 else loss_total
