@@ -393,6 +393,10 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
     n_batches = (n + bs - 1) // bs
     step = 0
     status[0] = 0
+    # run-time values, not literals: Numba compiles a callee once per literal argument, and
+    # the three products below would compile _matmul_flat three times (about 1.5 s more of a
+    # cold start than one compile, for no measured gain)
+    no, yes, start = np.bool_(False), np.bool_(True), np.int64(0)
     for e in range(n_epochs):
         loss_total = 0.0
         for bi in range(n_batches):
@@ -411,7 +415,7 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             # forward
             for li in range(n_layers):
                 d_in, d_o = dims[li], dims[li + 1]
-                _matmul_flat(acts, aoff[li], False, params, w_off[li], False, acts, aoff[li + 1],
+                _matmul_flat(acts, aoff[li], no, params, w_off[li], no, acts, aoff[li + 1],
                              nb, d_in, d_o, one)
                 Z = acts[aoff[li + 1]:aoff[li + 1] + nb * d_o].reshape((nb, d_o))
                 b = params[b_off[li]:b_off[li] + d_o] if b_off[li] >= 0 else params[:0]
@@ -430,7 +434,7 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                     act_backward_range(A_out, D_flat, act[li], alpha[li], one, D_flat, 0,
                                        nb * d_o)
                 # dW = A_in.T @ D
-                _matmul_flat(acts, aoff[li], True, D_flat, 0, False, grads, w_off[li], d_in, nb,
+                _matmul_flat(acts, aoff[li], yes, D_flat, start, no, grads, w_off[li], d_in, nb,
                              d_o, one)
                 if b_off[li] >= 0:
                     db = grads[b_off[li]:b_off[li] + d_o]
@@ -442,7 +446,7 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                 if li > 0:
                     # dL/da of the layer below = D @ W.T
                     D_next = grad_b if cur_is_a else grad_a
-                    _matmul_flat(D_flat, 0, False, params, w_off[li], True, D_next, 0, nb, d_o,
+                    _matmul_flat(D_flat, start, no, params, w_off[li], yes, D_next, start, nb, d_o,
                                  d_in, one)
                     cur_is_a = not cur_is_a
             # the L2 kernel penalties: gradient 2 * l2 * W, loss l2 * sum(W**2)

@@ -50,11 +50,12 @@ SELECT_TWIN_MAX = 1 << 15
 #: quantize_affine, quantize_affine_checked and dequantize_affine on fewer elements run the
 #: NumPy twin (the same codes: the compiled kernels equal it bit for bit). The compiled affine
 #: kernels cost about 3 s of compilation per code dtype on a cold cache (6-7 s of the first
-#: ``minscale demo``, which quantizes a two-parameter model), while the twin costs at most
-#: about 40 us more per call below this size (measured: 45 vs 24 us for 1 element, 52 vs 14 us
-#: for 1024, on a 2-core machine). fake_quantize, called at every step of quantization-aware
-#: training, always runs compiled.
-AFFINE_TWIN_MAX = 1 << 10
+#: ``minscale demo``, which quantizes a two-parameter model and the diabetes data), while the
+#: twin costs at most about 0.1 ms more per call below this size (measured on a 2-core
+#: machine: quantize 45 vs 24 us at 1 element, 98 vs 19 us at 8192; dequantize 24 vs 4 us at
+#: 8192). fake_quantize, called at every step of quantization-aware training, always runs
+#: compiled.
+AFFINE_TWIN_MAX = 1 << 13
 
 _CHUNK = 1 << 14  # elements per parallel work item
 # Loops over a sub-range index with np.uint64: Numba must otherwise allow for negative indices

@@ -663,7 +663,7 @@ def test_small_affine_arrays_take_the_numpy_twin_with_the_same_codes(monkeypatch
     # the folder's conftest sets AFFINE_TWIN_MAX to 0; the default sends these to the twin
     rng = np.random.default_rng(3)
     scale, zp = np.array([0.02, 0.05]), np.array([3, -7])
-    for n in (1, 5, 300):
+    for n in (1, 5, 2000):
         x = rng.standard_normal((2, 2, n)) * 3
         x[0, 0, 0] = 0.01 * 0.5  # a tie
         runs = []
