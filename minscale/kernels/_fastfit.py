@@ -388,7 +388,12 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             status, n_epochs, reduction, loss_limit, reg, l2, l2_coef, weight_decay, decay_all,
             decay, decoupled, factor, blowup_factor):
     """The body of :func:`train_epochs`, on the fields of its named tuples (in their order);
-    returns ``(updates applied, loss limit)``."""
+    returns ``(updates applied, loss limit)``.
+
+    The update follows from which optimizer arrays are None, not from `kind`: Adam gets
+    ``lrs=None``; momentum ``step_sizes``, ``sqrt_bc2s`` and ``slot_2`` None; SGD those and
+    ``slot_1`` too (:func:`train_epochs` sets them). A call with every array given runs Adam.
+    """
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
     step = 0
