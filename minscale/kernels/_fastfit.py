@@ -392,7 +392,8 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
 
     The update follows from which optimizer arrays are None, not from `kind`: Adam gets
     ``lrs=None``; momentum ``step_sizes``, ``sqrt_bc2s`` and ``slot_2`` None; SGD those and
-    ``slot_1`` too (:func:`train_epochs` sets them). A call with every array given runs Adam.
+    ``slot_1`` too (:func:`train_epochs` sets them). A caller must pass them so: with every
+    array given, Adam's update and then momentum's would both run.
     """
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
