@@ -364,6 +364,14 @@ def train_epochs(batches, net, buf, update, scratch, n_epochs, reduction, loss_l
     kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon, momentum, nesterov, \
         slot_1, slot_2, weight_decay, decay_all, decay, decoupled, factor = update
     acts, aoff, grad_a, grad_b, loss, epoch_loss, status = scratch
+    # None for the arrays the optimizer does not use: the body picks the update by these
+    # arguments' types, so Numba compiles only that optimizer's branch (see _epochs)
+    if kind == ADAM:
+        lrs = None
+    else:
+        step_sizes = sqrt_bc2s = slot_2 = None
+        if kind == SGD:
+            slot_1 = None
     steps, limit = _epochs(
         X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, params, grads, mask,
         has_mask, backup, kind, lrs, step_sizes, sqrt_bc2s, beta_1, c1, beta_2, c2, epsilon,
@@ -380,11 +388,21 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             status, n_epochs, reduction, loss_limit, reg, l2, l2_coef, weight_decay, decay_all,
             decay, decoupled, factor, blowup_factor):
     """The body of :func:`train_epochs`, on the fields of its named tuples (in their order);
-    returns ``(updates applied, loss limit)``."""
+    returns ``(updates applied, loss limit)``.
+
+    The update follows from which optimizer arrays are None, not from `kind`: Adam gets
+    ``lrs=None``; momentum ``step_sizes``, ``sqrt_bc2s`` and ``slot_2`` None; SGD those and
+    ``slot_1`` too (:func:`train_epochs` sets them). A caller must pass them so: with every
+    array given, Adam's update and then momentum's would both run.
+    """
     n, d_out, n_layers, P = X.shape[0], y.shape[1], act.size, params.size
     n_batches = (n + bs - 1) // bs
     step = 0
     status[0] = 0
+    # run-time values, not literals: Numba compiles a callee once per literal argument, and
+    # the three products below would compile _matmul_flat three times (about 1.5 s more of a
+    # cold start than one compile, for no measured gain)
+    no, yes, start = np.bool_(False), np.bool_(True), np.int64(0)
     for e in range(n_epochs):
         loss_total = 0.0
         for bi in range(n_batches):
@@ -403,7 +421,7 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
             # forward
             for li in range(n_layers):
                 d_in, d_o = dims[li], dims[li + 1]
-                _matmul_flat(acts, aoff[li], False, params, w_off[li], False, acts, aoff[li + 1],
+                _matmul_flat(acts, aoff[li], no, params, w_off[li], no, acts, aoff[li + 1],
                              nb, d_in, d_o, one)
                 Z = acts[aoff[li + 1]:aoff[li + 1] + nb * d_o].reshape((nb, d_o))
                 b = params[b_off[li]:b_off[li] + d_o] if b_off[li] >= 0 else params[:0]
@@ -422,7 +440,7 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                     act_backward_range(A_out, D_flat, act[li], alpha[li], one, D_flat, 0,
                                        nb * d_o)
                 # dW = A_in.T @ D
-                _matmul_flat(acts, aoff[li], True, D_flat, 0, False, grads, w_off[li], d_in, nb,
+                _matmul_flat(acts, aoff[li], yes, D_flat, start, no, grads, w_off[li], d_in, nb,
                              d_o, one)
                 if b_off[li] >= 0:
                     db = grads[b_off[li]:b_off[li] + d_o]
@@ -434,7 +452,7 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                 if li > 0:
                     # dL/da of the layer below = D @ W.T
                     D_next = grad_b if cur_is_a else grad_a
-                    _matmul_flat(D_flat, 0, False, params, w_off[li], True, D_next, 0, nb, d_o,
+                    _matmul_flat(D_flat, start, no, params, w_off[li], yes, D_next, start, nb, d_o,
                                  d_in, one)
                     cur_is_a = not cur_is_a
             # the L2 kernel penalties: gradient 2 * l2 * W, loss l2 * sum(W**2)
@@ -472,14 +490,18 @@ def _epochs(X, y, orders, shuffle, bs, dims, w_off, b_off, act, alpha, one, para
                 for i in range(P):
                     if decay_all or decay[i]:
                         grads[i] = grads[i] + weight_decay * params[i]
-            if kind == SGD:
-                sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
-            elif kind == MOMENTUM:
-                momentum_range(params, grads, slot_1, lrs[step], momentum, nesterov, mask,
-                               has_mask, one, 0, P)
-            else:
+            # chosen by which arrays are None, not by `kind`: Numba drops a branch testing
+            # `x is not None` (or `x is None`) for an argument that is None by type before it
+            # compiles, so an Adam run compiles no SGD or momentum update
+            if step_sizes is not None:
                 adam_range(params, grads, slot_1, slot_2, step_sizes[step], beta_1, c1, beta_2,
                            c2, sqrt_bc2s[step], epsilon, mask, has_mask, one, 0, P)
+            if lrs is not None:
+                if slot_1 is None:
+                    sgd_range(params, grads, lrs[step], mask, has_mask, one, 0, P)
+                else:
+                    momentum_range(params, grads, slot_1, lrs[step], momentum, nesterov, mask,
+                                   has_mask, one, 0, P)
             step += 1
             loss_total += batch_loss * nb if reduction == 0 else batch_loss
         epoch_loss[e] = loss_total / n if reduction == 0 else loss_total

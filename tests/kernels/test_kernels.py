@@ -657,3 +657,27 @@ def test_minscale_trains_with_numba_unimportable():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_small_quantizer_inputs_take_the_numpy_twin_with_the_same_codes(monkeypatch):
+    # the folder's conftest sets QUANT_TWIN_MAX to 0; the default sends these to the twin
+    rng = np.random.default_rng(3)
+    scale, zp = np.array([0.02, 0.05]), np.array([3, -7])
+    for n in (1, 5, 2000):
+        x = rng.standard_normal((2, 2, n)) * 3
+        x[0, 0, 0] = 0.01 * 0.5  # a tie
+        runs = []
+        for twin_max in (0, 1 << 30):
+            monkeypatch.setattr(N, "QUANT_TWIN_MAX", twin_max)
+            codes = N.quantize_affine(x, scale, zp, -128, 127, 0, np.empty(x.shape, np.int8))
+            back = N.dequantize_affine(codes, scale, zp, np.empty(x.shape))
+            checked = N.quantize_affine_checked(x, scale, zp, -128, 127, 1,
+                                                np.empty(x.shape, np.int32))
+            fixed = np.empty(x.shape, np.int16)
+            clipped = N.quantize_fixed(x, 13, -32768, 32767, 2, fixed)
+            runs.append((codes, back, checked, fixed, clipped))
+        np.testing.assert_array_equal(runs[0][3], runs[1][3])
+        assert runs[0][4] == runs[1][4] >= 0  # 3 * 2**13 saturates int16
+        np.testing.assert_array_equal(runs[0][0], runs[1][0])
+        np.testing.assert_array_equal(runs[0][1], runs[1][1])
+        assert runs[0][2] == runs[1][2] == -1
