@@ -169,6 +169,15 @@ def _architecture(result):
     return "-".join(str(x) for x in [d["n_features"], *hidden, d["n_outputs"]])
 
 
+def _few_seeds_warning(n):
+    """One header line when 2 seeds make every 95 % interval very wide (t with 1 dof)."""
+    if n != 2:
+        return []
+    from scipy import stats  # noqa: PLC0415  (optional; the study's intervals need it)
+    return [f"warning: with fewer than 3 seeds the 95% intervals are very wide "
+            f"(t_0.975,{n - 1} = {stats.t.ppf(0.975, n - 1):.1f}); use --seeds 3 or more"]
+
+
 def format_interval(mean, ci, digits=4):
     """A mean and its 95 % interval as ``"0.03012 ± 0.0011"``; the mean alone without one.
 
@@ -238,6 +247,7 @@ def render_text(result):
         # only parts that train their own models: no baseline, no sweep, no summary
         out.append(f"backend {result['backend']}; seeds {', '.join(map(str, seeds))}; "
                    f"{cfg['jobs']} job{'s' if cfg['jobs'] > 1 else ''}")
+        out.extend(_few_seeds_warning(len(seeds)))
         for name in result.get("extra_parts", []):
             out.append("")
             out.extend(result[name].get("text") or [])
@@ -252,6 +262,7 @@ def render_text(result):
     out.append(f"seeds {', '.join(map(str, seeds))} ({len(seeds)}; initial weights, shuffling, "
                f"masks vary; the split is fixed), {cfg['jobs']} job"
                f"{'s' if cfg['jobs'] > 1 else ''}")
+    out.extend(_few_seeds_warning(len(seeds)))
     out.append(f"loss = test-split {d['loss_unit']}, mean over seeds"
                + (" ± half-width of the 95% t-interval" if len(seeds) > 1 else
                   " (one seed: no interval)")

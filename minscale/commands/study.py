@@ -1,6 +1,7 @@
 """``minscale study``: measure what learning rate, pruning, quantization and workers do."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -9,6 +10,11 @@ from ..study.runs import default_parts, needs_baseline, new_model, part_names
 from ._common import add_data_arguments, check_output_path, hidden_sizes, integer, load_task
 
 NAME = "study"
+# sane tops: beyond them a study runs for days (seeds) or trains networks the width/depth
+# part was not meant for (depth); the error says so at once instead of running until killed
+MAX_SEEDS = 1000
+MAX_DEPTH = 8
+
 HELP = ("measure learning rate, pruning, quantization and data-parallel workers on one data "
         "set: tables, JSON, CSV, plot")
 
@@ -32,12 +38,12 @@ def add_arguments(parser):
     parser.add_argument("--seeds", type=integer, default=None, metavar="N",
                         help="run every measurement from N seeds (--seed, --seed + 1, ...; the "
                              "data split stays fixed) and print means with 95%% intervals "
-                             "(default: 3; --quick: 1)")
+                             "(default: 3; --quick: 1; at most 1000)")
     parser.add_argument("--jobs", type=integer, default=1, metavar="K",
                         help="worker processes running the seeds; the numbers do not depend "
-                             "on it (default: %(default)s)")
+                             "on it; at most 8 x the CPUs, capped at the number of seeds (default: %(default)s)")
     parser.add_argument("--depth", type=integer, default=None, metavar="N",
-                        help="the width/depth part trains depths 1 .. N (default: 2)")
+                        help="the width/depth part trains depths 1 .. N, N <= 8 (default: 2)")
     parser.add_argument("--part", default=None, metavar="NAME[,NAME...]",
                         help="run only these parts (the learning-rate part runs whenever one "
                              "of them needs its baseline): " + ", ".join(part_names()) +
@@ -61,7 +67,10 @@ def check_outputs(args):
         Two of --json/--csv/--plot name the same file; a file that cannot be written (see
         :func:`minscale.commands._common.check_output_path`); a --plot extension that
         matplotlib cannot write; --epochs combined with --quick (which fixes the budgets);
-        a size, --seeds, --jobs or --depth < 1; an unknown --part.
+        a size, --seeds, --jobs or --depth < 1; --seeds above :data:`MAX_SEEDS`, --depth above
+        :data:`MAX_DEPTH`, --jobs above 8 x the CPU count (``train``'s process cap); an
+        unknown --part. A --jobs above the number of seeds is not an error: :func:`run` caps
+        it at the number of seeds (a worker per seed at most).
     ImportError
         --plot without matplotlib.
     """
@@ -72,6 +81,12 @@ def check_outputs(args):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    limit = 8 * (os.cpu_count() or 1)
+    for flag, top, why in (("seeds", MAX_SEEDS, ""), ("depth", MAX_DEPTH, ""),
+                           ("jobs", limit, f" (8 x the {os.cpu_count()} CPUs)")):
+        value = getattr(args, flag, None)
+        if value is not None and value > top:
+            raise ValueError(f"--{flag} must be at most {top}{why}, got {value}")
     args.parts = parse_parts(getattr(args, "part", None))
     suffixes = {"json": None, "csv": None, "plot": None}
     if args.plot is not None:
@@ -133,6 +148,8 @@ def run(args):
                                       depths=(None if getattr(args, "depth", None) is None
                                               else tuple(range(1, args.depth + 1))),
                                       hidden=None if args.hidden is None else tuple(args.hidden))
+    # more workers than seeds would sit idle: cap, so the header shows the jobs really used
+    config = dataclasses.replace(config, jobs=min(config.jobs, config.seeds))
     task = load_task(args, validation_size=config.validation_size)
     try:
         # the study's model, built once here: one too large for the memory is refused now,

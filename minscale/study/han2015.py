@@ -249,7 +249,8 @@ def han2015_part(task, hidden=(300, 100), seeds=(0, 1, 2), jobs=1, epochs=20, ro
         :func:`minscale.study.seeds.variant_record` on test MSE against the control:
         ``name``, ``seeds``, ``losses``, ``loss_mean``, ``loss_ci95``, ``control``,
         ``effect``, ``difference_ci95``, ``verdict``), ``reached`` (the round
-        selected and its numbers, or None), ``what_differs`` (list of str) and
+        selected and its numbers, or None; always None with one seed, which then sets
+        ``note``: no significance test is possible), ``what_differs`` (list of str) and
         ``seconds`` (wall time of the whole part and per seed).
 
     Raises
@@ -263,7 +264,7 @@ def han2015_part(task, hidden=(300, 100), seeds=(0, 1, 2), jobs=1, epochs=20, ro
     Errors are ``100 * (1 - accuracy)`` with accuracy the argmax rule of
     :func:`minscale.data.accuracy`. Intervals are Student-t over seeds
     (:mod:`minscale.study.stats`); with one seed they are None and every verdict is "no
-    significant difference". The sparsity reached is that of the last round whose paired
+    significant difference", and no sparsity is claimed as reached. The sparsity reached is that of the last round whose paired
     interval of validation error minus dense validation error is not wholly above 0 (no
     significant loss), only looking at rounds up to the first that fails; the test numbers
     of that round are then reported, never used to choose.
@@ -319,6 +320,8 @@ def han2015_part(task, hidden=(300, 100), seeds=(0, 1, 2), jobs=1, epochs=20, ro
         "paper": dict(PAPER),
         "settings": settings,
         "data": {"name": task.get("info", {}).get("name"),
+                 "feature_range": (None if task.get("info", {}).get("feature_range") is None
+                                   else [float(v) for v in task["info"]["feature_range"]]),
                  "splits": {s: int(arrays[f"X_{k}"].shape[0])
                             for s, k in (("train", "train"), ("validation", "val"),
                                          ("test", "test"))}},
@@ -378,6 +381,11 @@ def han2015_part(task, hidden=(300, 100), seeds=(0, 1, 2), jobs=1, epochs=20, ro
             selected = r
         else:
             still_ok = False
+    if len(seeds) < 2:
+        # one seed has no interval: "no significant loss" would hold for any error, so no
+        # sparsity is claimed (the rounds are still reported)
+        selected = None
+        result["note"] = "one seed: no significance test; run --seeds 3 or more"
     result["reached"] = None if selected is None else {
         "round": selected + 1,
         "selection": "last round before any whose validation error is significantly above "
@@ -403,11 +411,31 @@ def _loss_record(outs, r, seeds):
 
 def _what_differs(result):
     s = result["settings"]
-    sp = result["data"]["splits"]
+    data = result["data"]
+    sp = data["splits"]
+    name = data["name"] or "the data"
+    total = sp["train"] + sp["validation"] + sp["test"]
+    if data.get("feature_range") is None:
+        scaling = (f"{name}'s features standardized (mean and deviation of the training "
+                   "split); the paper's pixels were scaled to [0, 1]")
+    else:
+        low, high = data["feature_range"]
+        scaling = (f"{name}'s features scaled from [{low:g}, {high:g}] to [0, 1], as the "
+                   "pixels in the paper's Caffe LeNet")
+    n_layers = len(s["final_sparsity"])
+    rates = ", ".join(f"{x:.0%}" for x in s["final_sparsity"])
+    if n_layers == 3:
+        mapping = f"the paper's final per-layer rates ({rates} zeros)"
+    elif list(s["final_sparsity"]) != [0.92] * (n_layers - 1) + [0.74]:
+        mapping = f"the given final per-layer rates ({rates} zeros; the paper's are for 3)"
+    else:
+        mapping = (f"final per-layer rates {rates} zeros: the paper's rates are for 3 layers, "
+                   f"so each of the {n_layers - 1} hidden layer(s) gets its first-layer 92 % "
+                   "and the output layer its 74 %")
     return [
-        f"data: {sp['train']:,} training images (of mnist5k's 5,000; validation "
+        f"data: {name}, {sp['train']:,} training rows (of {total:,}; validation "
         f"{sp['validation']:,}, test {sp['test']:,}) instead of MNIST's 60,000 training and "
-        "10,000 test images, so the dense error is several times the paper's",
+        "10,000 test images, so the dense error is not comparable to the paper's",
         "loss: mean squared error on one-hot targets (minscale's only loss), not softmax "
         "cross-entropy",
         f"optimizer: Adam at {s['learning_rate']:g} for {s['epochs']} epochs, retraining at "
@@ -415,16 +443,14 @@ def _what_differs(result):
         f"{', '.join(f'{x:g}' for x in s['retrain_learning_rates'])}), batch "
         f"{s['batch_size']}; the paper used Caffe's SGD with momentum and retrained at a "
         "lower rate than it trained",
-        f"pruning: {s['rounds']} rounds to the paper's final per-layer rates "
-        f"({', '.join(f'{x:.0%}' for x in s['final_sparsity'])} zeros) by exact per-layer "
+        f"pruning: {s['rounds']} rounds to {mapping} by exact per-layer "
         f"counts, {s['retrain_epochs']} retraining epoch(s) each; the paper pruned below a "
         "threshold of a quality parameter times each layer's standard deviation",
-        "no dropout and no L2 regularization (the paper retrained with L2); mnist5k's "
-        "pixels scaled to [0, 1], as in the paper's Caffe LeNet",
+        "no dropout and no L2 regularization (the paper retrained with L2); " + scaling,
         (f"{len(result['seeds'])} seeds with 95 % t-intervals; the paper reports one run"
          if len(result["seeds"]) > 1 else
-         "1 seed: no interval, so no loss can be called significant and the last round is "
-         "always 'reached'; the paper reports one run too"),
+         "1 seed: no interval, so no significance test and no sparsity is claimed as "
+         "reached; the paper reports one run"),
     ]
 
 
@@ -477,7 +503,13 @@ def format_han2015(result):
     r = result["reached"]
     here = f"here ({result['data']['name']})"
     dense = _pct(d["test_error_mean"], d["test_error_ci95"])
-    if r is None:
+    if result.get("note"):
+        last = result["rounds"][-1]
+        lines.append(f"{here:22}{result['n_weights']:>9,}{last['weights_kept']:>9,}"
+                     f"{last['compression']:>6.1f}x  {dense:<25}"
+                     f"{_pct(last['test_error_mean'], last['test_error_ci95'])} (last round)")
+        lines.append(f"sparsity reached: none claimed ({result['note']})")
+    elif r is None:
         lines.append(f"{here:22}{result['n_weights']:>9,}  no round without a significant "
                      f"validation loss; dense {dense}")
     else:

@@ -274,7 +274,7 @@ def recovery_text(result):
              f"  baseline {num(result['baseline']['loss_mean'])} "
              f"{ci(result['baseline']['loss_ci95'])}; control ({result['control_name']}) "
              f"{num(c['loss_mean'])} {ci(c['loss_ci95'])}",
-             f"  {'sparsity':>8} {'method':<15} {'loss':>8}  {'95 % interval':<19} "
+             f"  {'sparsity':>8} {'method':<15} {'loss':>8}  {'loss 95 % interval':<19} "
              f"{'effect':>6}  {'verdict vs control'}"]
     for r in result["rows"]:
         method = r["method"].replace(" k", f" k={result['rewind_updates']}")

@@ -106,6 +106,9 @@ def test_text_puts_the_paper_row_beside_ours(small_result):
     here = next(line for line in lines if line.startswith("here (mnist5k)"))
     assert "266,200" in here
     assert "what differs from the paper:" in lines
+    differs = " ".join(small_result["what_differs"])
+    assert "data: mnist5k, 320 training rows (of 720;" in differs
+    assert "mnist5k's features scaled from [0, 255] to [0, 1]" in differs
     assert small_result["text"] == lines
     assert PAPER["compression"] == 12.0
 
@@ -127,3 +130,29 @@ def test_retraining_rate_is_the_one_with_the_lowest_validation_error(small_resul
     best = min(ret["candidates"], key=lambda c: c["final_val_error_mean"])
     assert ret["learning_rate"] == best["learning_rate"]
     assert any(line.startswith("retraining rate ") for line in small_result["text"])
+
+
+def test_one_seed_claims_no_sparsity_and_what_differs_describes_the_data():
+    task = load_task(argparse.Namespace(data="digits", target=None, test_size=0.2, seed=0),
+                     validation_size=0.2)
+    r = han2015_part(task, hidden=(16,), seeds=(0,), epochs=1, rounds=2, retrain_epochs=1)
+    # one seed: no interval, so no sparsity may be claimed as reached
+    assert r["reached"] is None
+    assert r["note"] == "one seed: no significance test; run --seeds 3 or more"
+    assert not any(line.startswith("sparsity reached without") for line in r["text"])
+    assert "sparsity reached: none claimed (one seed: no significance test; run --seeds 3 " \
+           "or more)" in r["text"]
+    sp = r["data"]["splits"]
+    total = sp["train"] + sp["validation"] + sp["test"]
+    assert total == 1797  # scikit-learn's digits
+    differs = " ".join(r["what_differs"])
+    assert "mnist5k" not in differs
+    assert f"data: digits, {sp['train']:,} training rows (of 1,797;" in differs
+    assert r["data"]["feature_range"] is None  # digits are standardized, not range-scaled
+    assert "digits's features standardized (mean and deviation of the training split)" \
+        in differs and "pixels scaled to [0, 1], as" not in differs
+    # two layers: the paper's three per-layer rates had to be mapped, and the text says how
+    assert r["settings"]["final_sparsity"] == [0.92, 0.74]
+    assert "the paper's rates are for 3 layers, so each of the 1 hidden layer(s) gets its " \
+           "first-layer 92 % and the output layer its 74 %" in differs
+    json.dumps(r, allow_nan=False)

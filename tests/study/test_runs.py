@@ -365,6 +365,9 @@ BAD = [
     (["study", "--seeds", "x"], "--seeds"),
     (["study", "--jobs", "0"], "--jobs"),
     (["study", "--depth", "0"], "--depth"),
+    (["study", "--seeds", "100000000"], "--seeds must be at most 1000"),
+    (["study", "--depth", "100000"], "--depth must be at most 8"),
+    (["study", "--jobs", "100000"], "--jobs must be at most"),
     (["study", "--hidden", "0"], "--hidden"),
     (["study", "--hidden", "-4"], "--hidden"),
     (["study", "--hidden", "1.5"], "--hidden"),
@@ -386,6 +389,27 @@ def test_bad_input_is_one_line_and_exit_2(argv, word, tmp_path, monkeypatch):
     assert "Traceback" not in err and out == ""
     # no partial output file
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_quick_study_warns_of_wide_intervals_only_with_two_seeds(quick):
+    name, result, out, *_ = quick
+    warning = ("warning: with fewer than 3 seeds the 95% intervals are very wide "
+               "(t_0.975,1 = 12.7); use --seeds 3 or more")
+    assert (warning in out.splitlines()) == (len(result["seeds"]) == 2)
+    assert name != "digits" or len(result["seeds"]) == 2
+
+
+def test_jobs_above_the_seeds_are_capped_at_the_seeds(monkeypatch):
+    seen = {}
+
+    def stop(task, config, progress=None):
+        seen["jobs"], seen["seeds"] = config.jobs, config.seeds
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(study, "run_study", stop)
+    code, _, err = _run_cli(["study", "--data", "diabetes", "--seeds", "2", "--jobs", "5"])
+    assert code == 2 and "stopped before training" in err
+    assert seen == {"jobs": 2, "seeds": 2}
 
 
 def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):

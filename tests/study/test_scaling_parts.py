@@ -63,6 +63,9 @@ def test_recovery_same_updates_mask_kept_and_effects(digits):
         assert r["verdict"] in ("better", "worse", "no significant difference")
         assert r["control"]["losses"] == out["control"]["losses"]
     assert "rewind to k=10" in "\n".join(out["text"])
+    # the loss interval is labelled as such: the verdict beside it is the paired interval's
+    header = next(line for line in out["text"] if "verdict vs control" in line)
+    assert "loss 95 % interval" in header
 
 
 @pytest.mark.parametrize("kwargs, match", [
