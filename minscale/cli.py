@@ -29,7 +29,9 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"{self.prog}: error: {message}")
+        # "minscale: error:" for a sub-command too (argparse would say "minscale study:"),
+        # the one prefix every other failure has; the message names the argument
+        raise UsageError(f"minscale: error: {message}")
 
 
 def _command_modules():

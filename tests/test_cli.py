@@ -54,6 +54,19 @@ def test_bad_input_is_one_line_and_exit_2(argv, word, capsys, tmp_path, monkeypa
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["study", "--hidden", "x"], "minscale: error: argument --hidden: "),
+    (["schedule", "--kind", "zb"], "minscale: error: argument --kind: invalid choice: 'zb'"),
+    (["train", "--no-such-option"], "minscale: error: unrecognized arguments: --no-such-option"),
+    (["no-such-command"], "minscale: error: argument COMMAND: invalid choice: 'no-such-command'"),
+])
+def test_argparse_errors_have_the_same_prefix_as_the_others(argv, message, capsys):
+    # a sub-command's argparse error used to start "minscale study: error:"
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(message), err
+
+
 def test_non_numeric_csv_column(tmp_path, capsys):
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1,2\nx,3\n")

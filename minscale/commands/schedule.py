@@ -12,6 +12,7 @@ rational arithmetic (a cost is an integer, a decimal or a fraction such as ``3/2
 from __future__ import annotations
 
 import argparse
+import sys
 from fractions import Fraction
 
 from ..parallel import PIPELINE_SCHEDULES, bubble_fraction, pipeline_schedule, simulate_schedule
@@ -36,6 +37,10 @@ def _rationals(text, allow_zero=False):
             raise argparse.ArgumentTypeError(
                 f"must be numbers such as 2, 0.5 or 3/2 (one, or one per stage, "
                 f"comma-separated), got {text[:40]!r}") from None
+        if abs(value) > sys.float_info.max:
+            # exact here, but the printed figures go through float
+            raise argparse.ArgumentTypeError(
+                f"must be at most {sys.float_info.max:.6g}, got {part.strip()[:40]!r}")
         if value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(
                 f"must be {'>= 0' if allow_zero else '> 0'}, got {part.strip()!r}")

@@ -66,8 +66,9 @@ def add_arguments(parser):
     parser.add_argument("--micro-batches", type=integer, default=1, metavar="M",
                         help="split every batch into M micro-batches whose gradients add up "
                              "(default: 1)")
-    parser.add_argument("--schedule", default="gpipe", choices=("gpipe", "1f1b"),
-                        help="pipeline schedule (default: gpipe)")
+    # default None: a --schedule given without a pipeline is refused, not silently ignored
+    parser.add_argument("--schedule", default=None, choices=("gpipe", "1f1b"),
+                        help="pipeline schedule, with --pipeline-stages > 1 (default: gpipe)")
     parser.add_argument("--save", default=None, metavar="PATH", help="save the model (.npz)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
 
@@ -141,10 +142,17 @@ def check_pipeline_options(args):
         --pipeline-stages or --micro-batches below 1; more stages than the model's layers
         (``len(--hidden) + 1``); a pipeline or micro-batches with --mode async or
         --tensor-parallel > 1; micro-batches with --workers > 1 but no pipeline;
-        --workers x --pipeline-stages above 8 x the CPU count.
+        --workers x --pipeline-stages above 8 x the CPU count; --schedule without
+        --pipeline-stages > 1 (it would be ignored). Sets ``args.schedule`` to its default,
+        ``"gpipe"``, when not given.
     """
     check_at_least(args.pipeline_stages, "--pipeline-stages", 1)
     check_at_least(args.micro_batches, "--micro-batches", 1)
+    if args.schedule is not None and args.pipeline_stages == 1:
+        raise ValueError(f"--schedule {args.schedule} needs --pipeline-stages > 1 (without a "
+                         "pipeline there is no schedule)")
+    if args.schedule is None:
+        args.schedule = "gpipe"
     layers = len(args.hidden) + 1
     if args.pipeline_stages > layers:
         raise ValueError(f"--pipeline-stages {args.pipeline_stages} is more than the model's "

@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import math
 import numbers
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -234,6 +235,13 @@ def _cost(name, value, allow_zero=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a real number, got {plain(value)!r}")
     bound = ">= 0" if allow_zero else "> 0"
+    try:
+        float(value)
+    except OverflowError:
+        # an exact int or Fraction beyond a float's range: the bubble fraction and the
+        # printed figures go through float, so refuse it here rather than deep inside
+        raise ValueError(f"{name} must be at most {sys.float_info.max:.6g} in magnitude, got "
+                         f"one of {len(str(int(abs(value))))} digits") from None
     if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
         raise ValueError(f"{name} must be a finite number {bound}, got {plain(value)!r}")
     if isinstance(value, numbers.Integral):
@@ -328,7 +336,8 @@ def simulate_schedule(schedule, forward_cost=1, backward_cost=2, comm_cost=0):
     ------
     ValueError
         A malformed schedule (a stage missing or repeating an action, a bad entry, stages
-        with different micro-batch counts); a cost not finite and > 0 (comm_cost: >= 0); a
+        with different micro-batch counts); a cost not finite and > 0 (comm_cost: >= 0), or an
+        exact one beyond a float's range (above ``sys.float_info.max``); a
         per-stage cost sequence of the wrong length. A schedule that deadlocks (some stage
         waits for an action that can never run, e.g. a backward listed before its own
         forward): the message names each blocked stage, the action it waits at and what

@@ -66,6 +66,11 @@ def test_docs_grids_are_the_cli_output():
     (["--backward-cost", "x"], "argument --backward-cost: must be numbers such as"),
     (["--comm-cost", "-1"], "argument --comm-cost: must be >= 0, got '-1'"),
     (["--comm-cost", "1,2"], "argument --comm-cost: must be one number >= 0"),
+    # beyond a float's range: exact Fractions, but float(...) of them overflowed
+    (["--forward-cost", "1e400"], "argument --forward-cost: must be at most 1.79769e+308, "
+                                  "got '1e400'"),
+    (["--backward-cost", "1,9e999,1,1"], "argument --backward-cost: must be at most"),
+    (["--comm-cost", "1e309"], "argument --comm-cost: must be at most 1.79769e+308"),
     (["--forward-cost", "1,2"], "--forward-cost must give one cost or one per stage (4), got 2"),
     (["--stages", "1000", "--micro-batches", "1000"], "--stages x --micro-batches must be at "
                                                       "most 50,000"),

@@ -42,6 +42,9 @@ def _losses(stdout):
     (["--micro-batches", "2", "--workers", "2"], ["--workers 2"]),
     (["--pipeline-stages", "2", "--tensor-parallel", "2"], ["--tensor-parallel 2"]),
     (["--micro-batches", "2", "--tensor-parallel", "2"], ["--tensor-parallel 2"]),
+    # an explicit --schedule without a pipeline would be ignored, so it is refused
+    (["--schedule", "1f1b"], ["--schedule 1f1b needs --pipeline-stages > 1"]),
+    (["--schedule", "gpipe", "--micro-batches", "2"], ["--schedule gpipe needs"]),
 ])
 def test_bad_pipeline_options_are_one_line_and_exit_2(capsys, tmp_path, argv, words):
     save = tmp_path / "m.npz"
