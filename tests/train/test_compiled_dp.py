@@ -16,7 +16,6 @@ import pytest
 
 import minscale as ms
 from minscale.parallel import WorkerError, run_workers
-from minscale.parallel import shm as shm_module
 from minscale.train import Callback
 
 pytest.importorskip("numba")
@@ -28,20 +27,6 @@ def _numba():
     ms.set_backend("numba")
     yield
     ms.set_backend(previous)
-
-
-@pytest.fixture
-def created_segments(monkeypatch):
-    names = []
-    original = shm_module.SharedArray.create.__func__
-
-    def spy(cls, *args, **kwargs):
-        out = original(cls, *args, **kwargs)
-        names.append(out.spec.name)
-        return out
-
-    monkeypatch.setattr(shm_module.SharedArray, "create", classmethod(spy))
-    return names
 
 
 class NoOp(Callback):

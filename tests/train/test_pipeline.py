@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 import minscale as ms
 from minscale.parallel import WorkerError
-from minscale.parallel import shm as shm_module
 from minscale.train.loop import accumulate_micro_batches
 from minscale.train.pipeline import stage_bounds
 
@@ -38,21 +37,6 @@ sys.modules["pipeline_cases"] = cases  # spawned stages unpickle its functions b
 _spec.loader.exec_module(cases)
 
 BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
-
-
-@pytest.fixture
-def created_segments(monkeypatch):
-    """Names of every shared-memory segment the parent creates during the test."""
-    names = []
-    original = shm_module.SharedArray.create.__func__
-
-    def spy(cls, *args, **kwargs):
-        out = original(cls, *args, **kwargs)
-        names.append(out.spec.name)
-        return out
-
-    monkeypatch.setattr(shm_module.SharedArray, "create", classmethod(spy))
-    return names
 
 
 @pytest.fixture

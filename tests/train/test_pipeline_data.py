@@ -22,7 +22,6 @@ import pytest
 
 import minscale as ms
 from minscale.parallel import LocalComm, WorkerError
-from minscale.parallel import shm as shm_module
 from minscale.train.loop import accumulate_micro_batches
 
 pytestmark = pytest.mark.exactness
@@ -44,21 +43,6 @@ def numpy_kernels():
     ms.set_backend("numpy")
     yield
     ms.set_backend(previous)
-
-
-@pytest.fixture
-def created_segments(monkeypatch):
-    """Names of every shared-memory segment the parent creates during the test."""
-    names = []
-    original = shm_module.SharedArray.create.__func__
-
-    def spy(cls, *args, **kwargs):
-        out = original(cls, *args, **kwargs)
-        names.append(out.spec.name)
-        return out
-
-    monkeypatch.setattr(shm_module.SharedArray, "create", classmethod(spy))
-    return names
 
 
 # --- the reference ---------------------------------------------------------------------------

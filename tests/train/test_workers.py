@@ -31,7 +31,6 @@ from minscale.parallel import (
     run_workers,
     shard_bounds,
 )
-from minscale.parallel import shm as shm_module
 from minscale.train import Callback, DivergenceError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,21 +39,6 @@ TESTS = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("mpi_fit_cases", TESTS / "mpi_fit.py")
 cases = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cases)
-
-
-@pytest.fixture
-def created_segments(monkeypatch):
-    """Names of every shared-memory segment the parent creates during the test."""
-    names = []
-    original = shm_module.SharedArray.create.__func__
-
-    def spy(cls, *args, **kwargs):
-        out = original(cls, *args, **kwargs)
-        names.append(out.spec.name)
-        return out
-
-    monkeypatch.setattr(shm_module.SharedArray, "create", classmethod(spy))
-    return names
 
 
 def _exists(name):
